@@ -1,0 +1,386 @@
+//! Softmax attention over runs of cached keys.
+//!
+//! Queries arrive per head, `[H, Lq, hd]`; keys and values live in cache tensors `[H, cap, hd]`
+//! of which only some rows are valid. A [`QuerySegment`] says which key rows a run of query rows
+//! sees, so one function covers bidirectional attention, the block-causal mask (each chunk sees a
+//! prefix), the dual KV cache ([context ‖ local]) and per-frame caption routing (each frame sees
+//! its own caption's keys) without building masks or concatenating caches.
+//!
+//! On CPU with f32 inputs and no gradient tracking a fused kernel runs: per (head, query block)
+//! one GEMM for the scores, a vectorisable exp, one GEMM for the values, written straight into
+//! the token-major output. Elsewhere (bf16, CUDA, autograd) the same maths runs as candle ops.
+
+use candle_core::{DType, Device, Tensor};
+use std::cell::RefCell;
+use std::ops::Range;
+
+use crate::error::{NnError, Result};
+
+/// Valid rows `rows` of a key cache `k` and value cache `v`, both `[H, cap, hd]`.
+#[derive(Clone)]
+pub struct KvSpan<'a> {
+    /// Keys, `[H, cap, hd]`, contiguous.
+    pub k: &'a Tensor,
+    /// Values, `[H, cap, hd]`, contiguous.
+    pub v: &'a Tensor,
+    /// Rows of the cache that hold keys to attend to.
+    pub rows: Range<usize>,
+}
+
+/// A run of query rows and the key spans it attends to (key order is irrelevant to softmax).
+#[derive(Clone)]
+pub struct QuerySegment<'a> {
+    /// Query rows (tokens) of this segment.
+    pub rows: Range<usize>,
+    /// Key/value spans these queries attend to.
+    pub spans: Vec<KvSpan<'a>>,
+}
+
+/// Computes softmax(q·kᵀ·scale)·v for every segment; returns `[Lq, H·hd]` (heads merged).
+pub fn attention(q: &Tensor, segments: &[QuerySegment<'_>], scale: f64) -> Result<Tensor> {
+    let (h, lq, hd) = q.dims3()?;
+    check_segments(h, lq, hd, segments)?;
+    if fused_applies(q, segments) {
+        return fused_cpu(q, segments, scale as f32);
+    }
+    composite(q, segments, scale)
+}
+
+fn check_segments(h: usize, lq: usize, hd: usize, segments: &[QuerySegment<'_>]) -> Result<()> {
+    let mut covered = 0usize;
+    for seg in segments {
+        if seg.rows.start != covered || seg.rows.end > lq || seg.rows.is_empty() {
+            return Err(NnError::Input(format!(
+                "attention segments must tile the {lq} query rows in order; got rows {:?} after {covered}",
+                seg.rows
+            )));
+        }
+        covered = seg.rows.end;
+        if seg.spans.iter().all(|s| s.rows.is_empty()) {
+            return Err(NnError::Input(format!("query rows {:?} attend to no keys", seg.rows)));
+        }
+        for span in &seg.spans {
+            for t in [span.k, span.v] {
+                let (th, cap, thd) = t.dims3()?;
+                if th != h || thd != hd || span.rows.end > cap {
+                    return Err(NnError::Input(format!(
+                        "key cache of shape {:?} cannot serve rows {:?} for {h} heads of width {hd}",
+                        t.dims(),
+                        span.rows
+                    )));
+                }
+            }
+        }
+    }
+    if covered != lq {
+        return Err(NnError::Input(format!("attention segments cover {covered} of {lq} query rows")));
+    }
+    Ok(())
+}
+
+fn fused_applies(q: &Tensor, segments: &[QuerySegment<'_>]) -> bool {
+    let ok = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op();
+    ok(q) && segments.iter().all(|s| s.spans.iter().all(|sp| ok(sp.k) && ok(sp.v)))
+}
+
+/// Query rows processed together by one fused task.
+const QUERY_BLOCK: usize = 64;
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A raw pointer that rayon tasks may share; each task writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+fn cpu_f32(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, usize)> {
+    let (storage, layout) = t.storage_and_layout();
+    let offset = layout.start_offset();
+    Ok((storage, offset))
+}
+
+fn as_f32(storage: &candle_core::Storage) -> Result<&[f32]> {
+    match storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(v.as_slice()),
+        _ => Err(NnError::Input("fused attention expects f32 CPU storage".into())),
+    }
+}
+
+struct SpanPtr {
+    k: *const f32,
+    v: *const f32,
+    /// Elements between heads.
+    head_stride: usize,
+    len: usize,
+}
+unsafe impl Send for SpanPtr {}
+unsafe impl Sync for SpanPtr {}
+
+fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Tensor> {
+    let (h, lq, hd) = q.dims3()?;
+    let width = h * hd;
+    let mut out = vec![0f32; lq * width];
+    let (q_guard, q_off) = cpu_f32(q)?;
+    let q_data = &as_f32(&q_guard)?[q_off..];
+
+    // Hold read guards for every distinct cache tensor while the kernel runs.
+    let mut guards = Vec::new();
+    let mut seg_spans: Vec<Vec<SpanPtr>> = Vec::with_capacity(segments.len());
+    for seg in segments {
+        let mut spans = Vec::new();
+        for span in seg.spans.iter().filter(|s| !s.rows.is_empty()) {
+            let (kg, ko) = cpu_f32(span.k)?;
+            let (vg, vo) = cpu_f32(span.v)?;
+            let cap = span.k.dims()[1];
+            let kp = as_f32(&kg)?[ko + span.rows.start * hd..].as_ptr();
+            let vp = as_f32(&vg)?[vo + span.rows.start * hd..].as_ptr();
+            spans.push(SpanPtr { k: kp, v: vp, head_stride: cap * hd, len: span.rows.len() });
+            guards.push((kg, vg));
+        }
+        seg_spans.push(spans);
+    }
+
+    let mut tasks = Vec::new();
+    for (si, seg) in segments.iter().enumerate() {
+        let mut r = seg.rows.start;
+        while r < seg.rows.end {
+            let e = (r + QUERY_BLOCK).min(seg.rows.end);
+            for head in 0..h {
+                tasks.push((si, head, r, e));
+            }
+            r = e;
+        }
+    }
+
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let q_ptr = q_data.as_ptr() as usize;
+    use rayon::prelude::*;
+    tasks.par_iter().for_each(|&(si, head, r0, r1)| {
+        let out_ptr = out_ptr;
+        let spans = &seg_spans[si];
+        let rows = r1 - r0;
+        let n_total: usize = spans.iter().map(|s| s.len).sum();
+        SCORES.with(|cell| {
+            let mut scores = cell.borrow_mut();
+            if scores.len() < rows * n_total {
+                scores.resize(rows * n_total, 0.0);
+            }
+            let s_ptr = scores.as_mut_ptr();
+            let q_rows = (q_ptr as *const f32).wrapping_add((head * lq + r0) * hd);
+            // SAFETY: all pointers address live buffers held by the guards above; the shapes were
+            // checked in `check_segments`, and each task writes only its own rows × head columns.
+            unsafe {
+                let mut col = 0usize;
+                for sp in spans {
+                    gemm::gemm(
+                        rows,
+                        sp.len,
+                        hd,
+                        s_ptr.add(col),
+                        1,
+                        n_total as isize,
+                        false,
+                        q_rows,
+                        1,
+                        hd as isize,
+                        sp.k.add(head * sp.head_stride),
+                        hd as isize,
+                        1,
+                        0.0f32,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    col += sp.len;
+                }
+                let mut inv_sums = [0f32; QUERY_BLOCK];
+                for (r, inv) in inv_sums.iter_mut().enumerate().take(rows) {
+                    let row = std::slice::from_raw_parts_mut(s_ptr.add(r * n_total), n_total);
+                    *inv = 1.0 / softmax_unnormalised(row);
+                }
+                let dst = out_ptr.0.add(r0 * width + head * hd);
+                let mut col = 0usize;
+                for (i, sp) in spans.iter().enumerate() {
+                    gemm::gemm(
+                        rows,
+                        hd,
+                        sp.len,
+                        dst,
+                        1,
+                        width as isize,
+                        i > 0,
+                        s_ptr.add(col),
+                        1,
+                        n_total as isize,
+                        sp.v.add(head * sp.head_stride),
+                        1,
+                        hd as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    col += sp.len;
+                }
+                for (r, inv) in inv_sums.iter().enumerate().take(rows) {
+                    let o = std::slice::from_raw_parts_mut(dst.add(r * width), hd);
+                    for x in o {
+                        *x *= inv;
+                    }
+                }
+            }
+        });
+    });
+    drop(guards);
+    drop(q_guard);
+    Ok(Tensor::from_vec(out, (lq, width), q.device())?)
+}
+
+/// Replaces a row of scores by exp(x − max) and returns their sum.
+fn softmax_unnormalised(row: &mut [f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        let e = exp_nonpositive(*x - max);
+        *x = e;
+        sum += e;
+    }
+    sum
+}
+
+/// exp(x) for x ≤ 0, relative error ≈ 1e-7, written so the loop around it vectorises.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer.
+    let x = x.max(-87.0);
+    let r = (x * LOG2E + ROUND) - ROUND;
+    let g = (x - r * LN2_HI) - r * LN2_LO;
+    // Taylor series of e^g on |g| ≤ ln2/2, degree 7 (error below f32 precision).
+    let p = 1.0
+        + g * (1.0
+            + g * (0.5
+                + g * (1.0 / 6.0 + g * (1.0 / 24.0 + g * (1.0 / 120.0 + g * (1.0 / 720.0 + g * (1.0 / 5040.0)))))));
+    let bits = ((r as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// Rows of queries handled per composite step, to bound the score matrix.
+const COMPOSITE_BLOCK: usize = 2048;
+
+fn composite(q: &Tensor, segments: &[QuerySegment<'_>], scale: f64) -> Result<Tensor> {
+    let (h, _lq, hd) = q.dims3()?;
+    let mut outs = Vec::new();
+    for seg in segments {
+        let mut ks = Vec::new();
+        let mut vs = Vec::new();
+        for span in seg.spans.iter().filter(|s| !s.rows.is_empty()) {
+            ks.push(span.k.narrow(1, span.rows.start, span.rows.len())?);
+            vs.push(span.v.narrow(1, span.rows.start, span.rows.len())?);
+        }
+        let k = if ks.len() == 1 { ks.remove(0) } else { Tensor::cat(&ks, 1)? };
+        let v = if vs.len() == 1 { vs.remove(0) } else { Tensor::cat(&vs, 1)? };
+        let k = k.to_dtype(q.dtype())?;
+        let v = v.to_dtype(q.dtype())?;
+        let kt = k.t()?;
+        let mut r = seg.rows.start;
+        while r < seg.rows.end {
+            let e = (r + COMPOSITE_BLOCK).min(seg.rows.end);
+            let qb = q.narrow(1, r, e - r)?;
+            let scores = (qb.matmul(&kt)? * scale)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+            let o = probs.matmul(&v)?; // [H, rows, hd]
+            outs.push(o.transpose(0, 1)?.reshape((e - r, h * hd))?);
+            r = e;
+        }
+    }
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+        let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let p = candle_nn::ops::softmax_last_dim(&s).unwrap();
+        let (h, l, hd) = q.dims3().unwrap();
+        p.matmul(v).unwrap().transpose(0, 1).unwrap().reshape((l, h * hd)).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        d / m
+    }
+
+    #[test]
+    fn exp_matches_std() {
+        for i in 0..2000 {
+            let x = -(i as f32) * 0.05;
+            let a = exp_nonpositive(x);
+            let b = x.exp();
+            assert!((a - b).abs() <= 2e-7 * b.max(1e-30) + 1e-38, "{x}: {a} vs {b}");
+        }
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn fused_and_composite_match_naive_over_two_spans() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, 70, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 50, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 50, 8), &dev).unwrap();
+        // Keys 0..20 and 30..50 of the cache, as two spans.
+        let spans = vec![
+            KvSpan { k: &k, v: &v, rows: 0..20 },
+            KvSpan { k: &k, v: &v, rows: 30..50 },
+        ];
+        let seg = [QuerySegment { rows: 0..70, spans }];
+        let fused = attention(&q, &seg, 0.3).unwrap();
+        let kk = Tensor::cat(&[k.narrow(1, 0, 20).unwrap(), k.narrow(1, 30, 20).unwrap()], 1).unwrap();
+        let vv = Tensor::cat(&[v.narrow(1, 0, 20).unwrap(), v.narrow(1, 30, 20).unwrap()], 1).unwrap();
+        let want = naive(&q, &kk, &vv, 0.3);
+        assert!(max_rel(&fused, &want) < 1e-5);
+        let comp = composite(&q, &seg, 0.3).unwrap();
+        assert!(max_rel(&comp, &want) < 1e-5);
+    }
+
+    #[test]
+    fn segments_route_rows_to_their_own_keys() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 10, 4), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 12, 4), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, 12, 4), &dev).unwrap();
+        let segs = [
+            QuerySegment { rows: 0..4, spans: vec![KvSpan { k: &k, v: &v, rows: 0..6 }] },
+            QuerySegment { rows: 4..10, spans: vec![KvSpan { k: &k, v: &v, rows: 6..12 }] },
+        ];
+        let got = attention(&q, &segs, 0.5).unwrap();
+        let a = naive(&q.narrow(1, 0, 4).unwrap(), &k.narrow(1, 0, 6).unwrap(), &v.narrow(1, 0, 6).unwrap(), 0.5);
+        let b = naive(&q.narrow(1, 4, 6).unwrap(), &k.narrow(1, 6, 6).unwrap(), &v.narrow(1, 6, 6).unwrap(), 0.5);
+        let want = Tensor::cat(&[a, b], 0).unwrap();
+        assert!(max_rel(&got, &want) < 1e-5);
+    }
+
+    #[test]
+    fn rejects_gaps_and_bad_shapes() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 10, 4), DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((1, 12, 4), DType::F32, &dev).unwrap();
+        let seg = [QuerySegment { rows: 0..5, spans: vec![KvSpan { k: &k, v: &k, rows: 0..12 }] }];
+        assert!(attention(&q, &seg, 1.0).unwrap_err().to_string().contains("cover"));
+        let seg = [QuerySegment { rows: 0..10, spans: vec![KvSpan { k: &k, v: &k, rows: 0..13 }] }];
+        assert!(attention(&q, &seg, 1.0).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! storyreel-nn: tensors and weights. The Wan2.1 DiT in its two modes (bidirectional and causal
+//! chunked with a dual KV cache), 3D RoPE with the ShotStream shot phase, per-frame caption
+//! routing, LoRA adapters and checkpoint loading (safetensors, PyTorch pickle; Wan, ShotStream and
+//! diffusers layouts).
+
+pub mod attention;
+pub mod checkpoint;
+pub mod config;
+pub mod dit;
+pub mod error;
+pub mod kv_cache;
+pub mod linear;
+pub mod norm;
+pub mod rope;
+
+pub use config::WanConfig;
+pub use dit::{FrameInfo, WanModel};
+pub use error::{NnError, Result};
+pub use rope::{FramePhase, RopeConfig};
