@@ -1,1 +1,18 @@
+//! storyreel-engine: flow-matching schedules and samplers, context-memory policies and the
+//! streaming multi-shot [`Session`] that turns per-shot caption embeddings into latent chunks.
 
+pub mod context;
+pub mod error;
+pub mod noise;
+pub mod sampler;
+pub mod schedule;
+pub mod session;
+pub mod shot_plan;
+
+pub use context::{ContextMemory, ContextPick, DynamicSampling, NoContext};
+pub use error::{EngineError, Result};
+pub use noise::{GivenNoise, NoiseSource, SeededNoise};
+pub use sampler::{EulerSampler, FewStepSampler};
+pub use schedule::FlowSchedule;
+pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig};
+pub use shot_plan::ShotPlan;

@@ -115,6 +115,24 @@ pub struct LocalWindow {
     pub sink_frames: usize,
 }
 
+impl LocalWindow {
+    /// Checks that the window holds whole chunks and leaves room after the sinks.
+    pub fn check(&self, chunk_frames: usize) -> Result<()> {
+        let LocalWindow { capacity_frames, sink_frames } = *self;
+        if chunk_frames == 0 || capacity_frames == 0 || capacity_frames % chunk_frames != 0 || sink_frames % chunk_frames != 0 {
+            return Err(NnError::Config(format!(
+                "local cache of {capacity_frames} frames with {sink_frames} sink frames must be whole chunks of {chunk_frames}"
+            )));
+        }
+        if sink_frames >= capacity_frames {
+            return Err(NnError::Config(format!(
+                "{sink_frames} sink frames leave no room in a {capacity_frames}-frame local cache"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for LocalWindow {
     fn default() -> Self {
         Self { capacity_frames: 21, sink_frames: 0 }
@@ -144,17 +162,8 @@ pub struct ChunkSlot {
 impl LocalCache {
     /// Allocates an empty local cache; the window must hold whole chunks.
     pub fn new(geometry: CacheGeometry, window: LocalWindow, chunk_frames: usize, device: &Device) -> Result<Self> {
-        let LocalWindow { capacity_frames, sink_frames } = window;
-        if chunk_frames == 0 || capacity_frames == 0 || capacity_frames % chunk_frames != 0 || sink_frames % chunk_frames != 0 {
-            return Err(NnError::Config(format!(
-                "local cache of {capacity_frames} frames with {sink_frames} sink frames must be whole chunks of {chunk_frames}"
-            )));
-        }
-        if sink_frames >= capacity_frames {
-            return Err(NnError::Config(format!(
-                "{sink_frames} sink frames leave no room in a {capacity_frames}-frame local cache"
-            )));
-        }
+        window.check(chunk_frames)?;
+        let capacity_frames = window.capacity_frames;
         let rows = capacity_frames * geometry.tokens_per_frame;
         let layers = (0..geometry.layers)
             .map(|_| LayerKv::zeros(geometry.heads, rows, geometry.head_dim, geometry.dtype, device))
