@@ -14,5 +14,5 @@ pub use error::{EngineError, Result};
 pub use noise::{GivenNoise, NoiseSource, SeededNoise};
 pub use sampler::{EulerSampler, FewStepSampler};
 pub use schedule::FlowSchedule;
-pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig};
+pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig, ShotRun};
 pub use shot_plan::ShotPlan;

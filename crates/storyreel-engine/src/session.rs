@@ -85,7 +85,8 @@ impl SessionConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings for consistency.
+    pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(EngineError::Config(m));
         if self.chunk_frames == 0 || self.frames_per_shot == 0 {
             return bad("frames per shot and per chunk must be positive".into());
@@ -127,13 +128,106 @@ pub struct GivenContext {
     pub shots: Vec<i64>,
 }
 
-struct ActiveShot {
+/// One shot in progress: its caches and the chunk loop. Dropping it releases the caches.
+pub struct ShotRun<'m> {
+    model: &'m WanModel,
     plan: ShotPlan,
     captions: CaptionCache,
     context: ContextCache,
     local: LocalCache,
+    cfg: SessionConfig,
     next_chunk: usize,
     chunks: Vec<Tensor>,
+}
+
+impl<'m> ShotRun<'m> {
+    /// Starts shot `shot`: embeds captions `[N, L, text_dim]` (shots 0..=shot) and fills the
+    /// context cache with `context_latents` `[n, C, H, W]` whose shot flags are `context_flags`.
+    pub fn start(
+        model: &'m WanModel,
+        cfg: &SessionConfig,
+        shot: usize,
+        captions: &Tensor,
+        context_latents: &Tensor,
+        context_flags: &[i64],
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let (h, w) = cfg.latent_size;
+        let n_ctx = context_flags.len();
+        let want = [n_ctx, model.config().in_dim, h, w];
+        if context_latents.dims() != want {
+            return Err(EngineError::Input(format!(
+                "context latents have shape {:?}; expected {want:?}",
+                context_latents.dims()
+            )));
+        }
+        let n_caps = captions.dims3().map_err(|_| {
+            EngineError::Input(format!("caption embeddings must be [N, L, text_dim]; got {:?}", captions.dims()))
+        })?.0;
+        let plan = ShotPlan::new(shot, context_flags, n_caps)?;
+        let device = model.device().clone();
+        let captions = model.embed_captions(captions)?;
+        let geometry = model.cache_geometry(h, w)?;
+        let mut context = ContextCache::new(geometry, n_ctx, &device)?;
+        if n_ctx > 0 {
+            let x = context_latents.to_device(&device)?.to_dtype(DType::F32)?;
+            model.fill_context(&x, &plan.context_frames(), &captions, &mut context)?;
+        }
+        let local = LocalCache::new(geometry, cfg.window, cfg.chunk_frames, &device)?;
+        Ok(Self { model, plan, captions, context, local, cfg: cfg.clone(), next_chunk: 0, chunks: Vec::new() })
+    }
+
+    /// The flags and routing in use.
+    pub fn plan(&self) -> &ShotPlan {
+        &self.plan
+    }
+
+    /// Whether every chunk of the shot has been generated.
+    pub fn is_done(&self) -> bool {
+        self.next_chunk * self.cfg.chunk_frames >= self.cfg.frames_per_shot
+    }
+
+    /// Bytes held by this shot's caches.
+    pub fn cache_bytes(&self) -> usize {
+        self.context.bytes() + self.local.bytes() + self.captions.bytes()
+    }
+
+    /// The shot's latents so far, `[frames, C, H, W]`.
+    pub fn latents(&self) -> Result<Tensor> {
+        Ok(Tensor::cat(&self.chunks, 0)?)
+    }
+
+    /// Denoises the next chunk with the few-step sampler, then refreshes its cache slot at
+    /// `refresh_t` (skipped after the shot's last chunk, whose caches are dropped anyway).
+    pub fn next_chunk(&mut self, noise: &mut dyn NoiseSource, cancelled: &dyn Fn() -> bool) -> Result<LatentChunk> {
+        if self.is_done() {
+            return Err(EngineError::Input(format!("shot {} is already complete", self.plan.shot)));
+        }
+        let cf = self.cfg.chunk_frames;
+        let (h, w) = self.cfg.latent_size;
+        let shape = [cf, self.model.config().in_dim, h, w];
+        let device = self.model.device().clone();
+        let chunk = self.next_chunk;
+        let start = chunk * cf;
+        let shot = self.plan.shot;
+        let model = self.model;
+        let Self { plan, captions, context, local, cfg, .. } = self;
+        let mut flow = |x: &Tensor, t: f32| -> Result<Tensor> {
+            Ok(model.forward_chunk(x, &plan.shot_frames(start, cf, t), captions, context, local, start)?)
+        };
+        let mut draw = |step: usize| noise.noise(shot, chunk, step, &shape, &device);
+        let out = cfg.sampler.sample(&mut flow, &mut draw, cancelled)?;
+        let last = start + cf >= cfg.frames_per_shot;
+        if !last {
+            if cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            model.forward_chunk(&out, &plan.shot_frames(start, cf, cfg.refresh_t), captions, context, local, start)?;
+        }
+        self.next_chunk += 1;
+        self.chunks.push(out.clone());
+        Ok(LatentChunk { shot, chunk, first_frame: start, latents: out, last_in_shot: last })
+    }
 }
 
 /// A story being generated: push captions, pull chunks.
@@ -147,7 +241,7 @@ pub struct Session<'m> {
     shot_pixel_frames: Vec<usize>,
     finished: Vec<Tensor>,
     given_context: Option<GivenContext>,
-    active: Option<ActiveShot>,
+    active: Option<ShotRun<'m>>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -250,7 +344,7 @@ impl<'m> Session<'m> {
 
     /// Bytes held by the caches of the running shot (0 between shots).
     pub fn cache_bytes(&self) -> usize {
-        self.active.as_ref().map_or(0, |a| a.context.bytes() + a.local.bytes() + a.captions.bytes())
+        self.active.as_ref().map_or(0, ShotRun::cache_bytes)
     }
 
     /// Drops the running shot (its chunks so far are the caller's) and queued captions after it.
@@ -314,59 +408,23 @@ impl<'m> Session<'m> {
                 }
             }
         };
-        let plan = ShotPlan::new(shot, &flags, shot + 1)?;
-        let caps = Tensor::stack(&self.captions[..=shot], 0)?;
         self.check_cancel()?;
-        let captions = self.model.embed_captions(&caps)?;
-        let geometry = self.model.cache_geometry(h, w)?;
-        let mut context = ContextCache::new(geometry, n_ctx, &device)?;
-        if n_ctx > 0 {
-            self.model.fill_context(&latents, &plan.context_frames(), &captions, &mut context)?;
-        }
-        let local = LocalCache::new(geometry, self.cfg.window, self.cfg.chunk_frames, &device)?;
-        self.active = Some(ActiveShot { plan, captions, context, local, next_chunk: 0, chunks: Vec::new() });
+        let caps = Tensor::stack(&self.captions[..=shot], 0)?;
+        self.active = Some(ShotRun::start(self.model, &self.cfg, shot, &caps, &latents, &flags)?);
         Ok(())
     }
 
     fn run_chunk(&mut self) -> Result<LatentChunk> {
-        let cf = self.cfg.chunk_frames;
-        let (h, w) = self.cfg.latent_size;
-        let shape = [cf, self.model.config().in_dim, h, w];
-        let device = self.model.device().clone();
-        let model = self.model;
         let cancel = self.cancel.clone();
-        let active = self.active.as_mut().ok_or_else(|| EngineError::Input("no shot is running".into()))?;
-        let chunk = active.next_chunk;
-        let start = chunk * cf;
-        let shot = active.plan.shot;
-        let noise = &mut self.noise;
-        let sampler = &self.cfg.sampler;
-        let out = {
-            let ActiveShot { plan, captions, context, local, .. } = &mut *active;
-            let mut flow = |x: &Tensor, t: f32| -> Result<Tensor> {
-                Ok(model.forward_chunk(x, &plan.shot_frames(start, cf, t), captions, context, local, start)?)
-            };
-            let mut draw = |step: usize| noise.noise(shot, chunk, step, &shape, &device);
-            sampler.sample(&mut flow, &mut draw, &|| cancel.load(Ordering::SeqCst))?
-        };
-        let last = start + cf >= self.cfg.frames_per_shot;
-        if !last {
-            // Refresh the chunk's cache slot with clean keys; the output is not needed.
-            if self.cancel.load(Ordering::SeqCst) {
-                return Err(EngineError::Cancelled);
-            }
-            let ActiveShot { plan, captions, context, local, .. } = &mut *active;
-            model.forward_chunk(&out, &plan.shot_frames(start, cf, self.cfg.refresh_t), captions, context, local, start)?;
-        }
-        active.next_chunk += 1;
-        active.chunks.push(out.clone());
-        if last {
-            let shot_latents = Tensor::cat(&active.chunks, 0)?;
+        let run = self.active.as_mut().ok_or_else(|| EngineError::Input("no shot is running".into()))?;
+        let chunk = run.next_chunk(self.noise.as_mut(), &|| cancel.load(Ordering::SeqCst))?;
+        if chunk.last_in_shot {
+            let shot_latents = run.latents()?;
             self.active = None; // releases the caches
             let pixel_frames = self.codec.record_shot(&shot_latents)?;
             self.shot_pixel_frames.push(pixel_frames);
             self.finished.push(shot_latents);
         }
-        Ok(LatentChunk { shot, chunk, first_frame: start, latents: out, last_in_shot: last })
+        Ok(chunk)
     }
 }

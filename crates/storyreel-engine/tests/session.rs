@@ -1,0 +1,179 @@
+//! The streaming Session end to end on a tiny random model.
+
+use std::sync::atomic::Ordering;
+
+use candle_core::{DType, Device, Tensor};
+use storyreel_engine::{
+    DynamicSampling, EngineError, GivenNoise, LatentHistory, NoContext, SeededNoise, Session, SessionConfig, ShotRun,
+};
+use storyreel_nn::dit::random_weights;
+use storyreel_nn::{RopeConfig, WanConfig, WanModel};
+
+fn model() -> WanModel {
+    let cfg = WanConfig::tiny();
+    let w = random_weights(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    WanModel::from_tensors(w, &cfg, RopeConfig::default(), DType::F32, &Device::Cpu).unwrap()
+}
+
+fn config() -> SessionConfig {
+    SessionConfig { frames_per_shot: 6, ..SessionConfig::shotstream((4, 6)) }
+}
+
+fn caption(seed: u64) -> Tensor {
+    let cfg = WanConfig::tiny();
+    let mut s = seed;
+    let data: Vec<f32> = (0..5 * cfg.text_dim)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (s >> 41) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, (5, cfg.text_dim), &Device::Cpu).unwrap()
+}
+
+fn session(m: &WanModel, seed: u64) -> Session<'_> {
+    Session::new(
+        m,
+        config(),
+        Box::new(DynamicSampling::default()),
+        Box::new(LatentHistory::default()),
+        Box::new(SeededNoise::new(seed)),
+    )
+    .unwrap()
+}
+
+fn run_story(m: &WanModel, seed: u64) -> Vec<Tensor> {
+    let mut s = session(m, seed);
+    let mut out = Vec::new();
+    for shot in 0..2 {
+        s.push_shot(&caption(shot)).unwrap();
+        while let Some(c) = s.next_chunk().unwrap() {
+            out.push(c.latents);
+        }
+    }
+    out
+}
+
+#[test]
+fn chunks_stream_as_captions_arrive_and_caches_are_released() {
+    let m = model();
+    let mut s = session(&m, 1);
+    assert!(s.next_chunk().unwrap().is_none(), "no caption yet, no chunk");
+    assert_eq!(s.push_shot(&caption(0)).unwrap(), 0);
+    let c0 = s.next_chunk().unwrap().unwrap();
+    assert_eq!((c0.shot, c0.chunk, c0.first_frame, c0.last_in_shot), (0, 0, 0, false));
+    assert_eq!(c0.latents.dims(), &[3, 4, 4, 6]);
+    assert!(s.cache_bytes() > 0);
+    // The next shot's caption may arrive while shot 0 is still streaming.
+    s.push_shot(&caption(1)).unwrap();
+    let c1 = s.next_chunk().unwrap().unwrap();
+    assert!(c1.last_in_shot);
+    assert_eq!(s.cache_bytes(), 0, "caches must be released at shot end");
+    assert_eq!(s.finished_shots(), 1);
+    let d = s.next_chunk().unwrap().unwrap();
+    assert_eq!((d.shot, d.chunk), (1, 0));
+    let d = s.next_chunk().unwrap().unwrap();
+    assert!(d.last_in_shot);
+    assert!(s.next_chunk().unwrap().is_none());
+    assert_eq!(s.shot_latents(1).unwrap().dims(), &[6, 4, 4, 6]);
+    let finite = s.shot_latents(1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(finite.is_finite() && finite > 0.0);
+}
+
+#[test]
+fn same_seed_same_latents_and_context_matters() {
+    let m = model();
+    let a = run_story(&m, 5);
+    let b = run_story(&m, 5);
+    for (x, y) in a.iter().zip(&b) {
+        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0);
+    }
+    let c = run_story(&m, 6);
+    assert_ne!(a[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(), c[0].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    // Shot 1 with the `none` policy differs from dynamic context (the context is used).
+    let mut s = Session::new(
+        &m,
+        config(),
+        Box::new(NoContext),
+        Box::new(LatentHistory::default()),
+        Box::new(SeededNoise::new(5)),
+    )
+    .unwrap();
+    let mut none = Vec::new();
+    for shot in 0..2 {
+        s.push_shot(&caption(shot)).unwrap();
+        while let Some(c) = s.next_chunk().unwrap() {
+            none.push(c.latents);
+        }
+    }
+    let same0 = (&none[0] - &a[0]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(same0, 0.0, "shot 0 never has context");
+    let diff2 = (&none[2] - &a[2]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff2 > 1e-5, "shot 1 ignored its context");
+}
+
+#[test]
+fn shot_run_with_given_noise_matches_the_session() {
+    let m = model();
+    let cfg = config();
+    let seeded = run_story(&m, 9);
+    // Rebuild shot 0's noise tensor [chunks, steps, 3, C, H, W] from the same seeded source.
+    let mut src = SeededNoise::new(9);
+    let mut chunks = Vec::new();
+    for c in 0..2 {
+        let steps: Vec<Tensor> = (0..4)
+            .map(|s| storyreel_engine::NoiseSource::noise(&mut src, 0, c, s, &[3, 4, 4, 6], &Device::Cpu).unwrap())
+            .collect();
+        chunks.push(Tensor::stack(&steps, 0).unwrap());
+    }
+    let mut given = GivenNoise::new(Tensor::stack(&chunks, 0).unwrap()).unwrap();
+    let caps = caption(0).pad_with_zeros(0, 0, WanConfig::tiny().text_len - 5).unwrap().unsqueeze(0).unwrap();
+    let ctx = Tensor::zeros((6, 4, 4, 6), DType::F32, &Device::Cpu).unwrap();
+    let mut run = ShotRun::start(&m, &cfg, 0, &caps, &ctx, &[0; 6]).unwrap();
+    for want in &seeded[..2] {
+        let got = run.next_chunk(&mut given, &|| false).unwrap();
+        let d = (&got.latents - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0);
+    }
+    assert!(run.is_done());
+    assert!(run.next_chunk(&mut given, &|| false).is_err());
+}
+
+#[test]
+fn cancel_stops_a_shot_and_the_session_recovers() {
+    let m = model();
+    let mut s = session(&m, 2);
+    s.push_shot(&caption(0)).unwrap();
+    s.next_chunk().unwrap();
+    s.cancel_token().store(true, Ordering::SeqCst);
+    assert!(matches!(s.next_chunk(), Err(EngineError::Cancelled)));
+    assert_eq!(s.cache_bytes(), 0);
+    assert!(!s.has_work());
+    s.push_shot(&caption(0)).unwrap();
+    let c = s.next_chunk().unwrap().unwrap();
+    assert_eq!((c.shot, c.chunk), (0, 0));
+    s.cancel();
+    assert!(s.next_chunk().unwrap().is_none());
+}
+
+#[test]
+fn malformed_inputs_are_clear_errors() {
+    let m = model();
+    let mut s = session(&m, 2);
+    let wrong_width = Tensor::zeros((5, 7), DType::F32, &Device::Cpu).unwrap();
+    assert!(s.push_shot(&wrong_width).unwrap_err().to_string().contains("does not fit"));
+    let too_long = Tensor::zeros((100, WanConfig::tiny().text_dim), DType::F32, &Device::Cpu).unwrap();
+    assert!(s.push_shot(&too_long).is_err());
+    let rank3 = Tensor::zeros((1, 5, 24), DType::F32, &Device::Cpu).unwrap();
+    assert!(s.push_shot(&rank3).is_err());
+    let bad = SessionConfig { frames_per_shot: 7, ..config() };
+    let err = Session::new(&m, bad, Box::new(NoContext), Box::new(LatentHistory::default()), Box::new(SeededNoise::new(0)));
+    assert!(err.err().unwrap().to_string().contains("multiple"));
+    let odd = SessionConfig { latent_size: (5, 6), ..config() };
+    assert!(Session::new(&m, odd, Box::new(NoContext), Box::new(LatentHistory::default()), Box::new(SeededNoise::new(0))).is_err());
+    let ctx = Tensor::zeros((5, 4, 4, 6), DType::F32, &Device::Cpu).unwrap();
+    let caps = Tensor::zeros((1, 8, 24), DType::F32, &Device::Cpu).unwrap();
+    let err = ShotRun::start(&m, &config(), 0, &caps, &ctx, &[0; 6]).err().expect("must fail");
+    assert!(err.to_string().contains("context latents"), "{err}");
+}
