@@ -1,1 +1,59 @@
-fn main(){}
+//! The `storyreel` command line.
+
+mod bench;
+mod device;
+mod generate_latents;
+mod testcase;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// storyreel: streaming, interactive, multi-shot video generation (ShotStream on Wan2.1).
+#[derive(Parser)]
+#[command(name = "storyreel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a checkpoint's layout, config, parameter count and dtypes (file or model folder).
+    Inspect {
+        /// Weights file (.safetensors, .pt, .pth), shard index, or model folder.
+        path: PathBuf,
+    },
+    /// Run one shot of the streaming loop from given inputs (for comparison with the reference).
+    GenerateLatents(generate_latents::Args),
+    /// Write a random model folder and matching generate-latents inputs (tests, parity checks).
+    Testcase(testcase::Args),
+    /// Measure speed: the DiT chunk forward or the machine's matmul peak.
+    Bench {
+        #[command(subcommand)]
+        what: bench::What,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Inspect { path } => inspect(&path),
+        Command::GenerateLatents(args) => generate_latents::run(&args),
+        Command::Testcase(args) => testcase::run(&args),
+        Command::Bench { what } => bench::run(&what),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn inspect(path: &std::path::Path) -> Result<()> {
+    let report = storyreel_nn::checkpoint::inspect(path)
+        .map_err(|e| anyhow::anyhow!(e))
+        .map_err(|e| e.context(format!("inspecting {}", path.display())))?;
+    println!("{report}");
+    Ok(())
+}
