@@ -83,8 +83,9 @@ fn fused_applies(q: &Tensor, segments: &[QuerySegment<'_>]) -> bool {
     ok(q) && segments.iter().all(|s| s.spans.iter().all(|sp| ok(sp.k) && ok(sp.v)))
 }
 
-/// Query rows processed together by one fused task.
-const QUERY_BLOCK: usize = 64;
+/// Query rows processed together by one fused task: 256 rows keep the score block small
+/// enough for the softmax passes while amortising gemm's packing (measured on 2 EPYC cores).
+const QUERY_BLOCK: usize = 256;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -198,7 +199,7 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
                     );
                     col += sp.len;
                 }
-                let mut inv_sums = [0f32; QUERY_BLOCK];
+                let mut inv_sums = vec![0f32; rows];
                 for (r, inv) in inv_sums.iter_mut().enumerate().take(rows) {
                     let row = std::slice::from_raw_parts_mut(s_ptr.add(r * n_total), n_total);
                     *inv = 1.0 / softmax_unnormalised(row);
@@ -245,31 +246,85 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
 
 /// Replaces a row of scores by exp(x − max) and returns their sum.
 fn softmax_unnormalised(row: &mut [f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        let e = exp_nonpositive(*x - max);
-        *x = e;
-        sum += e;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { softmax_row_avx2(row) };
+        }
     }
-    sum
+    softmax_row::<false>(row)
 }
 
-/// exp(x) for x ≤ 0, relative error ≈ 1e-7, written so the loop around it vectorises.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_avx2(row: &mut [f32]) -> f32 {
+    softmax_row::<true>(row)
+}
+
+/// Lanes of independent accumulators, so the reductions vectorise.
+const LANES: usize = 8;
+
 #[inline(always)]
+fn softmax_row<const FMA: bool>(row: &mut [f32]) -> f32 {
+    let mut lane_max = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    for c in chunks {
+        for i in 0..LANES {
+            lane_max[i] = if c[i] > lane_max[i] { c[i] } else { lane_max[i] };
+        }
+    }
+    for m in lane_max {
+        max = if m > max { m } else { max };
+    }
+    let mut lane_sum = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            let e = exp_nonpositive_impl::<FMA>(c[i] - max);
+            c[i] = e;
+            lane_sum[i] += e;
+        }
+    }
+    let mut sum = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp_nonpositive_impl::<FMA>(*x - max);
+        sum += *x;
+    }
+    sum + lane_sum.iter().sum::<f32>()
+}
+
+/// exp(x) for x ≤ 0, relative error ≈ 1e-7.
 pub fn exp_nonpositive(x: f32) -> f32 {
+    exp_nonpositive_impl::<false>(x)
+}
+
+#[inline(always)]
+fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Branch-free so that loops around it vectorise: e^x = 2^r · e^g with r = round(x·log2 e).
+#[inline(always)]
+fn exp_nonpositive_impl<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer.
-    let x = x.max(-87.0);
-    let r = (x * LOG2E + ROUND) - ROUND;
-    let g = (x - r * LN2_HI) - r * LN2_LO;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let r = fmadd::<FMA>(x, LOG2E, ROUND) - ROUND;
+    let g = fmadd::<FMA>(-r, LN2_LO, fmadd::<FMA>(-r, LN2_HI, x));
     // Taylor series of e^g on |g| ≤ ln2/2, degree 7 (error below f32 precision).
-    let p = 1.0
-        + g * (1.0
-            + g * (0.5
-                + g * (1.0 / 6.0 + g * (1.0 / 24.0 + g * (1.0 / 120.0 + g * (1.0 / 720.0 + g * (1.0 / 5040.0)))))));
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = fmadd::<FMA>(p, g, c);
+    }
+    // r ∈ [−126, 0] here, so the integer conversion cannot overflow.
     let bits = ((r as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
