@@ -104,15 +104,8 @@ mod tests {
 
     #[test]
     fn counts_match_the_spec_table() {
-        let table: [&[usize]; 7] = [
-            &[6],
-            &[3, 3],
-            &[2, 2, 2],
-            &[1, 1, 2, 2],
-            &[1, 1, 1, 1, 2],
-            &[1, 1, 1, 1, 1, 1],
-            &[0, 1, 1, 1, 1, 1, 1],
-        ];
+        let table: [&[usize]; 7] =
+            [&[6], &[3, 3], &[2, 2, 2], &[1, 1, 2, 2], &[1, 1, 1, 1, 2], &[1, 1, 1, 1, 1, 1], &[0, 1, 1, 1, 1, 1, 1]];
         for (p, want) in table.iter().enumerate() {
             assert_eq!(dynamic_counts(6, p + 1), want.to_vec(), "P = {}", p + 1);
             assert_eq!(dynamic_counts(6, p + 1).iter().sum::<usize>(), 6);

@@ -77,7 +77,10 @@ impl NoiseSource for GivenNoise {
         }
         let t = self.noise.get(chunk)?.get(step)?;
         if t.dims() != shape {
-            return Err(EngineError::Input(format!("given noise has shape {:?} per step; the chunk needs {shape:?}", t.dims())));
+            return Err(EngineError::Input(format!(
+                "given noise has shape {:?} per step; the chunk needs {shape:?}",
+                t.dims()
+            )));
         }
         Ok(t.to_device(device)?.to_dtype(candle_core::DType::F32)?)
     }

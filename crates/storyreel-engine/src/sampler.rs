@@ -95,8 +95,10 @@ impl EulerSampler {
         if steps == 0 {
             return Err(EngineError::Config("Euler sampling needs at least one step".into()));
         }
-        if !(shift > 0.0 && shift.is_finite()) || !guidance.is_finite() {
-            return Err(EngineError::Config(format!("shift {shift} and guidance {guidance} must be finite, shift positive")));
+        if !(shift > 0.0 && shift.is_finite() && guidance.is_finite()) {
+            return Err(EngineError::Config(format!(
+                "shift {shift} and guidance {guidance} must be finite, shift positive"
+            )));
         }
         Ok(Self { schedule: FlowSchedule::new(steps, shift), guidance })
     }
@@ -186,10 +188,15 @@ mod tests {
         let mut seen = 0;
         // Conditional = true flow, unconditional = the same: CFG leaves it unchanged.
         let out = s
-            .sample(eps.clone(), &mut |_, _, _| Ok(v.clone()), &mut |_, _| {
-                seen += 1;
-                Ok(())
-            }, &|| false)
+            .sample(
+                eps.clone(),
+                &mut |_, _, _| Ok(v.clone()),
+                &mut |_, _| {
+                    seen += 1;
+                    Ok(())
+                },
+                &|| false,
+            )
             .unwrap();
         assert_eq!(seen, 10);
         let d = (out - &x0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -198,10 +205,15 @@ mod tests {
         let mut got = Vec::new();
         let s1 = EulerSampler::new(1, 1.0, 6.0).unwrap();
         let out = s1
-            .sample(eps.clone(), &mut |_, _, c| {
-                got.push(c);
-                Ok(if c { v.clone() } else { v.zeros_like()? })
-            }, &mut |_, _| Ok(()), &|| false)
+            .sample(
+                eps.clone(),
+                &mut |_, _, c| {
+                    got.push(c);
+                    Ok(if c { v.clone() } else { v.zeros_like()? })
+                },
+                &mut |_, _| Ok(()),
+                &|| false,
+            )
             .unwrap();
         assert_eq!(got, vec![true, false]);
         let want = (&eps - (&v * 6.0).unwrap()).unwrap();

@@ -91,11 +91,17 @@ impl SessionConfig {
         if self.chunk_frames == 0 || self.frames_per_shot == 0 {
             return bad("frames per shot and per chunk must be positive".into());
         }
-        if self.frames_per_shot % self.chunk_frames != 0 {
-            return bad(format!("{} frames per shot is not a multiple of {}-frame chunks", self.frames_per_shot, self.chunk_frames));
+        if !self.frames_per_shot.is_multiple_of(self.chunk_frames) {
+            return bad(format!(
+                "{} frames per shot is not a multiple of {}-frame chunks",
+                self.frames_per_shot, self.chunk_frames
+            ));
         }
         if self.frames_per_shot > 10_000 || self.context_frames > 1_000 {
-            return bad(format!("{} frames per shot / {} context frames is absurd", self.frames_per_shot, self.context_frames));
+            return bad(format!(
+                "{} frames per shot / {} context frames is absurd",
+                self.frames_per_shot, self.context_frames
+            ));
         }
         if !self.refresh_t.is_finite() || self.refresh_t < 0.0 {
             return bad(format!("refresh timestep {} must be ≥ 0", self.refresh_t));
@@ -161,9 +167,12 @@ impl<'m> ShotRun<'m> {
                 context_latents.dims()
             )));
         }
-        let n_caps = captions.dims3().map_err(|_| {
-            EngineError::Input(format!("caption embeddings must be [N, L, text_dim]; got {:?}", captions.dims()))
-        })?.0;
+        let n_caps = captions
+            .dims3()
+            .map_err(|_| {
+                EngineError::Input(format!("caption embeddings must be [N, L, text_dim]; got {:?}", captions.dims()))
+            })?
+            .0;
         let plan = ShotPlan::new(shot, context_flags, n_caps)?;
         let device = model.device().clone();
         let captions = model.embed_captions(captions)?;
@@ -287,7 +296,11 @@ impl<'m> Session<'m> {
     pub fn push_shot(&mut self, caption: &Tensor) -> Result<usize> {
         let cfg = self.model.config();
         let (l, d) = caption.dims2().map_err(|_| {
-            EngineError::Input(format!("a shot's caption embedding must be [tokens, {}]; got {:?}", cfg.text_dim, caption.dims()))
+            EngineError::Input(format!(
+                "a shot's caption embedding must be [tokens, {}]; got {:?}",
+                cfg.text_dim,
+                caption.dims()
+            ))
         })?;
         if d != cfg.text_dim || l == 0 || l > cfg.text_len {
             return Err(EngineError::Input(format!(
@@ -305,7 +318,10 @@ impl<'m> Session<'m> {
     pub fn set_next_context(&mut self, context: GivenContext) -> Result<()> {
         let n = context.latents.dim(0)?;
         if n != context.shots.len() {
-            return Err(EngineError::Input(format!("{n} context latents but {} context shot flags", context.shots.len())));
+            return Err(EngineError::Input(format!(
+                "{n} context latents but {} context shot flags",
+                context.shots.len()
+            )));
         }
         let (h, w) = self.cfg.latent_size;
         let want = [self.model.config().in_dim, h, w];
@@ -316,7 +332,10 @@ impl<'m> Session<'m> {
             )));
         }
         if n != self.cfg.context_frames {
-            return Err(EngineError::Input(format!("{n} context frames given; the session uses {}", self.cfg.context_frames)));
+            return Err(EngineError::Input(format!(
+                "{n} context frames given; the session uses {}",
+                self.cfg.context_frames
+            )));
         }
         self.given_context = Some(context);
         Ok(())
@@ -402,7 +421,8 @@ impl<'m> Session<'m> {
                     let mut frames = Vec::with_capacity(n_ctx);
                     for p in &picks {
                         self.check_cancel()?;
-                        frames.push(self.codec.encode_frame(p.shot, p.frame)?.to_device(&device)?.to_dtype(DType::F32)?);
+                        frames
+                            .push(self.codec.encode_frame(p.shot, p.frame)?.to_device(&device)?.to_dtype(DType::F32)?);
                     }
                     (Tensor::stack(&frames, 0)?, picks.iter().map(|p| p.shot as i64).collect())
                 }

@@ -37,7 +37,9 @@ impl ShotPlan {
         let shot_flag = context_flags.last().copied().unwrap_or(0) + 1;
         let routed = captions > 1;
         if routed && shot >= captions {
-            return Err(EngineError::Input(format!("shot {shot} needs caption {shot}, but only {captions} were given")));
+            return Err(EngineError::Input(format!(
+                "shot {shot} needs caption {shot}, but only {captions} were given"
+            )));
         }
         let context_captions = context_flags
             .iter()

@@ -90,7 +90,10 @@ fn same_seed_same_latents_and_context_matters() {
         assert_eq!(d, 0.0);
     }
     let c = run_story(&m, 6);
-    assert_ne!(a[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(), c[0].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    assert_ne!(
+        a[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        c[0].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
     // Shot 1 with the `none` policy differs from dynamic context (the context is used).
     let mut s = Session::new(
         &m,
@@ -168,10 +171,18 @@ fn malformed_inputs_are_clear_errors() {
     let rank3 = Tensor::zeros((1, 5, 24), DType::F32, &Device::Cpu).unwrap();
     assert!(s.push_shot(&rank3).is_err());
     let bad = SessionConfig { frames_per_shot: 7, ..config() };
-    let err = Session::new(&m, bad, Box::new(NoContext), Box::new(LatentHistory::default()), Box::new(SeededNoise::new(0)));
+    let err =
+        Session::new(&m, bad, Box::new(NoContext), Box::new(LatentHistory::default()), Box::new(SeededNoise::new(0)));
     assert!(err.err().unwrap().to_string().contains("multiple"));
     let odd = SessionConfig { latent_size: (5, 6), ..config() };
-    assert!(Session::new(&m, odd, Box::new(NoContext), Box::new(LatentHistory::default()), Box::new(SeededNoise::new(0))).is_err());
+    assert!(Session::new(
+        &m,
+        odd,
+        Box::new(NoContext),
+        Box::new(LatentHistory::default()),
+        Box::new(SeededNoise::new(0))
+    )
+    .is_err());
     let ctx = Tensor::zeros((5, 4, 4, 6), DType::F32, &Device::Cpu).unwrap();
     let caps = Tensor::zeros((1, 8, 24), DType::F32, &Device::Cpu).unwrap();
     let err = ShotRun::start(&m, &config(), 0, &caps, &ctx, &[0; 6]).err().expect("must fail");

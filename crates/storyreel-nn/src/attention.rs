@@ -79,7 +79,8 @@ fn check_segments(h: usize, lq: usize, hd: usize, segments: &[QuerySegment<'_>])
 }
 
 fn fused_applies(q: &Tensor, segments: &[QuerySegment<'_>]) -> bool {
-    let ok = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op();
+    let ok =
+        |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op();
     ok(q) && segments.iter().all(|s| s.spans.iter().all(|sp| ok(sp.k) && ok(sp.v)))
 }
 
@@ -96,6 +97,13 @@ thread_local! {
 struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer; a method call makes closures capture the whole (Send) wrapper.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 fn cpu_f32(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, usize)> {
     let (storage, layout) = t.storage_and_layout();
@@ -160,7 +168,6 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
     let q_ptr = q_data.as_ptr() as usize;
     use rayon::prelude::*;
     tasks.par_iter().for_each(|&(si, head, r0, r1)| {
-        let out_ptr = out_ptr;
         let spans = &seg_spans[si];
         let rows = r1 - r0;
         let n_total: usize = spans.iter().map(|s| s.len).sum();
@@ -204,7 +211,7 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
                     let row = std::slice::from_raw_parts_mut(s_ptr.add(r * n_total), n_total);
                     *inv = 1.0 / softmax_unnormalised(row);
                 }
-                let dst = out_ptr.0.add(r0 * width + head * hd);
+                let dst = out_ptr.get().add(r0 * width + head * hd);
                 let mut col = 0usize;
                 for (i, sp) in spans.iter().enumerate() {
                     gemm::gemm(
@@ -397,10 +404,7 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (2, 50, 8), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (2, 50, 8), &dev).unwrap();
         // Keys 0..20 and 30..50 of the cache, as two spans.
-        let spans = vec![
-            KvSpan { k: &k, v: &v, rows: 0..20 },
-            KvSpan { k: &k, v: &v, rows: 30..50 },
-        ];
+        let spans = vec![KvSpan { k: &k, v: &v, rows: 0..20 }, KvSpan { k: &k, v: &v, rows: 30..50 }];
         let seg = [QuerySegment { rows: 0..70, spans }];
         let fused = attention(&q, &seg, 0.3).unwrap();
         let kk = Tensor::cat(&[k.narrow(1, 0, 20).unwrap(), k.narrow(1, 30, 20).unwrap()], 1).unwrap();

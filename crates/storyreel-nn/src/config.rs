@@ -137,20 +137,20 @@ impl WanConfig {
         if self.dim == 0 || self.num_heads == 0 || self.num_layers == 0 || self.ffn_dim == 0 {
             return bad("dim, num_heads, num_layers and ffn_dim must be positive".into());
         }
-        if self.dim % self.num_heads != 0 {
+        if !self.dim.is_multiple_of(self.num_heads) {
             return bad(format!("dim {} is not divisible by num_heads {}", self.dim, self.num_heads));
         }
         let hd = self.head_dim();
-        if hd % 2 != 0 || hd < 6 {
+        if !hd.is_multiple_of(2) || hd < 6 {
             return bad(format!("head_dim {hd} must be even and at least 6 (3D RoPE)"));
         }
-        if self.freq_dim % 2 != 0 || self.freq_dim == 0 {
+        if !self.freq_dim.is_multiple_of(2) || self.freq_dim == 0 {
             return bad(format!("freq_dim {} must be even and positive", self.freq_dim));
         }
         if self.patch_size[0] != 1 {
             return bad(format!("temporal patch size {} is not supported (Wan uses 1)", self.patch_size[0]));
         }
-        if self.patch_size.iter().any(|&p| p == 0) {
+        if self.patch_size.contains(&0) {
             return bad("patch sizes must be positive".into());
         }
         if self.text_len == 0 || self.text_dim == 0 || self.in_dim == 0 || self.out_dim == 0 {
@@ -170,8 +170,8 @@ impl WanConfig {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| NnError::Config(format!("config.json is not valid JSON: {e}")))?;
         let cfg = if value.get("num_attention_heads").is_some() {
-            let d: DiffusersConfig = serde_json::from_value(value)
-                .map_err(|e| NnError::Config(format!("diffusers config: {e}")))?;
+            let d: DiffusersConfig =
+                serde_json::from_value(value).map_err(|e| NnError::Config(format!("diffusers config: {e}")))?;
             WanConfig {
                 dim: d.num_attention_heads * d.attention_head_dim,
                 ffn_dim: d.ffn_dim,

@@ -119,7 +119,11 @@ impl LocalWindow {
     /// Checks that the window holds whole chunks and leaves room after the sinks.
     pub fn check(&self, chunk_frames: usize) -> Result<()> {
         let LocalWindow { capacity_frames, sink_frames } = *self;
-        if chunk_frames == 0 || capacity_frames == 0 || capacity_frames % chunk_frames != 0 || sink_frames % chunk_frames != 0 {
+        if chunk_frames == 0
+            || capacity_frames == 0
+            || capacity_frames % chunk_frames != 0
+            || sink_frames % chunk_frames != 0
+        {
             return Err(NnError::Config(format!(
                 "local cache of {capacity_frames} frames with {sink_frames} sink frames must be whole chunks of {chunk_frames}"
             )));
@@ -178,7 +182,7 @@ impl LocalCache {
 
     /// Slot for the chunk starting at frame `start_frame` of the shot.
     pub fn slot_for(&self, start_frame: usize) -> Result<ChunkSlot> {
-        if start_frame % self.chunk_frames != 0 {
+        if !start_frame.is_multiple_of(self.chunk_frames) {
             return Err(NnError::Input(format!(
                 "chunk start frame {start_frame} is not a multiple of {}",
                 self.chunk_frames

@@ -53,7 +53,7 @@ pub const MAX_POSITIONS: usize = 1024;
 impl Rope {
     /// Frequency tables for heads of width `head_dim`.
     pub fn new(head_dim: usize, cfg: RopeConfig) -> Result<Self> {
-        if head_dim % 2 != 0 || head_dim < 6 {
+        if !head_dim.is_multiple_of(2) || head_dim < 6 {
             return Err(NnError::Config(format!("RoPE needs an even head width ≥ 6, got {head_dim}")));
         }
         let pairs = head_dim / 2;
@@ -80,7 +80,9 @@ impl Rope {
     /// cos and sin tables `[F·hp·wp, pairs]` for frames on an hp×wp token grid (token order f, h, w).
     pub fn tables(&self, frames: &[FramePhase], hp: usize, wp: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         if hp > MAX_POSITIONS || wp > MAX_POSITIONS {
-            return Err(NnError::Input(format!("token grid {hp}×{wp} exceeds the {MAX_POSITIONS}-position RoPE table")));
+            return Err(NnError::Input(format!(
+                "token grid {hp}×{wp} exceeds the {MAX_POSITIONS}-position RoPE table"
+            )));
         }
         let pairs = self.pairs();
         let n = frames.len() * hp * wp;
@@ -97,8 +99,8 @@ impl Rope {
             }
             // The reference forms s·θ in f32 and adds it to f64 angles.
             let phase = self.cfg.shot_phase.map_or(0.0, |th| (fr.shot_flag as f32 * th) as f64);
-            for j in 0..nt {
-                row[j] = fr.position as f64 * self.freqs_t[j] + phase;
+            for (slot, freq) in row.iter_mut().zip(&self.freqs_t) {
+                *slot = fr.position as f64 * freq + phase;
             }
             for h in 0..hp {
                 for j in 0..nh {

@@ -3,16 +3,13 @@
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use storyreel_nn::checkpoint::{
-    dit_tensor_shapes, inspect, lora_target_paths, save_checkpoint, save_pth_dicts,
-    save_safetensors, CheckpointLayout, InferredShape, InspectContent, WeightFormat,
+    dit_tensor_shapes, inspect, lora_target_paths, save_checkpoint, save_pth_dicts, save_safetensors, CheckpointLayout,
+    InferredShape, InspectContent, WeightFormat,
 };
 use storyreel_nn::WanConfig;
 
 fn tiny_model(cfg: &WanConfig, dtype: DType) -> HashMap<String, Tensor> {
-    dit_tensor_shapes(cfg)
-        .into_iter()
-        .map(|(n, s)| (n, Tensor::zeros(s, dtype, &Device::Cpu).unwrap()))
-        .collect()
+    dit_tensor_shapes(cfg).into_iter().map(|(n, s)| (n, Tensor::zeros(s, dtype, &Device::Cpu).unwrap())).collect()
 }
 
 fn lora_keys(cfg: &WanConfig, prefix: &str) -> Vec<(String, Tensor)> {
@@ -55,14 +52,9 @@ fn inspect_a_model_folder_with_config() {
         other => panic!("{other:?}"),
     }
     let text = r.to_string();
-    for needle in [
-        "full DiT model",
-        "Wan (original names)",
-        "140,496 parameters",
-        "bf16 ×69",
-        "num_heads 2",
-        "match the config",
-    ] {
+    for needle in
+        ["full DiT model", "Wan (original names)", "140,496 parameters", "bf16 ×69", "num_heads 2", "match the config"]
+    {
         assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
     }
 
@@ -71,14 +63,8 @@ fn inspect_a_model_folder_with_config() {
     three.num_layers = 3;
     std::fs::write(dir.path().join("config.json"), three.to_json()).unwrap();
     let r = inspect(dir.path()).unwrap();
-    let InspectContent::Model(m) = &r.content else {
-        panic!()
-    };
-    assert!(
-        m.check.as_ref().unwrap_err().contains("blocks.2."),
-        "{:?}",
-        m.check
-    );
+    let InspectContent::Model(m) = &r.content else { panic!() };
+    assert!(m.check.as_ref().unwrap_err().contains("blocks.2."), "{:?}", m.check);
 }
 
 #[test]
@@ -86,12 +72,7 @@ fn inspect_a_diffusers_pt_without_config_infers_the_shape() {
     let cfg = WanConfig::tiny();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("transformer.pt");
-    save_checkpoint(
-        &path,
-        &tiny_model(&cfg, DType::F32),
-        CheckpointLayout::Diffusers,
-    )
-    .unwrap();
+    save_checkpoint(&path, &tiny_model(&cfg, DType::F32), CheckpointLayout::Diffusers).unwrap();
     let r = inspect(&path).unwrap();
     assert_eq!(r.format, WeightFormat::Pth);
     match &r.content {
@@ -137,10 +118,7 @@ fn inspect_a_shotstream_lora_pt() {
             assert_eq!(l.targets, 20);
             assert_eq!(l.blocks, 2);
             assert_eq!(l.kinds.len(), 10);
-            assert!(
-                l.kinds.contains(&"self_attn.q".to_string())
-                    && l.kinds.contains(&"ffn.2".to_string())
-            );
+            assert!(l.kinds.contains(&"self_attn.q".to_string()) && l.kinds.contains(&"ffn.2".to_string()));
         }
         other => panic!("{other:?}"),
     }
@@ -162,15 +140,9 @@ fn inspect_a_peft_folder() {
     let dir = tempfile::tempdir().unwrap();
     let keys: HashMap<String, Tensor> = lora_keys(&cfg, "").into_iter().collect();
     save_safetensors(&dir.path().join("adapter_model.safetensors"), &keys).unwrap();
-    std::fs::write(
-        dir.path().join("adapter_config.json"),
-        r#"{"r":4,"lora_alpha":16}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("adapter_config.json"), r#"{"r":4,"lora_alpha":16}"#).unwrap();
     let r = inspect(dir.path()).unwrap();
-    let InspectContent::Lora(l) = &r.content else {
-        panic!("{:?}", r.content)
-    };
+    let InspectContent::Lora(l) = &r.content else { panic!("{:?}", r.content) };
     assert_eq!(l.targets, 20);
     assert!(l.scale.contains("= 4"), "{}", l.scale);
 }

@@ -5,24 +5,15 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use storyreel_nn::checkpoint::{
-    dit_tensor_shapes, find_model_files, from_canonical, load_dit_checkpoint,
-    load_dit_checkpoint_from_key, rename_to_layout, save_checkpoint, save_pth, save_pth_dicts,
-    save_safetensors, CheckpointLayout, WeightFormat,
+    dit_tensor_shapes, find_model_files, from_canonical, load_dit_checkpoint, load_dit_checkpoint_from_key,
+    rename_to_layout, save_checkpoint, save_pth, save_pth_dicts, save_safetensors, CheckpointLayout, WeightFormat,
 };
 use storyreel_nn::{NnError, WanConfig};
 
 fn tiny_model(cfg: &WanConfig, dtype: DType) -> HashMap<String, Tensor> {
     dit_tensor_shapes(cfg)
         .into_iter()
-        .map(|(n, s)| {
-            (
-                n,
-                Tensor::randn(0f32, 1.0, s, &Device::Cpu)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap(),
-            )
-        })
+        .map(|(n, s)| (n, Tensor::randn(0f32, 1.0, s, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()))
         .collect()
 }
 
@@ -61,10 +52,7 @@ fn tensor_shapes_add_up_to_the_parameter_count() {
     for cfg in [WanConfig::tiny(), WanConfig::wan_1_3b()] {
         let shapes = dit_tensor_shapes(&cfg);
         assert_eq!(shapes.len(), 15 + 27 * cfg.num_layers);
-        let total: usize = shapes
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
+        let total: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         assert_eq!(total, cfg.parameter_count());
         let names: std::collections::HashSet<_> = shapes.iter().map(|(n, _)| n).collect();
         assert_eq!(names.len(), shapes.len(), "duplicate names");
@@ -88,11 +76,7 @@ fn every_layout_and_format_loads_to_the_same_canonical_tensors() {
 
     // (file, expected layout, expected state key)
     let mut cases: Vec<(PathBuf, CheckpointLayout, Option<&str>)> = Vec::new();
-    for layout in [
-        CheckpointLayout::Wan,
-        CheckpointLayout::ShotStream,
-        CheckpointLayout::Diffusers,
-    ] {
+    for layout in [CheckpointLayout::Wan, CheckpointLayout::ShotStream, CheckpointLayout::Diffusers] {
         let st = d(&format!("{layout:?}.safetensors"));
         save_checkpoint(&st, &model, layout).unwrap();
         cases.push((st, layout, None));
@@ -109,26 +93,14 @@ fn every_layout_and_format_loads_to_the_same_canonical_tensors() {
     save_pth_dicts(&sf, &[("generator", &named), ("generator_ema", &named_ema)]).unwrap();
     // Diffusers names under `state_dict`, Wan names under `model`, torch.compile / DDP prefixes.
     let dsd = d("diffusers_state_dict.pth");
-    save_pth(
-        &dsd,
-        &rename_to_layout(&model, CheckpointLayout::Diffusers),
-        Some("state_dict"),
-    )
-    .unwrap();
+    save_pth(&dsd, &rename_to_layout(&model, CheckpointLayout::Diffusers), Some("state_dict")).unwrap();
     cases.push((dsd, CheckpointLayout::Diffusers, Some("state_dict")));
     let wm = d("wan_model.bin");
-    save_pth(
-        &wm,
-        &rename_to_layout(&model, CheckpointLayout::Wan),
-        Some("model"),
-    )
-    .unwrap();
+    save_pth(&wm, &rename_to_layout(&model, CheckpointLayout::Wan), Some("model")).unwrap();
     cases.push((wm, CheckpointLayout::Wan, Some("model")));
     let compiled = d("compiled.safetensors");
-    let prefixed: HashMap<String, Tensor> = model
-        .iter()
-        .map(|(n, t)| (format!("_orig_mod.module.model.{n}"), t.clone()))
-        .collect();
+    let prefixed: HashMap<String, Tensor> =
+        model.iter().map(|(n, t)| (format!("_orig_mod.module.model.{n}"), t.clone())).collect();
     save_safetensors(&compiled, &prefixed).unwrap();
     cases.push((compiled, CheckpointLayout::ShotStream, None));
 
@@ -138,18 +110,14 @@ fn every_layout_and_format_loads_to_the_same_canonical_tensors() {
         assert_eq!(loaded.layout, *layout, "{}", path.display());
         assert_eq!(loaded.state_key.as_deref(), *key, "{}", path.display());
         assert_eq!(loaded.files, vec![path.clone()]);
-        assert_eq!(
-            loaded.stored_dtypes,
-            BTreeMap::from([("f32".to_string(), 15 + 27 * cfg.num_layers)])
-        );
+        assert_eq!(loaded.stored_dtypes, BTreeMap::from([("f32".to_string(), 15 + 27 * cfg.num_layers)]));
         assert_identical(&model, &loaded.tensors, &path.display().to_string());
     }
 
     let ema = load_dit_checkpoint(&sf, &cfg, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(ema.state_key.as_deref(), Some("generator_ema"));
     assert_identical(&ema_model, &ema.tensors, "generator_ema");
-    let gen =
-        load_dit_checkpoint_from_key(&sf, "generator", &cfg, DType::F32, &Device::Cpu).unwrap();
+    let gen = load_dit_checkpoint_from_key(&sf, "generator", &cfg, DType::F32, &Device::Cpu).unwrap();
     assert_identical(&model, &gen.tensors, "generator");
 }
 
@@ -157,10 +125,7 @@ fn every_layout_and_format_loads_to_the_same_canonical_tensors() {
 fn layout_names_match_the_reference_checkpoints() {
     let cfg = WanConfig::tiny();
     let model = tiny_model(&cfg, DType::F32);
-    let dif: Vec<String> = rename_to_layout(&model, CheckpointLayout::Diffusers)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let dif: Vec<String> = rename_to_layout(&model, CheckpointLayout::Diffusers).into_iter().map(|(n, _)| n).collect();
     for name in [
         "scale_shift_table",
         "proj_out.weight",
@@ -172,16 +137,10 @@ fn layout_names_match_the_reference_checkpoints() {
         "blocks.1.ffn.net.0.proj.bias",
         "blocks.1.scale_shift_table",
     ] {
-        assert!(
-            dif.iter().any(|n| n == name),
-            "{name} missing from diffusers names"
-        );
+        assert!(dif.iter().any(|n| n == name), "{name} missing from diffusers names");
     }
     assert!(!dif.iter().any(|n| n.contains("norm3")));
-    assert_eq!(
-        from_canonical("blocks.0.ffn.0.weight", CheckpointLayout::ShotStream),
-        "model.blocks.0.ffn.0.weight"
-    );
+    assert_eq!(from_canonical("blocks.0.ffn.0.weight", CheckpointLayout::ShotStream), "model.blocks.0.ffn.0.weight");
 }
 
 fn write_shards(dir: &Path, model: &HashMap<String, Tensor>, with_index: bool) {
@@ -198,11 +157,7 @@ fn write_shards(dir: &Path, model: &HashMap<String, Tensor>, with_index: bool) {
     }
     if with_index {
         let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
-        std::fs::write(
-            dir.join("diffusion_pytorch_model.safetensors.index.json"),
-            index.to_string(),
-        )
-        .unwrap();
+        std::fs::write(dir.join("diffusion_pytorch_model.safetensors.index.json"), index.to_string()).unwrap();
     }
 }
 
@@ -215,11 +170,7 @@ fn sharded_safetensors_load_from_folder_and_index() {
     // Files a Wan model folder also holds: config, tokenizer, T5 and VAE weights (never read).
     std::fs::write(dir.path().join("config.json"), cfg.to_json()).unwrap();
     std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
-    std::fs::write(
-        dir.path().join("models_t5_umt5-xxl-enc-bf16.pth"),
-        b"not a checkpoint",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("models_t5_umt5-xxl-enc-bf16.pth"), b"not a checkpoint").unwrap();
     std::fs::write(dir.path().join("Wan2.1_VAE.pth"), b"not a checkpoint").unwrap();
 
     let mf = find_model_files(dir.path()).unwrap();
@@ -231,9 +182,7 @@ fn sharded_safetensors_load_from_folder_and_index() {
     let from_dir = load_dit_checkpoint(dir.path(), &cfg, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(from_dir.files, mf.weights);
     assert_identical(&model, &from_dir.tensors, "folder");
-    let index = dir
-        .path()
-        .join("diffusion_pytorch_model.safetensors.index.json");
+    let index = dir.path().join("diffusion_pytorch_model.safetensors.index.json");
     let from_index = load_dit_checkpoint(&index, &cfg, DType::F32, &Device::Cpu).unwrap();
     assert_identical(&model, &from_index.tensors, "index");
 
@@ -245,25 +194,12 @@ fn sharded_safetensors_load_from_folder_and_index() {
     assert_identical(&model, &loaded.tensors, "shards without index");
 
     // An index that names a missing shard, or puts a tensor in the wrong shard, is an error.
-    std::fs::remove_file(
-        dir.path()
-            .join("diffusion_pytorch_model-00002-of-00002.safetensors"),
-    )
-    .unwrap();
-    let err = load_dit_checkpoint(dir.path(), &cfg, DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("00002-of-00002") && err.contains("missing"),
-        "{err}"
-    );
-    let text = std::fs::read_to_string(&index)
-        .unwrap()
-        .replace("00002-of", "00001-of");
+    std::fs::remove_file(dir.path().join("diffusion_pytorch_model-00002-of-00002.safetensors")).unwrap();
+    let err = load_dit_checkpoint(dir.path(), &cfg, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("00002-of-00002") && err.contains("missing"), "{err}");
+    let text = std::fs::read_to_string(&index).unwrap().replace("00002-of", "00001-of");
     std::fs::write(&index, text).unwrap();
-    let err = load_dit_checkpoint(dir.path(), &cfg, DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = load_dit_checkpoint(dir.path(), &cfg, DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("is listed in shard"), "{err}");
 }
 
@@ -277,14 +213,9 @@ fn stored_dtype_is_converted_on_load() {
         let path = dir.path().join(file);
         save_checkpoint(&path, &bf, CheckpointLayout::Wan).unwrap();
         let loaded = load_dit_checkpoint(&path, &cfg, DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(
-            loaded.stored_dtypes,
-            BTreeMap::from([("bf16".to_string(), n)])
-        );
-        let expected: HashMap<String, Tensor> = bf
-            .iter()
-            .map(|(k, t)| (k.clone(), t.to_dtype(DType::F32).unwrap()))
-            .collect();
+        assert_eq!(loaded.stored_dtypes, BTreeMap::from([("bf16".to_string(), n)]));
+        let expected: HashMap<String, Tensor> =
+            bf.iter().map(|(k, t)| (k.clone(), t.to_dtype(DType::F32).unwrap())).collect();
         assert_identical(&expected, &loaded.tensors, file);
     }
     let f32m = tiny_model(&cfg, DType::F32);
@@ -293,10 +224,8 @@ fn stored_dtype_is_converted_on_load() {
         save_checkpoint(&path, &f32m, CheckpointLayout::Diffusers).unwrap();
         for dtype in [DType::BF16, DType::F16] {
             let loaded = load_dit_checkpoint(&path, &cfg, dtype, &Device::Cpu).unwrap();
-            let expected: HashMap<String, Tensor> = f32m
-                .iter()
-                .map(|(k, t)| (k.clone(), t.to_dtype(dtype).unwrap()))
-                .collect();
+            let expected: HashMap<String, Tensor> =
+                f32m.iter().map(|(k, t)| (k.clone(), t.to_dtype(dtype).unwrap())).collect();
             assert_identical(&expected, &loaded.tensors, file);
         }
     }
@@ -340,18 +269,12 @@ fn corrupt_files_are_clear_errors_naming_the_file() {
             ("head", bytes[..7.min(bytes.len())].to_vec()),
             ("empty", Vec::new()),
             ("random", random(4096)),
-            (
-                "random_zip_magic",
-                [b"PK\x03\x04".to_vec(), random(4096)].concat(),
-            ),
+            ("random_zip_magic", [b"PK\x03\x04".to_vec(), random(4096)].concat()),
         ] {
             let path = dir.path().join(format!("{label}.{ext}"));
             std::fs::write(&path, &data).unwrap();
             let err = load_dit_checkpoint(&path, &cfg, DType::F32, &Device::Cpu).unwrap_err();
-            assert!(
-                matches!(err, NnError::BadCheckpoint { .. }),
-                "{label}.{ext}: {err:?}"
-            );
+            assert!(matches!(err, NnError::BadCheckpoint { .. }), "{label}.{ext}: {err:?}");
             let msg = err.to_string();
             assert!(msg.contains(&format!("{label}.{ext}")), "{msg}");
         }
@@ -362,8 +285,7 @@ fn corrupt_files_are_clear_errors_naming_the_file() {
 
 fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
     let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in entries {
         z.start_file(*name, opts).unwrap();
         std::io::Write::write_all(&mut z, data).unwrap();
@@ -377,10 +299,7 @@ fn a_corrupt_pickle_inside_a_valid_zip_is_an_error() {
     let path = dir.path().join("weird.pt");
     for (pkl, expect) in [
         (&[0x80, 2, 0x8a, 0xff, 1, 2, 3][..], "malformed pickle"), // LONG1 with 255 bytes
-        (
-            &[0x80, 2, b'X', 0xff, 0xff, 0xff, 0x7f][..],
-            "malformed pickle",
-        ), // string past the end
+        (&[0x80, 2, b'X', 0xff, 0xff, 0xff, 0x7f][..], "malformed pickle"), // string past the end
         (&[0x80, 2, b'}', b'.'][..], "no tensors found"),
         (&[0x80, 2, b'K', 1, b'.'][..], "not a dict"),
     ] {
@@ -412,24 +331,20 @@ fn a_pth_whose_storage_is_missing_or_short_is_an_error() {
     let edited: Vec<(String, Vec<u8>)> = entries
         .iter()
         .filter(|(n, _)| n != "archive/data/5")
-        .map(|(n, v)| {
-            if n == "archive/data/3" {
-                (n.clone(), v[..v.len() - 4].to_vec())
-            } else {
-                (n.clone(), v.clone())
-            }
-        })
+        .map(
+            |(n, v)| {
+                if n == "archive/data/3" {
+                    (n.clone(), v[..v.len() - 4].to_vec())
+                } else {
+                    (n.clone(), v.clone())
+                }
+            },
+        )
         .collect();
-    let refs: Vec<(&str, &[u8])> = edited
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_slice()))
-        .collect();
+    let refs: Vec<(&str, &[u8])> = edited.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
     write_zip(&short, &refs);
     let err = load_err(&short);
-    assert!(
-        err.contains("short.pt") && (err.contains("truncated") || err.contains("missing")),
-        "{err}"
-    );
+    assert!(err.contains("short.pt") && (err.contains("truncated") || err.contains("missing")), "{err}");
 }
 
 #[test]
@@ -440,23 +355,13 @@ fn wrong_missing_and_unexpected_tensors_are_named() {
 
     // Wrong shape: the message names the canonical tensor and both shapes, in every layout.
     let mut wrong = base.clone();
-    wrong.insert(
-        "blocks.1.ffn.0.weight".into(),
-        Tensor::zeros((129, 64), DType::F32, &Device::Cpu).unwrap(),
-    );
-    for (file, layout) in [
-        ("w.safetensors", CheckpointLayout::Diffusers),
-        ("w.pt", CheckpointLayout::ShotStream),
-    ] {
+    wrong.insert("blocks.1.ffn.0.weight".into(), Tensor::zeros((129, 64), DType::F32, &Device::Cpu).unwrap());
+    for (file, layout) in [("w.safetensors", CheckpointLayout::Diffusers), ("w.pt", CheckpointLayout::ShotStream)] {
         let path = dir.path().join(file);
         save_checkpoint(&path, &wrong, layout).unwrap();
         let err = load_dit_checkpoint(&path, &cfg, DType::F32, &Device::Cpu).unwrap_err();
         match &err {
-            NnError::ShapeMismatch {
-                name,
-                expected,
-                found,
-            } => {
+            NnError::ShapeMismatch { name, expected, found } => {
                 assert_eq!(name, "blocks.1.ffn.0.weight");
                 assert_eq!(expected, &vec![128, 64]);
                 assert_eq!(found, &vec![129, 64]);
@@ -465,9 +370,7 @@ fn wrong_missing_and_unexpected_tensors_are_named() {
         }
         let msg = err.to_string();
         assert!(
-            msg.contains("blocks.1.ffn.0.weight")
-                && msg.contains("[129, 64]")
-                && msg.contains("[128, 64]"),
+            msg.contains("blocks.1.ffn.0.weight") && msg.contains("[129, 64]") && msg.contains("[128, 64]"),
             "{msg}"
         );
     }
@@ -478,33 +381,18 @@ fn wrong_missing_and_unexpected_tensors_are_named() {
     let path = dir.path().join("m.safetensors");
     save_checkpoint(&path, &missing, CheckpointLayout::Diffusers).unwrap();
     let msg = load_err(&path);
-    assert!(
-        msg.contains("blocks.1.norm3.bias") && msg.contains("missing") && msg.contains("[64]"),
-        "{msg}"
-    );
+    assert!(msg.contains("blocks.1.norm3.bias") && msg.contains("missing") && msg.contains("[64]"), "{msg}");
 
     // Unexpected tensors are reported under their stored names.
     let mut extra = base.clone();
-    extra.insert(
-        "blocks.0.extra.weight".into(),
-        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
-    );
-    extra.insert(
-        "blocks.2.modulation".into(),
-        Tensor::zeros((1, 6, 64), DType::F32, &Device::Cpu).unwrap(),
-    );
+    extra.insert("blocks.0.extra.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    extra.insert("blocks.2.modulation".into(), Tensor::zeros((1, 6, 64), DType::F32, &Device::Cpu).unwrap());
     let path = dir.path().join("u.pt");
     save_checkpoint(&path, &extra, CheckpointLayout::ShotStream).unwrap();
     let err = load_dit_checkpoint(&path, &cfg, DType::F32, &Device::Cpu).unwrap_err();
-    assert!(
-        matches!(err, NnError::UnexpectedTensors { count: 2, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, NnError::UnexpectedTensors { count: 2, .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("2 unexpected") && msg.contains("model.blocks.0.extra.weight"),
-        "{msg}"
-    );
+    assert!(msg.contains("2 unexpected") && msg.contains("model.blocks.0.extra.weight"), "{msg}");
 
     // A config with fewer layers than the checkpoint sees the extra blocks as unexpected.
     let mut one = cfg.clone();
@@ -512,10 +400,7 @@ fn wrong_missing_and_unexpected_tensors_are_named() {
     let path = dir.path().join("full.safetensors");
     save_checkpoint(&path, &base, CheckpointLayout::Wan).unwrap();
     let err = load_dit_checkpoint(&path, &one, DType::F32, &Device::Cpu).unwrap_err();
-    assert!(
-        matches!(err, NnError::UnexpectedTensors { count: 27, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, NnError::UnexpectedTensors { count: 27, .. }), "{err:?}");
 }
 
 #[test]
@@ -527,59 +412,25 @@ fn model_folders_without_weights_or_with_ambiguous_weights_are_rejected() {
     std::fs::write(empty.path().join("config.json"), cfg.to_json()).unwrap();
     std::fs::write(empty.path().join("Wan2.1_VAE.pth"), b"x").unwrap();
     let err = find_model_files(empty.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("no DiT weights") && err.contains("Wan2.1_VAE.pth"),
-        "{err}"
-    );
+    assert!(err.contains("no DiT weights") && err.contains("Wan2.1_VAE.pth"), "{err}");
 
     let both = tempfile::tempdir().unwrap();
-    save_checkpoint(
-        &both.path().join("a.safetensors"),
-        &model,
-        CheckpointLayout::Wan,
-    )
-    .unwrap();
-    save_checkpoint(
-        &both.path().join("b.pt"),
-        &model,
-        CheckpointLayout::ShotStream,
-    )
-    .unwrap();
+    save_checkpoint(&both.path().join("a.safetensors"), &model, CheckpointLayout::Wan).unwrap();
+    save_checkpoint(&both.path().join("b.pt"), &model, CheckpointLayout::ShotStream).unwrap();
     let err = find_model_files(both.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("ambiguous") && err.contains("a.safetensors") && err.contains("b.pt"),
-        "{err}"
-    );
+    assert!(err.contains("ambiguous") && err.contains("a.safetensors") && err.contains("b.pt"), "{err}");
     let err = load_err(both.path());
     assert!(err.contains("ambiguous"), "{err}");
 
     let two_pt = tempfile::tempdir().unwrap();
-    save_checkpoint(
-        &two_pt.path().join("ode_init.pt"),
-        &model,
-        CheckpointLayout::ShotStream,
-    )
-    .unwrap();
-    save_checkpoint(
-        &two_pt.path().join("shotstream_merged.pt"),
-        &model,
-        CheckpointLayout::ShotStream,
-    )
-    .unwrap();
+    save_checkpoint(&two_pt.path().join("ode_init.pt"), &model, CheckpointLayout::ShotStream).unwrap();
+    save_checkpoint(&two_pt.path().join("shotstream_merged.pt"), &model, CheckpointLayout::ShotStream).unwrap();
     let err = find_model_files(two_pt.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("several PyTorch") && err.contains("ode_init.pt"),
-        "{err}"
-    );
+    assert!(err.contains("several PyTorch") && err.contains("ode_init.pt"), "{err}");
 
     // A single .pt in a folder is found and loaded.
     let one_pt = tempfile::tempdir().unwrap();
-    save_checkpoint(
-        &one_pt.path().join("shotstream_merged.pt"),
-        &model,
-        CheckpointLayout::ShotStream,
-    )
-    .unwrap();
+    save_checkpoint(&one_pt.path().join("shotstream_merged.pt"), &model, CheckpointLayout::ShotStream).unwrap();
     let loaded = load_dit_checkpoint(one_pt.path(), &cfg, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(loaded.layout, CheckpointLayout::ShotStream);
 
@@ -588,9 +439,7 @@ fn model_folders_without_weights_or_with_ambiguous_weights_are_rejected() {
     std::fs::create_dir(pipe.path().join("transformer")).unwrap();
     std::fs::write(pipe.path().join("model_index.json"), "{}").unwrap();
     save_checkpoint(
-        &pipe
-            .path()
-            .join("transformer/diffusion_pytorch_model.safetensors"),
+        &pipe.path().join("transformer/diffusion_pytorch_model.safetensors"),
         &model,
         CheckpointLayout::Diffusers,
     )

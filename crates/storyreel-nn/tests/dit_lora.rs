@@ -38,7 +38,8 @@ fn merged_lora_equals_running_with_the_adapter() {
 
     let x = Tensor::randn(0f32, 1.0, (3, cfg.in_dim, 4, 6), &dev).unwrap();
     let caps = Tensor::randn(0f32, 1.0, (1, cfg.text_len, cfg.text_dim), &dev).unwrap();
-    let frames: Vec<_> = (0..3).map(|i| FrameInfo { t: 500.0, phase: FramePhase { position: i, shot_flag: 1 }, caption: 0 }).collect();
+    let frames: Vec<_> =
+        (0..3).map(|i| FrameInfo { t: 500.0, phase: FramePhase { position: i, shot_flag: 1 }, caption: 0 }).collect();
     let run = |m: &WanModel| m.forward_bidirectional(&x, &frames, &m.embed_captions(&caps).unwrap()).unwrap();
     let (a, b, c) = (run(&adapted), run(&merged_model), run(&plain));
     let diff = |p: &Tensor, q: &Tensor| (p - q).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -51,8 +52,14 @@ fn merged_lora_equals_running_with_the_adapter() {
 fn adapters_with_wrong_shapes_or_targets_are_rejected() {
     let cfg = WanConfig::tiny();
     let dev = Device::Cpu;
-    let mut m = WanModel::from_tensors(random_weights(&cfg, 1, DType::F32, &dev).unwrap(), &cfg, RopeConfig::default(), DType::F32, &dev)
-        .unwrap();
+    let mut m = WanModel::from_tensors(
+        random_weights(&cfg, 1, DType::F32, &dev).unwrap(),
+        &cfg,
+        RopeConfig::default(),
+        DType::F32,
+        &dev,
+    )
+    .unwrap();
     let bad = LoraAdapter {
         a: Tensor::zeros((2, 5), DType::F32, &dev).unwrap(),
         b: Tensor::zeros((cfg.dim, 2), DType::F32, &dev).unwrap(),

@@ -234,7 +234,15 @@ fn matmul(a: &MatmulArgs) -> Result<()> {
                 "threads": rayon::current_num_threads(), "ms": best * 1e3, "gflops": gflops})
         );
     } else {
-        println!("matmul {n}×{n}·{n}×{n} {}, {}: {:.2} ms → {:.1} GFLOP/s (best of {})", a.dtype, a.device, best * 1e3, gflops, a.iters, n = a.n);
+        println!(
+            "matmul {n}×{n}·{n}×{n} {}, {}: {:.2} ms → {:.1} GFLOP/s (best of {})",
+            a.dtype,
+            a.device,
+            best * 1e3,
+            gflops,
+            a.iters,
+            n = a.n
+        );
     }
     let _ = DType::F32;
     Ok(())

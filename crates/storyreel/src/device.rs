@@ -11,7 +11,8 @@ pub fn parse_device(s: &str) -> Result<Device> {
         other => match other.strip_prefix("cuda:") {
             Some(n) => {
                 let n: usize = n.parse().with_context(|| format!("`{other}`: the CUDA ordinal must be a number"))?;
-                Device::new_cuda(n).with_context(|| format!("opening CUDA device {n} (is this binary built with --features cuda?)"))
+                Device::new_cuda(n)
+                    .with_context(|| format!("opening CUDA device {n} (is this binary built with --features cuda?)"))
             }
             None => bail!("unknown device `{other}` (use cpu, cuda or cuda:N)"),
         },

@@ -62,7 +62,14 @@ pub struct Args {
 }
 
 /// Reads Wan's config.json and the weights of a model folder into a model.
-pub fn load_model(dir: &Path, dtype: DType, device: &Device, rope: RopeConfig, loras: &[PathBuf], merge: bool) -> Result<WanModel> {
+pub fn load_model(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    rope: RopeConfig,
+    loras: &[PathBuf],
+    merge: bool,
+) -> Result<WanModel> {
     if !dir.is_dir() {
         bail!("model folder {} does not exist or is not a folder", dir.display());
     }
@@ -110,7 +117,9 @@ fn as_f32(t: Tensor, name: &str) -> Result<Tensor> {
 
 fn as_i64(t: &Tensor, name: &str) -> Result<Vec<i64>> {
     match t.dtype() {
-        DType::I64 | DType::U32 | DType::U8 | DType::I32 | DType::I16 => Ok(t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?),
+        DType::I64 | DType::U32 | DType::U8 | DType::I32 | DType::I16 => {
+            Ok(t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?)
+        }
         other => bail!("`{name}` must be an integer tensor, found {other:?}"),
     }
 }
@@ -139,12 +148,7 @@ pub fn read_inputs(path: &Path, cfg: &WanConfig) -> Result<ShotInputs> {
     let shot = as_i64(&take(&mut map, "shot_index", path)?, "shot_index")?;
     let noise = as_f32(take(&mut map, "noise", path)?, "noise")?;
     if captions.rank() != 3 || captions.dims()[2] != cfg.text_dim || captions.dims()[1] > cfg.text_len {
-        bail!(
-            "`caption_embeddings` must be [N, L ≤ {}, {}]; found {:?}",
-            cfg.text_len,
-            cfg.text_dim,
-            captions.dims()
-        );
+        bail!("`caption_embeddings` must be [N, L ≤ {}, {}]; found {:?}", cfg.text_len, cfg.text_dim, captions.dims());
     }
     let [k] = shot.as_slice() else { bail!("`shot_index` must hold exactly one value; found {}", shot.len()) };
     if *k < 0 {
@@ -177,14 +181,21 @@ pub fn read_inputs(path: &Path, cfg: &WanConfig) -> Result<ShotInputs> {
 pub fn run(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
     let dtype = parse_dtype(&args.dtype)?;
-    let rope = RopeConfig { shot_phase: if args.no_shot_phase { None } else { Some(args.shot_phase) }, ..RopeConfig::default() };
+    let rope = RopeConfig {
+        shot_phase: if args.no_shot_phase { None } else { Some(args.shot_phase) },
+        ..RopeConfig::default()
+    };
     let model = load_model(&args.model, dtype, &device, rope, &args.lora, args.merge_lora)?;
     let inputs = read_inputs(&args.inputs, model.config())?;
     let nd = inputs.noise.dims().to_vec();
     let (chunks, steps, chunk_frames) = (nd[0], nd[1], nd[2]);
     let sampler = FewStepSampler::new(&args.steps, args.shift)?;
     if sampler.timesteps().len() != steps {
-        bail!("`noise` has {steps} steps per chunk but the sampler runs {} ({:?})", sampler.timesteps().len(), args.steps);
+        bail!(
+            "`noise` has {steps} steps per chunk but the sampler runs {} ({:?})",
+            sampler.timesteps().len(),
+            args.steps
+        );
     }
     let frames = chunks * chunk_frames;
     let local = args.local_frames.unwrap_or(frames);

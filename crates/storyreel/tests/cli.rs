@@ -12,15 +12,33 @@ fn storyreel(args: &[&str]) -> (bool, String, String) {
 
 fn testcase(dir: &Path, layout: &str, format: &str, shot: &str) {
     let (ok, _, err) = storyreel(&[
-        "testcase", "--out", dir.to_str().unwrap(), "--layout", layout, "--format", format, "--shot", shot, "--chunks", "3",
-        "--latent", "4x6", "--seed", "3",
+        "testcase",
+        "--out",
+        dir.to_str().unwrap(),
+        "--layout",
+        layout,
+        "--format",
+        format,
+        "--shot",
+        shot,
+        "--chunks",
+        "3",
+        "--latent",
+        "4x6",
+        "--seed",
+        "3",
     ]);
     assert!(ok, "{err}");
 }
 
 fn generate(dir: &Path, inputs: &Path, out: &Path) -> Tensor {
     let (ok, _, err) = storyreel(&[
-        "generate-latents", "--model", dir.join("model").to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out",
+        "generate-latents",
+        "--model",
+        dir.join("model").to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
@@ -31,7 +49,13 @@ fn generate(dir: &Path, inputs: &Path, out: &Path) -> Tensor {
 fn all_layouts_and_formats_give_identical_latents() {
     let tmp = tempfile::tempdir().unwrap();
     let mut outputs = Vec::new();
-    for (layout, format) in [("wan", "safetensors"), ("wan", "pt"), ("shotstream", "pt"), ("shotstream", "safetensors"), ("diffusers", "safetensors")] {
+    for (layout, format) in [
+        ("wan", "safetensors"),
+        ("wan", "pt"),
+        ("shotstream", "pt"),
+        ("shotstream", "safetensors"),
+        ("diffusers", "safetensors"),
+    ] {
         let dir = tmp.path().join(format!("{layout}-{format}"));
         testcase(&dir, layout, format, "2");
         // Every case reads the inputs of the first one, so only the weights' files differ.
@@ -73,7 +97,15 @@ fn bad_inputs_and_checkpoints_are_reported_clearly() {
     let model = dir.join("model");
     let out = tmp.path().join("out.safetensors");
     let run = |inputs: &Path, model: &Path| {
-        storyreel(&["generate-latents", "--model", model.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        storyreel(&[
+            "generate-latents",
+            "--model",
+            model.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
     };
     // Inputs missing a tensor.
     let mut map = candle_core::safetensors::load(dir.join("inputs.safetensors"), &Device::Cpu).unwrap();
@@ -118,8 +150,27 @@ fn bench_prints_machine_readable_json() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["gflops"].as_f64().unwrap() > 0.0);
     let (ok, out, err) = storyreel(&[
-        "bench", "dit", "--dim", "64", "--layers", "1", "--heads", "2", "--ffn-dim", "64", "--text-dim", "16", "--text-len", "8",
-        "--latent", "4x6", "--iters", "1", "--warmup", "0", "--json",
+        "bench",
+        "dit",
+        "--dim",
+        "64",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--ffn-dim",
+        "64",
+        "--text-dim",
+        "16",
+        "--text-len",
+        "8",
+        "--latent",
+        "4x6",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

@@ -61,9 +61,7 @@ const AUX_MARKERS: &[&str] = &[
 ];
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn is_aux(name: &str) -> bool {
@@ -81,11 +79,7 @@ fn has_ext(name: &str, exts: &[&str]) -> bool {
 }
 
 fn list_names(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// Finds the DiT weights (and `config.json`) in a model folder.
@@ -102,54 +96,29 @@ pub fn find_model_files(dir: &Path) -> Result<ModelFiles> {
     for entry in entries {
         let entry = entry.map_err(|e| NnError::io(dir, e))?;
         let path = entry.path();
-        if std::fs::metadata(&path)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-        {
+        if std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
             names.push(file_name(&path));
         }
     }
     names.sort();
     let config = dir.join("config.json");
     let config = config.is_file().then_some(config);
-    let indexes: Vec<String> = names
-        .iter()
-        .filter(|n| n.ends_with(".index.json") && !is_aux(n))
-        .cloned()
-        .collect();
+    let indexes: Vec<String> = names.iter().filter(|n| n.ends_with(".index.json") && !is_aux(n)).cloned().collect();
     if indexes.len() > 1 {
-        return Err(bad(
-            dir,
-            format!(
-                "ambiguous: several shard index files ({})",
-                list_names(&indexes)
-            ),
-        ));
+        return Err(bad(dir, format!("ambiguous: several shard index files ({})", list_names(&indexes))));
     }
     if let Some(index) = indexes.first() {
         let index = dir.join(index);
         let (weights, _) = read_index(&index)?;
-        let format = if weights
-            .iter()
-            .all(|w| has_ext(&file_name(w), &[".safetensors"]))
-        {
+        let format = if weights.iter().all(|w| has_ext(&file_name(w), &[".safetensors"])) {
             WeightFormat::Safetensors
         } else {
             WeightFormat::Pth
         };
-        return Ok(ModelFiles {
-            dir: dir.to_path_buf(),
-            config,
-            weights,
-            index: Some(index),
-            format,
-        });
+        return Ok(ModelFiles { dir: dir.to_path_buf(), config, weights, index: Some(index), format });
     }
-    let st: Vec<String> = names
-        .iter()
-        .filter(|n| has_ext(n, &[".safetensors"]) && !is_aux(n) && !is_adapter(n))
-        .cloned()
-        .collect();
+    let st: Vec<String> =
+        names.iter().filter(|n| has_ext(n, &[".safetensors"]) && !is_aux(n) && !is_adapter(n)).cloned().collect();
     let pt: Vec<String> = names
         .iter()
         .filter(|n| has_ext(n, &[".pt", ".pth", ".bin"]) && !is_aux(n) && !is_adapter(n))
@@ -181,10 +150,7 @@ pub fn find_model_files(dir: &Path) -> Result<ModelFiles> {
         )),
         (true, n) if n > 1 => Err(bad(
             dir,
-            format!(
-                "ambiguous: several PyTorch weight files ({}); pass the file you mean",
-                list_names(&pt)
-            ),
+            format!("ambiguous: several PyTorch weight files ({}); pass the file you mean", list_names(&pt)),
         )),
         _ => {
             let transformer = dir.join("transformer");
@@ -206,8 +172,7 @@ pub fn find_model_files(dir: &Path) -> Result<ModelFiles> {
                 .filter(|n| has_ext(n, &[".safetensors", ".pt", ".pth", ".bin"]) && is_aux(n))
                 .cloned()
                 .collect();
-            let mut reason =
-                "no DiT weights found (looked for *.safetensors, *.pt, *.pth, *.bin)".to_string();
+            let mut reason = "no DiT weights found (looked for *.safetensors, *.pt, *.pth, *.bin)".to_string();
             if !ignored.is_empty() {
                 reason.push_str(&format!("; ignored non-DiT files {}", list_names(&ignored)));
             }
@@ -219,8 +184,8 @@ pub fn find_model_files(dir: &Path) -> Result<ModelFiles> {
 /// Reads a `*.index.json` shard index: (shard files in order, tensor name → shard file).
 pub(crate) fn read_index(index: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, PathBuf>)> {
     let text = std::fs::read_to_string(index).map_err(|e| NnError::io(index, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| bad(index, format!("the shard index is not valid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(index, format!("the shard index is not valid JSON: {e}")))?;
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -229,22 +194,14 @@ pub(crate) fn read_index(index: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String,
     let mut shards: Vec<PathBuf> = Vec::new();
     let mut by_name = BTreeMap::new();
     for (name, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| bad(index, format!("`weight_map[{name}]` is not a file name")))?;
+        let file = file.as_str().ok_or_else(|| bad(index, format!("`weight_map[{name}]` is not a file name")))?;
         if file.contains("..") || Path::new(file).is_absolute() {
-            return Err(bad(
-                index,
-                format!("shard name `{file}` escapes the folder"),
-            ));
+            return Err(bad(index, format!("shard name `{file}` escapes the folder")));
         }
         let path = dir.join(file);
         if !shards.contains(&path) {
             if !path.is_file() {
-                return Err(bad(
-                    index,
-                    format!("shard `{file}` listed in weight_map is missing"),
-                ));
+                return Err(bad(index, format!("shard `{file}` listed in weight_map is missing")));
             }
             shards.push(path.clone());
         }
@@ -319,11 +276,7 @@ fn sniff_format(path: &Path) -> Result<WeightFormat> {
     let mut f = std::fs::File::open(path).map_err(|e| NnError::io(path, e))?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).map_err(|e| NnError::io(path, e))?;
-    Ok(if n == 4 && &magic == b"PK\x03\x04" {
-        WeightFormat::Pth
-    } else {
-        WeightFormat::Safetensors
-    })
+    Ok(if n == 4 && &magic == b"PK\x03\x04" { WeightFormat::Pth } else { WeightFormat::Safetensors })
 }
 
 impl TensorFiles {
@@ -342,10 +295,7 @@ impl TensorFiles {
 
     pub(crate) fn open_choice(path: &Path, choice: &StateChoice) -> Result<Self> {
         if !path.exists() {
-            return Err(NnError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
-            ));
+            return Err(NnError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
         }
         if path.is_dir() {
             let mf = find_model_files(path)?;
@@ -367,11 +317,7 @@ impl TensorFiles {
     }
 
     /// Opens an explicit list of files of one format.
-    pub(crate) fn open_files(
-        paths: &[PathBuf],
-        format: WeightFormat,
-        choice: &StateChoice,
-    ) -> Result<Self> {
+    pub(crate) fn open_files(paths: &[PathBuf], format: WeightFormat, choice: &StateChoice) -> Result<Self> {
         let mut headers = Vec::new();
         let mut slots = Vec::new();
         let mut state_key = None;
@@ -382,8 +328,7 @@ impl TensorFiles {
                 for (fi, p) in paths.iter().enumerate() {
                     // SAFETY: the file is mapped read-only; like every mmap-based reader we rely on
                     // it not being truncated by another process while it is open.
-                    let st = unsafe { MmapedSafetensors::new(p) }
-                        .map_err(|e| safetensors_error(p, e))?;
+                    let st = unsafe { MmapedSafetensors::new(p) }.map_err(|e| safetensors_error(p, e))?;
                     let mut list: Vec<TensorHeader> = st
                         .tensors()
                         .into_iter()
@@ -430,11 +375,7 @@ impl TensorFiles {
                 let reason = if headers[prev].file == h.file {
                     format!("tensor `{}` appears twice", h.name)
                 } else {
-                    format!(
-                        "tensor `{}` appears both in {} and here",
-                        h.name,
-                        pf.display()
-                    )
+                    format!("tensor `{}` appears both in {} and here", h.name, pf.display())
                 };
                 return Err(bad(&paths[h.file], reason));
             }
@@ -456,18 +397,9 @@ impl TensorFiles {
     fn check_index(&mut self, index: &Path) -> Result<()> {
         let (_, by_name) = read_index(index)?;
         for (name, file) in &by_name {
-            let found = self
-                .lookup
-                .get(name)
-                .map(|&i| &self.files[self.headers[i].file]);
+            let found = self.lookup.get(name).map(|&i| &self.files[self.headers[i].file]);
             if found != Some(file) {
-                return Err(bad(
-                    index,
-                    format!(
-                        "`{name}` is listed in shard `{}` but is not there",
-                        file_name(file)
-                    ),
-                ));
+                return Err(bad(index, format!("`{name}` is listed in shard `{}` but is not there", file_name(file))));
             }
         }
         self.index = Some(index.to_path_buf());
@@ -512,13 +444,7 @@ impl TensorFiles {
     /// Loads one tensor by stored name, converted to `dtype` on `device`.
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         let i = *self.lookup.get(name).ok_or_else(|| {
-            bad(
-                self.files
-                    .first()
-                    .map(PathBuf::as_path)
-                    .unwrap_or(Path::new("")),
-                format!("no tensor `{name}`"),
-            )
+            bad(self.files.first().map(PathBuf::as_path).unwrap_or(Path::new("")), format!("no tensor `{name}`"))
         })?;
         self.load_index(i, dtype, device)
     }
@@ -529,14 +455,9 @@ impl TensorFiles {
         let path = &self.files[h.file];
         match &self.backend {
             Backend::Safetensors(sts) => {
-                let t = sts[h.file]
-                    .load(&h.name, device)
-                    .map_err(|e| bad(path, format!("tensor `{}`: {e}", h.name)))?;
-                Ok(if t.dtype() == dtype {
-                    t
-                } else {
-                    t.to_dtype(dtype)?
-                })
+                let t =
+                    sts[h.file].load(&h.name, device).map_err(|e| bad(path, format!("tensor `{}`: {e}", h.name)))?;
+                Ok(if t.dtype() == dtype { t } else { t.to_dtype(dtype)? })
             }
             Backend::Pth(archives) => {
                 let ar = &archives[h.file];
@@ -560,8 +481,7 @@ fn safetensors_error(path: &Path, e: candle_core::Error) -> NnError {
     // candle prefixes the path, which the error already names.
     let prefix = format!("path: {path:?} ");
     let msg = msg.strip_prefix(&prefix).unwrap_or(&msg);
-    let hint = if msg.contains("incomplete") || msg.contains("offset") || msg.contains("too small")
-    {
+    let hint = if msg.contains("incomplete") || msg.contains("offset") || msg.contains("too small") {
         " (the file is probably truncated)"
     } else {
         ""
@@ -601,12 +521,8 @@ pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
     let mut offset = 0usize;
     for name in &names {
         let t = &tensors[*name];
-        let dt = st_dtype_str(t.dtype()).ok_or_else(|| {
-            bad(
-                path,
-                format!("tensor `{name}`: dtype {:?} cannot be saved", t.dtype()),
-            )
-        })?;
+        let dt = st_dtype_str(t.dtype())
+            .ok_or_else(|| bad(path, format!("tensor `{name}`: dtype {:?} cannot be saved", t.dtype())))?;
         let len = t.elem_count() * t.dtype().size_in_bytes();
         header.insert(
             (*name).clone(),
@@ -622,12 +538,10 @@ pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
     let file = std::fs::File::create(path).map_err(|e| NnError::io(path, e))?;
     let mut w = BufWriter::new(file);
     let io = |e| NnError::io(path, e);
-    w.write_all(&(json.len() as u64).to_le_bytes())
-        .map_err(io)?;
+    w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&json).map_err(io)?;
     for name in &names {
-        w.write_all(&tensor_le_bytes(&tensors[*name])?)
-            .map_err(io)?;
+        w.write_all(&tensor_le_bytes(&tensors[*name])?).map_err(io)?;
     }
     w.flush().map_err(io)?;
     Ok(())

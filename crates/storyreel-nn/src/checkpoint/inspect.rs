@@ -98,11 +98,7 @@ pub struct InspectReport {
 
 fn sep(n: usize) -> String {
     let digits: Vec<char> = n.to_string().chars().collect();
-    let groups: Vec<String> = digits
-        .rchunks(3)
-        .rev()
-        .map(|g| g.iter().collect())
-        .collect();
+    let groups: Vec<String> = digits.rchunks(3).rev().map(|g| g.iter().collect()).collect();
     groups.join(",")
 }
 
@@ -123,30 +119,16 @@ fn human_bytes(b: u64) -> String {
 
 /// Reads DiT dimensions from canonical shapes.
 fn infer_shape(shapes: &BTreeMap<String, Vec<usize>>) -> Option<InferredShape> {
-    let pe = shapes
-        .get("patch_embedding.weight")
-        .filter(|s| s.len() == 5)?;
-    let text = shapes
-        .get("text_embedding.0.weight")
-        .filter(|s| s.len() == 2)?;
-    let time = shapes
-        .get("time_embedding.0.weight")
-        .filter(|s| s.len() == 2)?;
-    let ffn = shapes
-        .get("blocks.0.ffn.0.weight")
-        .filter(|s| s.len() == 2)?;
+    let pe = shapes.get("patch_embedding.weight").filter(|s| s.len() == 5)?;
+    let text = shapes.get("text_embedding.0.weight").filter(|s| s.len() == 2)?;
+    let time = shapes.get("time_embedding.0.weight").filter(|s| s.len() == 2)?;
+    let ffn = shapes.get("blocks.0.ffn.0.weight").filter(|s| s.len() == 2)?;
     let head = shapes.get("head.head.weight").filter(|s| s.len() == 2)?;
     let patch_size = [pe[2], pe[3], pe[4]];
     let pv: usize = patch_size.iter().product();
     let num_layers = shapes
         .keys()
-        .filter_map(|n| {
-            n.strip_prefix("blocks.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
         .max()
         .map_or(0, |m| m + 1);
     Some(InferredShape {
@@ -169,11 +151,7 @@ fn config_from_inferred(s: &InferredShape) -> WanConfig {
         freq_dim: s.freq_dim,
         in_dim: s.in_dim,
         out_dim: s.out_dim,
-        num_heads: if s.dim >= 128 && (s.dim / 128) * 128 == s.dim {
-            s.dim / 128
-        } else {
-            1
-        },
+        num_heads: if s.dim >= 128 && (s.dim / 128) * 128 == s.dim { s.dim / 128 } else { 1 },
         num_layers: s.num_layers,
         text_len: 512,
         text_dim: s.text_dim,
@@ -188,15 +166,10 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
     let mut config_file = None;
     let mut lora_config = None;
     let weights_path: PathBuf = if path.is_dir() {
-        let adapter = [
-            "adapter_model.safetensors",
-            "adapter_model.bin",
-            "adapter_model.pt",
-            "adapter_model.pth",
-        ]
-        .iter()
-        .map(|n| path.join(n))
-        .find(|p| p.is_file());
+        let adapter = ["adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt", "adapter_model.pth"]
+            .iter()
+            .map(|n| path.join(n))
+            .find(|p| p.is_file());
         match adapter {
             Some(a) => {
                 lora_config = Some(path.join("adapter_config.json")).filter(|c| c.is_file());
@@ -222,25 +195,15 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
         *dtypes.entry(h.dtype.clone()).or_insert(0) += 1;
         parameter_count = parameter_count.saturating_add(h.elem_count());
     }
-    let file_sizes = files
-        .files()
-        .iter()
-        .map(|f| {
-            (
-                f.clone(),
-                std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
-            )
-        })
-        .collect();
+    let file_sizes =
+        files.files().iter().map(|f| (f.clone(), std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))).collect();
     let lora_count = headers.iter().filter(|h| is_lora_key(&h.name)).count();
     let content = if lora_count > 0 && lora_count * 2 >= headers.len() {
         InspectContent::Lora(lora_summary(&files, lora_config.as_deref()))
     } else {
         let (layout, index) = canonical_index(&files)?;
-        let shapes: BTreeMap<String, Vec<usize>> = index
-            .iter()
-            .map(|(n, &i)| (n.clone(), headers[i].shape.clone()))
-            .collect();
+        let shapes: BTreeMap<String, Vec<usize>> =
+            index.iter().map(|(n, &i)| (n.clone(), headers[i].shape.clone())).collect();
         let inferred = infer_shape(&shapes);
         let (config, config_error) = match &config_file {
             Some(c) => match WanConfig::from_json_file(c) {
@@ -251,22 +214,10 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
         };
         let check = match (&config, &inferred) {
             (Some(cfg), _) => check_dit_shapes(&shapes, cfg).map_err(|e| e.to_string()),
-            (None, Some(s)) => {
-                check_dit_shapes(&shapes, &config_from_inferred(s)).map_err(|e| e.to_string())
-            }
-            (None, None) => Err(
-                "not a Wan DiT: patch/text/time embeddings, blocks.0.ffn.0 or head not found"
-                    .into(),
-            ),
+            (None, Some(s)) => check_dit_shapes(&shapes, &config_from_inferred(s)).map_err(|e| e.to_string()),
+            (None, None) => Err("not a Wan DiT: patch/text/time embeddings, blocks.0.ffn.0 or head not found".into()),
         };
-        InspectContent::Model(Box::new(ModelSummary {
-            layout,
-            config,
-            config_file,
-            config_error,
-            inferred,
-            check,
-        }))
+        InspectContent::Model(Box::new(ModelSummary { layout, config, config_file, config_error, inferred, check }))
     };
     Ok(InspectReport {
         path: path.to_path_buf(),
@@ -290,11 +241,7 @@ fn lora_summary(files: &TensorFiles, config: Option<&Path>) -> LoraSummary {
         .iter()
         .filter_map(|h| {
             let (m, p) = parse_lora_key(&h.name)?;
-            Some((
-                strip_module_prefixes(&m),
-                p,
-                h.shape.first().copied().unwrap_or(0),
-            ))
+            Some((strip_module_prefixes(&m), p, h.shape.first().copied().unwrap_or(0)))
         })
         .collect();
     let layout = match detect_layout(stripped.iter().map(|(m, _, _)| m.as_str())) {
@@ -328,14 +275,9 @@ fn lora_summary(files: &TensorFiles, config: Option<&Path>) -> LoraSummary {
     let scale = if has_alpha {
         "alpha / r with per-layer alpha tensors".to_string()
     } else if let Some(c) = config {
-        let v: Option<serde_json::Value> = std::fs::read_to_string(c)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+        let v: Option<serde_json::Value> = std::fs::read_to_string(c).ok().and_then(|t| serde_json::from_str(&t).ok());
         let r = v.as_ref().and_then(|v| v.get("r")).and_then(|x| x.as_f64());
-        let a = v
-            .as_ref()
-            .and_then(|v| v.get("lora_alpha"))
-            .and_then(|x| x.as_f64());
+        let a = v.as_ref().and_then(|v| v.get("lora_alpha")).and_then(|x| x.as_f64());
         match (r, a) {
             (Some(r), Some(a)) if r > 0.0 => {
                 format!("lora_alpha {a} / r {r} = {} (adapter_config.json)", a / r)
@@ -363,22 +305,14 @@ impl fmt::Display for InspectReport {
         }
         writeln!(f, "format       {}", self.format)?;
         if let Some(k) = &self.state_key {
-            writeln!(
-                f,
-                "state dict   `{k}` (top-level keys: {})",
-                self.top_level_keys.join(", ")
-            )?;
+            writeln!(f, "state dict   `{k}` (top-level keys: {})", self.top_level_keys.join(", "))?;
         }
         match &self.content {
             InspectContent::Lora(l) => {
                 writeln!(f, "contents     LoRA adapter (not a full model)")?;
                 let ranks: Vec<String> = l.ranks.iter().map(|r| r.to_string()).collect();
                 writeln!(f, "rank         {}", ranks.join(", "))?;
-                writeln!(
-                    f,
-                    "targets      {} linear layers in {} blocks",
-                    l.targets, l.blocks
-                )?;
+                writeln!(f, "targets      {} linear layers in {} blocks", l.targets, l.blocks)?;
                 writeln!(f, "layers       {}", l.kinds.join(", "))?;
                 writeln!(f, "scale        {}", l.scale)?;
             }
@@ -391,27 +325,11 @@ impl fmt::Display for InspectReport {
                 writeln!(f, "layout       {}", m.layout)?;
             }
         }
-        writeln!(
-            f,
-            "tensors      {} ({} parameters)",
-            self.tensor_count,
-            sep(self.parameter_count)
-        )?;
-        let dt: Vec<String> = self
-            .dtypes
-            .iter()
-            .map(|(d, n)| format!("{d} ×{n}"))
-            .collect();
+        writeln!(f, "tensors      {} ({} parameters)", self.tensor_count, sep(self.parameter_count))?;
+        let dt: Vec<String> = self.dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
         writeln!(f, "dtypes       {}", dt.join(", "))?;
         if let InspectContent::Model(m) = &self.content {
-            let ModelSummary {
-                config,
-                config_file,
-                config_error,
-                inferred,
-                check,
-                ..
-            } = m.as_ref();
+            let ModelSummary { config, config_file, config_error, inferred, check, .. } = m.as_ref();
             if let Some(s) = inferred {
                 writeln!(
                     f,
@@ -444,9 +362,7 @@ impl fmt::Display for InspectReport {
                 }
             }
             match check {
-                Ok(()) if config.is_some() => {
-                    writeln!(f, "check        names and shapes match the config")?
-                }
+                Ok(()) if config.is_some() => writeln!(f, "check        names and shapes match the config")?,
                 Ok(()) => writeln!(f, "check        a complete DiT of the inferred shape")?,
                 Err(e) => writeln!(f, "check        {e}")?,
             }

@@ -1,9 +1,7 @@
 //! Loading a DiT checkpoint into canonical (original Wan) names, validated against a config.
 
 use super::files::TensorFiles;
-use super::names::{
-    detect_layout, dit_tensor_shapes, from_canonical, to_canonical, CheckpointLayout,
-};
+use super::names::{detect_layout, dit_tensor_shapes, from_canonical, to_canonical, CheckpointLayout};
 use super::pth::StateChoice;
 use super::util::bad;
 use crate::config::WanConfig;
@@ -28,9 +26,7 @@ pub struct LoadedCheckpoint {
 }
 
 /// Maps the stored names of `files` to canonical names: (layout, canonical name → header index).
-pub(crate) fn canonical_index(
-    files: &TensorFiles,
-) -> Result<(CheckpointLayout, BTreeMap<String, usize>)> {
+pub(crate) fn canonical_index(files: &TensorFiles) -> Result<(CheckpointLayout, BTreeMap<String, usize>)> {
     let layout = detect_layout(files.headers().iter().map(|h| h.name.as_str()));
     let mut map: BTreeMap<String, usize> = BTreeMap::new();
     for (i, h) in files.headers().iter().enumerate() {
@@ -39,11 +35,7 @@ pub(crate) fn canonical_index(
             let path = &files.files()[h.file];
             return Err(bad(
                 path,
-                format!(
-                    "`{}` and `{}` both map to canonical tensor `{canon}`",
-                    files.headers()[prev].name,
-                    h.name
-                ),
+                format!("`{}` and `{}` both map to canonical tensor `{canon}`", files.headers()[prev].name, h.name),
             ));
         }
     }
@@ -57,27 +49,17 @@ pub fn check_dit_shapes(found: &BTreeMap<String, Vec<usize>>, cfg: &WanConfig) -
     for (name, shape) in &expected {
         if let Some(f) = found.get(name) {
             if f != shape {
-                return Err(NnError::ShapeMismatch {
-                    name: name.clone(),
-                    expected: shape.clone(),
-                    found: f.clone(),
-                });
+                return Err(NnError::ShapeMismatch { name: name.clone(), expected: shape.clone(), found: f.clone() });
             }
         }
     }
     for (name, shape) in &expected {
         if !found.contains_key(name) {
-            return Err(NnError::MissingTensor {
-                name: name.clone(),
-                expected: shape.clone(),
-            });
+            return Err(NnError::MissingTensor { name: name.clone(), expected: shape.clone() });
         }
     }
     let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let extra: Vec<(&String, &Vec<usize>)> = found
-        .iter()
-        .filter(|(n, _)| !known.contains(n.as_str()))
-        .collect();
+    let extra: Vec<(&String, &Vec<usize>)> = found.iter().filter(|(n, _)| !known.contains(n.as_str())).collect();
     if let Some((first, shape)) = extra.first() {
         return Err(NnError::UnexpectedTensors {
             count: extra.len(),
@@ -90,18 +72,8 @@ pub fn check_dit_shapes(found: &BTreeMap<String, Vec<usize>>, cfg: &WanConfig) -
 
 /// Loads a DiT checkpoint (weights file, shard index, or model folder) in any supported layout,
 /// validates it against `cfg` from the headers alone, then reads every tensor as `dtype` on `device`.
-pub fn load_dit_checkpoint(
-    path: &Path,
-    cfg: &WanConfig,
-    dtype: DType,
-    device: &Device,
-) -> Result<LoadedCheckpoint> {
-    load_from(
-        TensorFiles::open_choice(path, &StateChoice::Model)?,
-        cfg,
-        dtype,
-        device,
-    )
+pub fn load_dit_checkpoint(path: &Path, cfg: &WanConfig, dtype: DType, device: &Device) -> Result<LoadedCheckpoint> {
+    load_from(TensorFiles::open_choice(path, &StateChoice::Model)?, cfg, dtype, device)
 }
 
 /// Like [`load_dit_checkpoint`], taking the state dict of a PyTorch archive from `state_key`
@@ -113,41 +85,18 @@ pub fn load_dit_checkpoint_from_key(
     dtype: DType,
     device: &Device,
 ) -> Result<LoadedCheckpoint> {
-    load_from(
-        TensorFiles::open_with_key(path, state_key)?,
-        cfg,
-        dtype,
-        device,
-    )
+    load_from(TensorFiles::open_with_key(path, state_key)?, cfg, dtype, device)
 }
 
-fn load_from(
-    files: TensorFiles,
-    cfg: &WanConfig,
-    dtype: DType,
-    device: &Device,
-) -> Result<LoadedCheckpoint> {
+fn load_from(files: TensorFiles, cfg: &WanConfig, dtype: DType, device: &Device) -> Result<LoadedCheckpoint> {
     let (layout, index) = canonical_index(&files)?;
-    let found: BTreeMap<String, Vec<usize>> = index
-        .iter()
-        .map(|(n, &i)| (n.clone(), files.headers()[i].shape.clone()))
-        .collect();
+    let found: BTreeMap<String, Vec<usize>> =
+        index.iter().map(|(n, &i)| (n.clone(), files.headers()[i].shape.clone())).collect();
     check_dit_shapes(&found, cfg).map_err(|e| match e {
         // Report unexpected tensors under the name they are stored with.
-        NnError::UnexpectedTensors {
-            count,
-            first,
-            shape,
-        } => {
-            let first = index
-                .get(&first)
-                .map(|&i| files.headers()[i].name.clone())
-                .unwrap_or(first);
-            NnError::UnexpectedTensors {
-                count,
-                first,
-                shape,
-            }
+        NnError::UnexpectedTensors { count, first, shape } => {
+            let first = index.get(&first).map(|&i| files.headers()[i].name.clone()).unwrap_or(first);
+            NnError::UnexpectedTensors { count, first, shape }
         }
         other => other,
     })?;
@@ -155,9 +104,7 @@ fn load_from(
     let mut stored_dtypes = BTreeMap::new();
     for (name, &i) in &index {
         let t = files.load_index(i, dtype, device)?;
-        *stored_dtypes
-            .entry(files.headers()[i].dtype.clone())
-            .or_insert(0) += 1;
+        *stored_dtypes.entry(files.headers()[i].dtype.clone()).or_insert(0) += 1;
         tensors.insert(name.clone(), t);
     }
     Ok(LoadedCheckpoint {
@@ -170,39 +117,23 @@ fn load_from(
 }
 
 /// Renames canonical tensors to the names of `layout`, sorted by name.
-pub fn rename_to_layout(
-    tensors: &HashMap<String, Tensor>,
-    layout: CheckpointLayout,
-) -> Vec<(String, Tensor)> {
-    let mut out: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| (from_canonical(n, layout), t.clone()))
-        .collect();
+pub fn rename_to_layout(tensors: &HashMap<String, Tensor>, layout: CheckpointLayout) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (from_canonical(n, layout), t.clone())).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
 /// Saves canonical tensors in `layout`; the format follows the extension (`.safetensors`, or
 /// `.pt`/`.pth`/`.bin` for a `torch.save` archive, wrapped as `{'generator': ...}` for ShotStream).
-pub fn save_checkpoint(
-    path: &Path,
-    tensors: &HashMap<String, Tensor>,
-    layout: CheckpointLayout,
-) -> Result<()> {
+pub fn save_checkpoint(path: &Path, tensors: &HashMap<String, Tensor>, layout: CheckpointLayout) -> Result<()> {
     let renamed = rename_to_layout(tensors, layout);
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     match ext.as_str() {
         "safetensors" => super::files::save_safetensors(path, &renamed.into_iter().collect()),
         "pt" | "pth" | "bin" => {
             let wrap = (layout == CheckpointLayout::ShotStream).then_some("generator");
             super::pickle::save_pth(path, &renamed, wrap)
         }
-        _ => Err(bad(
-            path,
-            "unknown extension: use .safetensors, .pt, .pth or .bin",
-        )),
+        _ => Err(bad(path, "unknown extension: use .safetensors, .pt, .pth or .bin")),
     }
 }

@@ -76,13 +76,7 @@ pub(crate) fn strip_module_prefixes(path: &str) -> String {
     let mut s = strip_wrappers(path);
     loop {
         let before = s.len();
-        for p in [
-            "base_model.model.",
-            "model.",
-            "transformer.",
-            "diffusion_model.",
-            "module.",
-        ] {
+        for p in ["base_model.model.", "model.", "transformer.", "diffusion_model.", "module."] {
             if let Some(r) = s.strip_prefix(p) {
                 s = r.to_string();
             }
@@ -106,25 +100,18 @@ struct AdapterConfig {
 impl AdapterConfig {
     fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| NnError::io(path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| bad(path, format!("adapter config is not valid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(path, format!("adapter config is not valid JSON: {e}")))?;
         let pattern = |key: &str| -> Vec<(String, f64)> {
             v.get(key)
                 .and_then(|m| m.as_object())
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
-                        .collect()
-                })
+                .map(|m| m.iter().filter_map(|(k, x)| Some((k.clone(), x.as_f64()?))).collect())
                 .unwrap_or_default()
         };
         Ok(AdapterConfig {
             r: v.get("r").and_then(|x| x.as_f64()),
             alpha: v.get("lora_alpha").and_then(|x| x.as_f64()),
-            rslora: v
-                .get("use_rslora")
-                .and_then(|x| x.as_bool())
-                .unwrap_or(false),
+            rslora: v.get("use_rslora").and_then(|x| x.as_bool()).unwrap_or(false),
             rank_pattern: pattern("rank_pattern"),
             alpha_pattern: pattern("alpha_pattern"),
         })
@@ -140,12 +127,7 @@ impl AdapterConfig {
             .map(|(_, r)| *r)
             .or(self.r)
             .unwrap_or(actual_rank as f64);
-        let alpha = self
-            .alpha_pattern
-            .iter()
-            .find(|(k, _)| matches(k))
-            .map(|(_, a)| *a)
-            .or(self.alpha);
+        let alpha = self.alpha_pattern.iter().find(|(k, _)| matches(k)).map(|(_, a)| *a).or(self.alpha);
         match alpha {
             Some(a) if r > 0.0 => {
                 if self.rslora {
@@ -164,12 +146,7 @@ fn resolve_lora_path(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     if path.is_dir() {
         let config = path.join("adapter_config.json");
         let config = config.is_file().then_some(config);
-        for name in [
-            "adapter_model.safetensors",
-            "adapter_model.bin",
-            "adapter_model.pt",
-            "adapter_model.pth",
-        ] {
+        for name in ["adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt", "adapter_model.pth"] {
             let p = path.join(name);
             if p.is_file() {
                 return Ok((p, config));
@@ -177,23 +154,13 @@ fn resolve_lora_path(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
         }
         let mf = find_model_files(path)?;
         if mf.weights.len() != 1 {
-            return Err(bad(
-                path,
-                "a LoRA folder must hold one adapter_model.* or a single weights file",
-            ));
+            return Err(bad(path, "a LoRA folder must hold one adapter_model.* or a single weights file"));
         }
         return Ok((mf.weights[0].clone(), config));
     }
-    let config = path
-        .parent()
-        .map(|d| d.join("adapter_config.json"))
-        .filter(|c| {
-            c.is_file()
-                && path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().starts_with("adapter_model"))
-                    .unwrap_or(false)
-        });
+    let config = path.parent().map(|d| d.join("adapter_config.json")).filter(|c| {
+        c.is_file() && path.file_name().map(|n| n.to_string_lossy().starts_with("adapter_model")).unwrap_or(false)
+    });
     Ok((path.to_path_buf(), config))
 }
 
@@ -204,22 +171,14 @@ fn resolve_lora_path(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
 /// `model.` prefix), a PEFT folder (`adapter_model.safetensors` + `adapter_config.json`, scale =
 /// lora_alpha / r), a plain safetensors of PEFT keys (scale 1.0), or kohya-style
 /// `lora_down`/`lora_up`/`alpha` keys (scale = alpha / r).
-pub fn read_lora(
-    path: &Path,
-    dtype: DType,
-    device: &Device,
-) -> Result<HashMap<String, LoraWeights>> {
+pub fn read_lora(path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, LoraWeights>> {
     let (weights, config_path) = resolve_lora_path(path)?;
     let config = match &config_path {
         Some(c) => AdapterConfig::read(c)?,
         None => AdapterConfig::default(),
     };
     let files = TensorFiles::open_choice(&weights, &StateChoice::Lora)?;
-    let file = files
-        .files()
-        .first()
-        .cloned()
-        .unwrap_or_else(|| weights.clone());
+    let file = files.files().first().cloned().unwrap_or_else(|| weights.clone());
 
     // Group the stored tensors by module.
     let mut modules: BTreeMap<String, [Option<usize>; 3]> = BTreeMap::new();
@@ -244,10 +203,7 @@ pub fn read_lora(
         }
     }
     if modules.is_empty() {
-        return Err(bad(
-            &file,
-            "no LoRA weights (lora_A / lora_B tensors) found",
-        ));
+        return Err(bad(&file, "no LoRA weights (lora_A / lora_B tensors) found"));
     }
     let layout = match detect_layout(modules.keys().map(|m| m.as_str())) {
         CheckpointLayout::Diffusers => CheckpointLayout::Diffusers,
@@ -257,10 +213,7 @@ pub fn read_lora(
     for (module, [a, b, alpha]) in &modules {
         let (Some(a), Some(b)) = (a, b) else {
             let missing = if a.is_none() { "lora_A" } else { "lora_B" };
-            return Err(bad(
-                &file,
-                format!("LoRA module `{module}` has no {missing} weight"),
-            ));
+            return Err(bad(&file, format!("LoRA module `{module}` has no {missing} weight")));
         };
         let (ha, hb) = (&files.headers()[*a], &files.headers()[*b]);
         if ha.shape.len() != 2 || hb.shape.len() != 2 || ha.shape[0] != hb.shape[1] {
@@ -279,12 +232,7 @@ pub fn read_lora(
                 let v = t.flatten_all()?.to_vec1::<f64>()?;
                 match v.as_slice() {
                     [alpha] if rank > 0 => alpha / rank as f64,
-                    _ => {
-                        return Err(bad(
-                            &file,
-                            format!("LoRA module `{module}`: alpha is not a scalar"),
-                        ))
-                    }
+                    _ => return Err(bad(&file, format!("LoRA module `{module}`: alpha is not a scalar"))),
                 }
             }
             None => config.scale(module, rank),
@@ -293,11 +241,8 @@ pub fn read_lora(
             let w = to_canonical(&format!("{module}.weight"), layout);
             w.strip_suffix(".weight").unwrap_or(&w).to_string()
         };
-        let lw = LoraWeights {
-            a: files.load_index(*a, dtype, device)?,
-            b: files.load_index(*b, dtype, device)?,
-            scale,
-        };
+        let lw =
+            LoraWeights { a: files.load_index(*a, dtype, device)?, b: files.load_index(*b, dtype, device)?, scale };
         if out.insert(canonical.clone(), lw).is_some() {
             return Err(bad(&file, format!("two LoRA modules map to `{canonical}`")));
         }
@@ -307,10 +252,7 @@ pub fn read_lora(
 
 /// Merges LoRA adapters into canonical weights: W ← W + scale·(B·A), computed in f32 and stored
 /// back in W's dtype. Everything is checked before any weight changes; returns the number merged.
-pub fn merge_lora(
-    tensors: &mut HashMap<String, Tensor>,
-    loras: &HashMap<String, LoraWeights>,
-) -> Result<usize> {
+pub fn merge_lora(tensors: &mut HashMap<String, Tensor>, loras: &HashMap<String, LoraWeights>) -> Result<usize> {
     let mut paths: Vec<&String> = loras.keys().collect();
     paths.sort();
     for path in &paths {
@@ -324,18 +266,9 @@ pub fn merge_lora(
         }
         let update = vec![b[0], a[1]];
         match tensors.get(&name) {
-            None => {
-                return Err(NnError::MissingTensor {
-                    name,
-                    expected: update,
-                })
-            }
+            None => return Err(NnError::MissingTensor { name, expected: update }),
             Some(w) if w.dims() != update.as_slice() => {
-                return Err(NnError::ShapeMismatch {
-                    name,
-                    expected: w.dims().to_vec(),
-                    found: update,
-                })
+                return Err(NnError::ShapeMismatch { name, expected: w.dims().to_vec(), found: update })
             }
             Some(_) => {}
         }
@@ -361,57 +294,24 @@ mod tests {
     #[test]
     fn lora_keys_are_parsed_in_all_spellings() {
         let cases = [
-            (
-                "base_model.model.blocks.0.self_attn.q.lora_A.weight",
-                "blocks.0.self_attn.q",
-                LoraPart::A,
-            ),
-            (
-                "base_model.model.model.blocks.0.ffn.2.lora_B.weight",
-                "blocks.0.ffn.2",
-                LoraPart::B,
-            ),
-            (
-                "blocks.1.attn1.to_out.0.lora_A.default.weight",
-                "blocks.1.attn1.to_out.0",
-                LoraPart::A,
-            ),
-            (
-                "diffusion_model.blocks.2.cross_attn.k.lora_up.weight",
-                "blocks.2.cross_attn.k",
-                LoraPart::B,
-            ),
-            (
-                "diffusion_model.blocks.2.cross_attn.k.alpha",
-                "blocks.2.cross_attn.k",
-                LoraPart::Alpha,
-            ),
+            ("base_model.model.blocks.0.self_attn.q.lora_A.weight", "blocks.0.self_attn.q", LoraPart::A),
+            ("base_model.model.model.blocks.0.ffn.2.lora_B.weight", "blocks.0.ffn.2", LoraPart::B),
+            ("blocks.1.attn1.to_out.0.lora_A.default.weight", "blocks.1.attn1.to_out.0", LoraPart::A),
+            ("diffusion_model.blocks.2.cross_attn.k.lora_up.weight", "blocks.2.cross_attn.k", LoraPart::B),
+            ("diffusion_model.blocks.2.cross_attn.k.alpha", "blocks.2.cross_attn.k", LoraPart::Alpha),
         ];
         for (key, module, part) in cases {
             let (m, p) = parse_lora_key(key).unwrap();
-            assert_eq!(
-                (strip_module_prefixes(&m).as_str(), p),
-                (module, part),
-                "{key}"
-            );
+            assert_eq!((strip_module_prefixes(&m).as_str(), p), (module, part), "{key}");
         }
         assert!(parse_lora_key("blocks.0.self_attn.q.weight").is_none());
     }
 
     #[test]
     fn peft_scale_follows_the_config() {
-        let c = AdapterConfig {
-            r: Some(8.0),
-            alpha: Some(16.0),
-            ..Default::default()
-        };
+        let c = AdapterConfig { r: Some(8.0), alpha: Some(16.0), ..Default::default() };
         assert_eq!(c.scale("blocks.0.self_attn.q", 8), 2.0);
-        let c = AdapterConfig {
-            r: Some(16.0),
-            alpha: Some(16.0),
-            rslora: true,
-            ..Default::default()
-        };
+        let c = AdapterConfig { r: Some(16.0), alpha: Some(16.0), rslora: true, ..Default::default() };
         assert_eq!(c.scale("x", 16), 4.0);
         let c = AdapterConfig {
             r: Some(8.0),

@@ -19,19 +19,14 @@ mod pickle;
 mod pth;
 mod util;
 
-pub use files::{
-    find_model_files, save_safetensors, ModelFiles, TensorFiles, TensorHeader, WeightFormat,
-};
-pub use inspect::{
-    inspect, InferredShape, InspectContent, InspectReport, LoraSummary, ModelSummary,
-};
+pub use files::{find_model_files, save_safetensors, ModelFiles, TensorFiles, TensorHeader, WeightFormat};
+pub use inspect::{inspect, InferredShape, InspectContent, InspectReport, LoraSummary, ModelSummary};
 pub use load::{
-    check_dit_shapes, load_dit_checkpoint, load_dit_checkpoint_from_key, rename_to_layout,
-    save_checkpoint, LoadedCheckpoint,
+    check_dit_shapes, load_dit_checkpoint, load_dit_checkpoint_from_key, rename_to_layout, save_checkpoint,
+    LoadedCheckpoint,
 };
 pub use lora::{merge_lora, read_lora, LoraWeights};
 pub use names::{
-    detect_layout, dit_tensor_shapes, from_canonical, lora_target_paths, strip_wrappers,
-    to_canonical, CheckpointLayout,
+    detect_layout, dit_tensor_shapes, from_canonical, lora_target_paths, strip_wrappers, to_canonical, CheckpointLayout,
 };
 pub use pickle::{save_pth, save_pth_dicts};

@@ -32,10 +32,7 @@ pub fn dit_tensor_shapes(cfg: &WanConfig) -> Vec<(String, Vec<usize>)> {
     let [pt, ph, pw] = cfg.patch_size;
     let mut out: Vec<(String, Vec<usize>)> = Vec::with_capacity(15 + 27 * cfg.num_layers);
     let mut push = |name: String, shape: Vec<usize>| out.push((name, shape));
-    push(
-        "patch_embedding.weight".into(),
-        vec![d, cfg.in_dim, pt, ph, pw],
-    );
+    push("patch_embedding.weight".into(), vec![d, cfg.in_dim, pt, ph, pw]);
     push("patch_embedding.bias".into(), vec![d]);
     push("text_embedding.0.weight".into(), vec![d, cfg.text_dim]);
     push("text_embedding.0.bias".into(), vec![d]);
@@ -90,11 +87,7 @@ pub fn lora_target_paths(num_layers: usize) -> Vec<String> {
 /// checkpointing (`_orig_mod.`, `module.`, `_fsdp_wrapped_module.`, `_checkpoint_wrapped_module.`).
 pub fn strip_wrappers(name: &str) -> String {
     let mut s = name.to_string();
-    for seg in [
-        "_orig_mod.",
-        "_fsdp_wrapped_module.",
-        "_checkpoint_wrapped_module.",
-    ] {
+    for seg in ["_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."] {
         while let Some(pos) = find_segment(&s, seg) {
             s.replace_range(pos..pos + seg.len(), "");
         }
@@ -202,22 +195,10 @@ fn swap_prefix(name: &str, from: &str, to: &str) -> Option<String> {
 
 /// Prefix renames for the top-level (non-block) tensors: (diffusers, wan).
 const TOP_LEVEL: &[(&str, &str)] = &[
-    (
-        "condition_embedder.text_embedder.linear_1.",
-        "text_embedding.0.",
-    ),
-    (
-        "condition_embedder.text_embedder.linear_2.",
-        "text_embedding.2.",
-    ),
-    (
-        "condition_embedder.time_embedder.linear_1.",
-        "time_embedding.0.",
-    ),
-    (
-        "condition_embedder.time_embedder.linear_2.",
-        "time_embedding.2.",
-    ),
+    ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
+    ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+    ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
+    ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
     ("condition_embedder.time_proj.", "time_projection.1."),
     ("proj_out.", "head.head."),
 ];
@@ -296,11 +277,7 @@ mod tests {
     fn every_canonical_name_round_trips_through_each_layout() {
         let cfg = WanConfig::tiny();
         for (name, _) in dit_tensor_shapes(&cfg) {
-            for layout in [
-                CheckpointLayout::Wan,
-                CheckpointLayout::ShotStream,
-                CheckpointLayout::Diffusers,
-            ] {
+            for layout in [CheckpointLayout::Wan, CheckpointLayout::ShotStream, CheckpointLayout::Diffusers] {
                 let raw = from_canonical(&name, layout);
                 assert_eq!(to_canonical(&raw, layout), name, "{layout:?} {raw}");
             }
@@ -312,23 +289,14 @@ mod tests {
         let cases = [
             ("blocks.3.norm3.weight", "blocks.3.norm2.weight"),
             ("blocks.0.self_attn.o.bias", "blocks.0.attn1.to_out.0.bias"),
-            (
-                "blocks.1.cross_attn.norm_k.weight",
-                "blocks.1.attn2.norm_k.weight",
-            ),
+            ("blocks.1.cross_attn.norm_k.weight", "blocks.1.attn2.norm_k.weight"),
             ("blocks.2.ffn.0.weight", "blocks.2.ffn.net.0.proj.weight"),
             ("blocks.2.ffn.2.bias", "blocks.2.ffn.net.2.bias"),
             ("blocks.2.modulation", "blocks.2.scale_shift_table"),
             ("head.modulation", "scale_shift_table"),
             ("head.head.weight", "proj_out.weight"),
-            (
-                "time_projection.1.bias",
-                "condition_embedder.time_proj.bias",
-            ),
-            (
-                "text_embedding.2.weight",
-                "condition_embedder.text_embedder.linear_2.weight",
-            ),
+            ("time_projection.1.bias", "condition_embedder.time_proj.bias"),
+            ("text_embedding.2.weight", "condition_embedder.text_embedder.linear_2.weight"),
             ("patch_embedding.weight", "patch_embedding.weight"),
         ];
         for (wan, dif) in cases {
@@ -338,28 +306,13 @@ mod tests {
 
     #[test]
     fn wrappers_are_stripped_and_layouts_detected() {
-        assert_eq!(
-            strip_wrappers("_orig_mod.module.blocks.0.ffn.0.weight"),
-            "blocks.0.ffn.0.weight"
-        );
-        assert_eq!(
-            strip_wrappers("model.blocks.0._fsdp_wrapped_module.ffn.0.weight"),
-            "model.blocks.0.ffn.0.weight"
-        );
-        assert_eq!(
-            detect_layout(["model.head.modulation", "model.blocks.0.modulation"]),
-            CheckpointLayout::ShotStream
-        );
+        assert_eq!(strip_wrappers("_orig_mod.module.blocks.0.ffn.0.weight"), "blocks.0.ffn.0.weight");
+        assert_eq!(strip_wrappers("model.blocks.0._fsdp_wrapped_module.ffn.0.weight"), "model.blocks.0.ffn.0.weight");
+        assert_eq!(detect_layout(["model.head.modulation", "model.blocks.0.modulation"]), CheckpointLayout::ShotStream);
         assert_eq!(detect_layout(["head.modulation"]), CheckpointLayout::Wan);
+        assert_eq!(detect_layout(["proj_out.weight", "patch_embedding.weight"]), CheckpointLayout::Diffusers);
         assert_eq!(
-            detect_layout(["proj_out.weight", "patch_embedding.weight"]),
-            CheckpointLayout::Diffusers
-        );
-        assert_eq!(
-            to_canonical(
-                "_orig_mod.model.blocks.1.norm3.bias",
-                CheckpointLayout::ShotStream
-            ),
+            to_canonical("_orig_mod.model.blocks.1.norm3.bias", CheckpointLayout::ShotStream),
             "blocks.1.norm3.bias"
         );
     }

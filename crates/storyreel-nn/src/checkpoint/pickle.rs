@@ -83,10 +83,7 @@ impl Pickler {
         } else {
             // Minimal little-endian two's complement, with a sign byte when the top bit is set.
             let mut bytes = v.to_le_bytes().to_vec();
-            while bytes.len() > 1
-                && bytes[bytes.len() - 1] == 0
-                && bytes[bytes.len() - 2] & 0x80 == 0
-            {
+            while bytes.len() > 1 && bytes[bytes.len() - 1] == 0 && bytes[bytes.len() - 2] & 0x80 == 0 {
                 bytes.pop();
             }
             if bytes[bytes.len() - 1] & 0x80 != 0 {
@@ -156,11 +153,7 @@ impl Pickler {
     }
 
     /// An `OrderedDict` of tensors.
-    fn state_dict(
-        &mut self,
-        records: &[TensorRecord],
-        storages: &[StorageMeta],
-    ) -> std::result::Result<(), String> {
+    fn state_dict(&mut self, records: &[TensorRecord], storages: &[StorageMeta]) -> std::result::Result<(), String> {
         self.empty_ordered_dict();
         for chunk in records.chunks(BATCH) {
             self.op(b'(');
@@ -168,12 +161,7 @@ impl Pickler {
                 let storage = storages
                     .iter()
                     .find(|s| s.key == r.storage_key)
-                    .ok_or_else(|| {
-                        format!(
-                            "tensor `{}` refers to unknown storage `{}`",
-                            r.name, r.storage_key
-                        )
-                    })?;
+                    .ok_or_else(|| format!("tensor `{}` refers to unknown storage `{}`", r.name, r.storage_key))?;
                 self.unicode(&r.name);
                 self.tensor(r, storage);
             }
@@ -197,10 +185,7 @@ pub(crate) struct Group<'a> {
 }
 
 /// Encodes the `data.pkl` pickle: a bare state dict, or `{key: state_dict, ...}`.
-pub(crate) fn encode_pickle(
-    groups: &[Group<'_>],
-    storages: &[StorageMeta],
-) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn encode_pickle(groups: &[Group<'_>], storages: &[StorageMeta]) -> std::result::Result<Vec<u8>, String> {
     let mut p = Pickler::new();
     match groups {
         [Group { key: None, records }] => p.state_dict(records, storages)?,
@@ -208,9 +193,7 @@ pub(crate) fn encode_pickle(
             p.op(b'}'); // EMPTY_DICT
             p.op(b'(');
             for g in groups {
-                let key = g
-                    .key
-                    .ok_or("a bare state dict cannot be nested with others")?;
+                let key = g.key.ok_or("a bare state dict cannot be nested with others")?;
                 p.unicode(key);
                 p.state_dict(g.records, storages)?;
             }
@@ -230,9 +213,7 @@ pub(crate) fn write_archive(
     let pkl = encode_pickle(groups, storages).map_err(|r| bad(path, r))?;
     let partial = path.with_file_name(format!(
         ".{}.partial",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     let result = (|| -> Result<()> {
         let file = std::fs::File::create(&partial).map_err(|e| NnError::io(&partial, e))?;
@@ -245,20 +226,16 @@ pub(crate) fn write_archive(
                 .with_alignment(64)
                 .large_file(len as u64 >= 0xFFFF_FFFF)
         };
-        zip.start_file(format!("{ARCHIVE}/data.pkl"), opts(pkl.len()))
-            .map_err(zerr)?;
+        zip.start_file(format!("{ARCHIVE}/data.pkl"), opts(pkl.len())).map_err(zerr)?;
         zip.write_all(&pkl).map_err(ioerr)?;
-        zip.start_file(format!("{ARCHIVE}/byteorder"), opts(6))
-            .map_err(zerr)?;
+        zip.start_file(format!("{ARCHIVE}/byteorder"), opts(6)).map_err(zerr)?;
         zip.write_all(b"little").map_err(ioerr)?;
         for (i, s) in storages.iter().enumerate() {
             let bytes = data(i)?;
-            zip.start_file(format!("{ARCHIVE}/data/{}", s.key), opts(bytes.len()))
-                .map_err(zerr)?;
+            zip.start_file(format!("{ARCHIVE}/data/{}", s.key), opts(bytes.len())).map_err(zerr)?;
             zip.write_all(&bytes).map_err(ioerr)?;
         }
-        zip.start_file(format!("{ARCHIVE}/version"), opts(2))
-            .map_err(zerr)?;
+        zip.start_file(format!("{ARCHIVE}/version"), opts(2)).map_err(zerr)?;
         zip.write_all(b"3\n").map_err(ioerr)?;
         let mut inner = zip.finish().map_err(zerr)?;
         inner.flush().map_err(ioerr)?;
@@ -274,11 +251,7 @@ pub(crate) fn write_archive(
 }
 
 /// Storage and record for each tensor (one storage per tensor, keys numbered from `first_key`).
-fn plan(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    first_key: usize,
-) -> Result<(Vec<StorageMeta>, Vec<TensorRecord>)> {
+fn plan(path: &Path, tensors: &[(String, Tensor)], first_key: usize) -> Result<(Vec<StorageMeta>, Vec<TensorRecord>)> {
     let mut seen = HashSet::new();
     let mut storages = Vec::with_capacity(tensors.len());
     let mut records = Vec::with_capacity(tensors.len());
@@ -286,33 +259,16 @@ fn plan(
         if !seen.insert(name.as_str()) {
             return Err(bad(path, format!("duplicate tensor name `{name}`")));
         }
-        let class = storage_class(t.dtype()).ok_or_else(|| {
-            bad(
-                path,
-                format!(
-                    "tensor `{name}`: dtype {:?} has no PyTorch storage type",
-                    t.dtype()
-                ),
-            )
-        })?;
+        let class = storage_class(t.dtype())
+            .ok_or_else(|| bad(path, format!("tensor `{name}`: dtype {:?} has no PyTorch storage type", t.dtype())))?;
         let shape = t.dims().to_vec();
         let mut stride = vec![1usize; shape.len()];
         for d in (0..shape.len().saturating_sub(1)).rev() {
             stride[d] = stride[d + 1] * shape[d + 1];
         }
         let key = (first_key + i).to_string();
-        storages.push(StorageMeta {
-            key: key.clone(),
-            class,
-            numel: t.elem_count(),
-        });
-        records.push(TensorRecord {
-            name: name.clone(),
-            storage_key: key,
-            offset: 0,
-            shape,
-            stride,
-        });
+        storages.push(StorageMeta { key: key.clone(), class, numel: t.elem_count() });
+        records.push(TensorRecord { name: name.clone(), storage_key: key, offset: 0, shape, stride });
     }
     Ok((storages, records))
 }
@@ -323,13 +279,8 @@ fn plan(
 /// Supported dtypes: f32, f64, f16, bf16, u8, i16, i32, i64. Each tensor gets its own storage.
 pub fn save_pth(path: &Path, tensors: &[(String, Tensor)], wrap_key: Option<&str>) -> Result<()> {
     let (storages, records) = plan(path, tensors, 0)?;
-    let groups = [Group {
-        key: wrap_key,
-        records: &records,
-    }];
-    write_archive(path, &storages, &groups, |i| {
-        Ok(tensor_le_bytes(&tensors[i].1)?)
-    })
+    let groups = [Group { key: wrap_key, records: &records }];
+    write_archive(path, &storages, &groups, |i| Ok(tensor_le_bytes(&tensors[i].1)?))
 }
 
 /// Writes several state dicts into one `torch.save` archive as `{key: state_dict, ...}` (for
@@ -348,14 +299,8 @@ pub fn save_pth_dicts(path: &Path, dicts: &[(&str, &[(String, Tensor)])]) -> Res
         all_records.push(r);
         flat.extend(tensors.iter().map(|(_, t)| t));
     }
-    let groups: Vec<Group<'_>> = dicts
-        .iter()
-        .zip(&all_records)
-        .map(|((k, _), r)| Group {
-            key: Some(k),
-            records: r,
-        })
-        .collect();
+    let groups: Vec<Group<'_>> =
+        dicts.iter().zip(&all_records).map(|((k, _), r)| Group { key: Some(k), records: r }).collect();
     write_archive(path, &storages, &groups, |i| Ok(tensor_le_bytes(flat[i])?))
 }
 

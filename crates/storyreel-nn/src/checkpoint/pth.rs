@@ -32,13 +32,7 @@ pub(crate) enum StateChoice {
 }
 
 /// Top-level keys tried, in order, for a model state dict.
-pub(crate) const MODEL_KEYS: &[&str] = &[
-    "generator_ema",
-    "generator",
-    "state_dict",
-    "model",
-    "module",
-];
+pub(crate) const MODEL_KEYS: &[&str] = &["generator_ema", "generator", "state_dict", "model", "module"];
 /// Top-level keys tried, in order, for a LoRA state dict.
 pub(crate) const LORA_KEYS: &[&str] = &["generator_lora", "lora", "state_dict", "model", "module"];
 
@@ -165,33 +159,29 @@ fn parse_tensor(o: &Object) -> Option<std::result::Result<PthTensor, String>> {
 }
 
 fn parse_call(callable: &Object, args: &Object) -> Option<std::result::Result<PthTensor, String>> {
-    let Object::Class {
-        module_name,
-        class_name,
-    } = callable
-    else {
+    let Object::Class { module_name, class_name } = callable else {
         return None;
     };
     let args = as_seq(args);
     match (module_name.as_str(), class_name.as_str()) {
-        ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => Some(
-            args.ok_or_else(|| "rebuild arguments are not a tuple".to_string())
-                .and_then(rebuild),
-        ),
-        ("torch._utils", "_rebuild_parameter")
-        | ("torch._utils", "_rebuild_parameter_with_state") => match args.and_then(|a| a.first()) {
-            Some(inner) => parse_tensor(inner)
-                .or_else(|| Some(Err("parameter does not wrap a tensor".to_string()))),
+        ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+            Some(args.ok_or_else(|| "rebuild arguments are not a tuple".to_string()).and_then(rebuild))
+        }
+        ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => match args
+            .and_then(|a| a.first())
+        {
+            Some(inner) => parse_tensor(inner).or_else(|| Some(Err("parameter does not wrap a tensor".to_string()))),
             None => Some(Err("parameter without arguments".to_string())),
         },
         ("torch._tensor", "_rebuild_from_type_v2") => match args {
-            Some([func, _ty, inner_args, ..]) => parse_call(func, inner_args)
-                .or_else(|| Some(Err("unsupported tensor subclass".to_string()))),
+            Some([func, _ty, inner_args, ..]) => {
+                parse_call(func, inner_args).or_else(|| Some(Err("unsupported tensor subclass".to_string())))
+            }
             _ => Some(Err("malformed _rebuild_from_type_v2 arguments".to_string())),
         },
-        ("torch._utils", other) if other.starts_with("_rebuild") => Some(Err(format!(
-            "unsupported tensor encoding torch._utils.{other}"
-        ))),
+        ("torch._utils", other) if other.starts_with("_rebuild") => {
+            Some(Err(format!("unsupported tensor encoding torch._utils.{other}")))
+        }
         _ => None,
     }
 }
@@ -199,10 +189,7 @@ fn parse_call(callable: &Object, args: &Object) -> Option<std::result::Result<Pt
 /// Arguments of `_rebuild_tensor_v2`: (storage, storage_offset, size, stride, requires_grad, hooks).
 fn rebuild(a: &[Object]) -> std::result::Result<PthTensor, String> {
     if a.len() < 4 {
-        return Err(format!(
-            "_rebuild_tensor_v2 has {} arguments, expected at least 4",
-            a.len()
-        ));
+        return Err(format!("_rebuild_tensor_v2 has {} arguments, expected at least 4", a.len()));
     }
     let Object::PersistentLoad(pid) = &a[0] else {
         return Err("the storage is not a persistent id".into());
@@ -218,31 +205,23 @@ fn rebuild(a: &[Object]) -> std::result::Result<PthTensor, String> {
     let kind = storage_kind(class).ok_or_else(|| format!("unsupported storage type {class}"))?;
     let storage_key = match &pid[2] {
         Object::Unicode(s) => s.clone(),
-        o => as_int(o)
-            .map(|i| i.to_string())
-            .ok_or("the storage key is not a string")?,
+        o => as_int(o).map(|i| i.to_string()).ok_or("the storage key is not a string")?,
     };
     if storage_key.is_empty() || storage_key.contains('/') || storage_key.contains("..") {
         return Err(format!("invalid storage key `{storage_key}`"));
     }
-    let storage_numel =
-        as_usize(&pid[4]).ok_or("the storage size is not a non-negative integer")?;
+    let storage_numel = as_usize(&pid[4]).ok_or("the storage size is not a non-negative integer")?;
     let offset = as_usize(&a[1]).ok_or("the storage offset is not a non-negative integer")?;
     let shape = as_usize_seq(&a[2]).ok_or("the size is not a tuple of non-negative integers")?;
     let stride = as_usize_seq(&a[3]).ok_or("the stride is not a tuple of non-negative integers")?;
     if shape.len() != stride.len() {
-        return Err(format!(
-            "size {shape:?} and stride {stride:?} have different ranks"
-        ));
+        return Err(format!("size {shape:?} and stride {stride:?} have different ranks"));
     }
     let numel = checked_numel(&shape).ok_or("the element count overflows")?;
     if numel > 0 {
         let mut last = offset;
         for (&d, &s) in shape.iter().zip(&stride) {
-            last = (d - 1)
-                .checked_mul(s)
-                .and_then(|x| x.checked_add(last))
-                .ok_or("the view extent overflows")?;
+            last = (d - 1).checked_mul(s).and_then(|x| x.checked_add(last)).ok_or("the view extent overflows")?;
         }
         if last >= storage_numel {
             return Err(format!(
@@ -250,15 +229,7 @@ fn rebuild(a: &[Object]) -> std::result::Result<PthTensor, String> {
             ));
         }
     }
-    Ok(PthTensor {
-        name: String::new(),
-        kind,
-        storage_key,
-        storage_numel,
-        offset,
-        shape,
-        stride,
-    })
+    Ok(PthTensor { name: String::new(), kind, storage_key, storage_numel, offset, shape, stride })
 }
 
 /// Parses a pickle, turning candle panics on malformed input into errors.
@@ -278,10 +249,7 @@ fn parse_pickle(bytes: &[u8]) -> std::result::Result<Object, String> {
 
 /// Counts the tensor records of a dict.
 fn tensor_count(entries: &[(Object, Object)]) -> usize {
-    entries
-        .iter()
-        .filter(|(k, v)| as_str(k).is_some() && parse_tensor(v).is_some())
-        .count()
+    entries.iter().filter(|(k, v)| as_str(k).is_some() && parse_tensor(v).is_some()).count()
 }
 
 impl PthArchive {
@@ -289,8 +257,7 @@ impl PthArchive {
     pub(crate) fn open(path: &Path, choice: &StateChoice) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| crate::error::NnError::io(path, e))?;
         let mut magic = [0u8; 4];
-        let n =
-            read_up_to(&mut file, &mut magic).map_err(|e| crate::error::NnError::io(path, e))?;
+        let n = read_up_to(&mut file, &mut magic).map_err(|e| crate::error::NnError::io(path, e))?;
         if n < 4 || &magic != b"PK\x03\x04" {
             let reason = if n >= 2 && magic[0] == 0x80 && magic[1] <= 5 {
                 "legacy (pre-1.6, non-zip) PyTorch serialization is not supported; re-save it with a recent torch.save"
@@ -301,18 +268,10 @@ impl PthArchive {
             };
             return Err(bad(path, reason));
         }
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| crate::error::NnError::io(path, e))?;
-        let mut zip = ZipArchive::new(BufReader::new(file)).map_err(|e| {
-            bad(
-                path,
-                format!("not a readable zip archive, probably truncated ({e})"),
-            )
-        })?;
-        let names: Vec<String> = zip
-            .file_names()
-            .filter_map(|n| n.ok().map(|n| n.into_owned()))
-            .collect();
+        file.seek(SeekFrom::Start(0)).map_err(|e| crate::error::NnError::io(path, e))?;
+        let mut zip = ZipArchive::new(BufReader::new(file))
+            .map_err(|e| bad(path, format!("not a readable zip archive, probably truncated ({e})")))?;
+        let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
         let pkl = names
             .iter()
             .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
@@ -321,51 +280,28 @@ impl PthArchive {
             .ok_or_else(|| bad(path, "zip archive without data.pkl (not a torch.save file)"))?;
         let prefix = pkl.strip_suffix("data.pkl").unwrap_or("").to_string();
         if names.iter().any(|n| *n == format!("{prefix}constants.pkl")) {
-            return Err(bad(
-                path,
-                "TorchScript archives are not supported; save a state_dict with torch.save",
-            ));
+            return Err(bad(path, "TorchScript archives are not supported; save a state_dict with torch.save"));
         }
         if let Some(bo) = read_small_entry(&mut zip, &format!("{prefix}byteorder")) {
             if bo.trim() != "little" {
-                return Err(bad(
-                    path,
-                    format!("byte order `{}` is not supported", bo.trim()),
-                ));
+                return Err(bad(path, format!("byte order `{}` is not supported", bo.trim())));
             }
         }
         let pkl_bytes = {
-            let mut entry = zip
-                .by_name(&pkl)
-                .map_err(|e| bad(path, format!("cannot open {pkl}: {e}")))?;
+            let mut entry = zip.by_name(&pkl).map_err(|e| bad(path, format!("cannot open {pkl}: {e}")))?;
             if entry.size() > MAX_PICKLE_BYTES {
-                return Err(bad(
-                    path,
-                    format!(
-                        "{pkl} is {} bytes, too large for a state dict pickle",
-                        entry.size()
-                    ),
-                ));
+                return Err(bad(path, format!("{pkl} is {} bytes, too large for a state dict pickle", entry.size())));
             }
             let mut buf = Vec::with_capacity(entry.size() as usize);
-            entry
-                .read_to_end(&mut buf)
-                .map_err(|e| bad(path, format!("cannot read {pkl}: {e}")))?;
+            entry.read_to_end(&mut buf).map_err(|e| bad(path, format!("cannot read {pkl}: {e}")))?;
             buf
         };
         let root = parse_pickle(&pkl_bytes).map_err(|r| bad(path, format!("{pkl}: {r}")))?;
         let root_entries = match as_dict(&root) {
             Some(e) => e,
             None => {
-                let what = if parse_tensor(&root).is_some() {
-                    "a single tensor"
-                } else {
-                    "not a dict"
-                };
-                return Err(bad(
-                    path,
-                    format!("the pickled object is {what}, not a state dict"),
-                ));
+                let what = if parse_tensor(&root).is_some() { "a single tensor" } else { "not a dict" };
+                return Err(bad(path, format!("the pickled object is {what}, not a state dict")));
             }
         };
         let (top_keys, state_key, entries) = select_state(path, root_entries, choice)?;
@@ -386,12 +322,7 @@ impl PthArchive {
             let entry = format!("{prefix}data/{}", t.storage_key);
             let size = match zip.index_for_name(&entry) {
                 Some(i) => zip.by_index_data(i).map(|e| e.size()).unwrap_or(0),
-                None => {
-                    return Err(bad(
-                        path,
-                        format!("tensor `{}`: storage {entry} is missing", t.name),
-                    ))
-                }
+                None => return Err(bad(path, format!("tensor `{}`: storage {entry} is missing", t.name))),
             };
             let need = (t.storage_numel as u64).saturating_mul(t.kind.size as u64);
             if size < need {
@@ -401,27 +332,14 @@ impl PthArchive {
                 ));
             }
         }
-        Ok(PthArchive {
-            path: path.to_path_buf(),
-            prefix,
-            top_keys,
-            state_key,
-            tensors,
-            zip: Mutex::new(zip),
-        })
+        Ok(PthArchive { path: path.to_path_buf(), prefix, top_keys, state_key, tensors, zip: Mutex::new(zip) })
     }
 
     /// Reads one tensor record, converting it to `dtype` on `device`.
     pub(crate) fn load(&self, t: &PthTensor, dtype: DType, device: &Device) -> Result<Tensor> {
         let path = &self.path;
         let stored = t.kind.dtype.ok_or_else(|| {
-            bad(
-                path,
-                format!(
-                    "tensor `{}` has dtype {}, which candle cannot hold",
-                    t.name, t.kind.name
-                ),
-            )
+            bad(path, format!("tensor `{}` has dtype {}, which candle cannot hold", t.name, t.kind.name))
         })?;
         let numel = checked_numel(&t.shape).unwrap_or(0);
         if numel == 0 {
@@ -429,53 +347,30 @@ impl PthArchive {
         }
         let es = t.kind.size;
         // Element span touched by the view, relative to the view offset.
-        let span = t
-            .shape
-            .iter()
-            .zip(&t.stride)
-            .map(|(&d, &s)| (d - 1) * s)
-            .sum::<usize>()
-            + 1;
+        let span = t.shape.iter().zip(&t.stride).map(|(&d, &s)| (d - 1) * s).sum::<usize>() + 1;
         let mut raw = vec![0u8; span * es];
         {
             let entry = format!("{}data/{}", self.prefix, t.storage_key);
-            let mut zip = self
-                .zip
-                .lock()
-                .map_err(|_| bad(path, "zip reader poisoned by an earlier panic"))?;
-            let io_err = |e: &dyn std::fmt::Display| {
-                bad(path, format!("tensor `{}`: reading {entry}: {e}", t.name))
-            };
+            let mut zip = self.zip.lock().map_err(|_| bad(path, "zip reader poisoned by an earlier panic"))?;
+            let io_err = |e: &dyn std::fmt::Display| bad(path, format!("tensor `{}`: reading {entry}: {e}", t.name));
             let stored_method = {
                 let f = zip.by_name(&entry).map_err(|e| io_err(&e))?;
                 f.compression() == zip::CompressionMethod::Stored
             };
             if stored_method {
                 let mut f = zip.by_name_seek(&entry).map_err(|e| io_err(&e))?;
-                f.seek(SeekFrom::Start((t.offset * es) as u64))
-                    .map_err(|e| io_err(&e))?;
+                f.seek(SeekFrom::Start((t.offset * es) as u64)).map_err(|e| io_err(&e))?;
                 f.read_exact(&mut raw).map_err(|e| io_err(&e))?;
             } else {
                 let mut f = zip.by_name(&entry).map_err(|e| io_err(&e))?;
-                std::io::copy(
-                    &mut (&mut f).take((t.offset * es) as u64),
-                    &mut std::io::sink(),
-                )
-                .map_err(|e| io_err(&e))?;
+                std::io::copy(&mut (&mut f).take((t.offset * es) as u64), &mut std::io::sink())
+                    .map_err(|e| io_err(&e))?;
                 f.read_exact(&mut raw).map_err(|e| io_err(&e))?;
             }
         }
-        let bytes = if is_contiguous(&t.shape, &t.stride) {
-            raw
-        } else {
-            gather(&raw, &t.shape, &t.stride, es)
-        };
+        let bytes = if is_contiguous(&t.shape, &t.stride) { raw } else { gather(&raw, &t.shape, &t.stride, es) };
         let tensor = Tensor::from_raw_buffer(&bytes, stored, &t.shape, device)?;
-        Ok(if tensor.dtype() == dtype {
-            tensor
-        } else {
-            tensor.to_dtype(dtype)?
-        })
+        Ok(if tensor.dtype() == dtype { tensor } else { tensor.to_dtype(dtype)? })
     }
 }
 
@@ -489,41 +384,23 @@ fn select_state<'a>(
     choice: &StateChoice,
 ) -> Result<(Vec<String>, Option<String>, Entries<'a>)> {
     let direct = tensor_count(root);
-    let top_keys: Vec<String> = root
-        .iter()
-        .filter_map(|(k, _)| as_str(k).map(str::to_string))
-        .collect();
+    let top_keys: Vec<String> = root.iter().filter_map(|(k, _)| as_str(k).map(str::to_string)).collect();
     let sub = |key: &str| -> Option<Entries<'a>> {
-        root.iter()
-            .find(|(k, _)| as_str(k) == Some(key))
-            .and_then(|(_, v)| as_dict(v))
+        root.iter().find(|(k, _)| as_str(k) == Some(key)).and_then(|(_, v)| as_dict(v))
     };
-    let candidates: Vec<(&str, Entries<'a>)> = root
-        .iter()
-        .filter_map(|(k, v)| Some((as_str(k)?, as_dict(v)?)))
-        .filter(|(_, d)| tensor_count(d) > 0)
-        .collect();
+    let candidates: Vec<(&str, Entries<'a>)> =
+        root.iter().filter_map(|(k, v)| Some((as_str(k)?, as_dict(v)?))).filter(|(_, d)| tensor_count(d) > 0).collect();
     let keys_listing = || {
         if top_keys.is_empty() {
             "none".to_string()
         } else {
-            top_keys
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            top_keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
         }
     };
     if let StateChoice::Key(key) = choice {
         return match sub(key) {
             Some(d) => Ok((top_keys.clone(), Some(key.clone()), d)),
-            None => Err(bad(
-                path,
-                format!(
-                    "no dict under key `{key}`; top-level keys: {}",
-                    keys_listing()
-                ),
-            )),
+            None => Err(bad(path, format!("no dict under key `{key}`; top-level keys: {}", keys_listing()))),
         };
     }
     if candidates.is_empty() {
@@ -531,10 +408,7 @@ fn select_state<'a>(
             // The top level is itself the state dict.
             Ok((Vec::new(), None, root))
         } else {
-            Err(bad(
-                path,
-                format!("no tensors found; top-level keys: {}", keys_listing()),
-            ))
+            Err(bad(path, format!("no tensors found; top-level keys: {}", keys_listing())))
         };
     }
     let preferred: Vec<&str> = match choice {
@@ -553,10 +427,7 @@ fn select_state<'a>(
             path,
             format!(
                 "several tensor dicts ({}); choose one explicitly",
-                many.iter()
-                    .map(|(k, _)| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                many.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")
             ),
         )),
     }
@@ -625,11 +496,7 @@ mod tests {
         let path = dir.path().join("views.pt");
         // One storage of 12 f32 values 0..12; three views into it.
         let data: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let storages = vec![StorageMeta {
-            key: "0".into(),
-            class: "FloatStorage",
-            numel: 12,
-        }];
+        let storages = vec![StorageMeta { key: "0".into(), class: "FloatStorage", numel: 12 }];
         let records = vec![
             // [3,4] row-major.
             TensorRecord {
@@ -648,38 +515,17 @@ mod tests {
                 stride: vec![1, 4],
             },
             // Row 1 (offset 4), 4 elements.
-            TensorRecord {
-                name: "row1".into(),
-                storage_key: "0".into(),
-                offset: 4,
-                shape: vec![4],
-                stride: vec![1],
-            },
+            TensorRecord { name: "row1".into(), storage_key: "0".into(), offset: 4, shape: vec![4], stride: vec![1] },
         ];
-        write_archive(
-            &path,
-            &storages,
-            &[Group {
-                key: None,
-                records: &records,
-            }],
-            |_| Ok(data.clone()),
-        )
-        .unwrap();
+        write_archive(&path, &storages, &[Group { key: None, records: &records }], |_| Ok(data.clone())).unwrap();
         let ar = PthArchive::open(&path, &StateChoice::Model).unwrap();
         let get = |n: &str| {
             let t = ar.tensors.iter().find(|t| t.name == n).unwrap();
             ar.load(t, DType::F32, &Device::Cpu).unwrap()
         };
         let full = get("full");
-        assert_eq!(
-            get("t").to_vec2::<f32>().unwrap(),
-            full.t().unwrap().to_vec2::<f32>().unwrap()
-        );
-        assert_eq!(
-            get("row1").to_vec1::<f32>().unwrap(),
-            vec![4.0, 5.0, 6.0, 7.0]
-        );
+        assert_eq!(get("t").to_vec2::<f32>().unwrap(), full.t().unwrap().to_vec2::<f32>().unwrap());
+        assert_eq!(get("row1").to_vec1::<f32>().unwrap(), vec![4.0, 5.0, 6.0, 7.0]);
     }
 
     #[test]
@@ -687,11 +533,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.pt");
         let data: Vec<u8> = (0..4).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let storages = vec![StorageMeta {
-            key: "0".into(),
-            class: "FloatStorage",
-            numel: 4,
-        }];
+        let storages = vec![StorageMeta { key: "0".into(), class: "FloatStorage", numel: 4 }];
         let records = vec![TensorRecord {
             name: "x".into(),
             storage_key: "0".into(),
@@ -699,23 +541,9 @@ mod tests {
             shape: vec![4],
             stride: vec![1],
         }];
-        write_archive(
-            &path,
-            &storages,
-            &[Group {
-                key: None,
-                records: &records,
-            }],
-            |_| Ok(data.clone()),
-        )
-        .unwrap();
-        let err = PthArchive::open(&path, &StateChoice::Model)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("exceeds its storage") && err.contains("`x`"),
-            "{err}"
-        );
+        write_archive(&path, &storages, &[Group { key: None, records: &records }], |_| Ok(data.clone())).unwrap();
+        let err = PthArchive::open(&path, &StateChoice::Model).unwrap_err().to_string();
+        assert!(err.contains("exceeds its storage") && err.contains("`x`"), "{err}");
     }
 
     #[test]

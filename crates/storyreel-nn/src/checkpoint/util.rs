@@ -6,10 +6,7 @@ use std::path::Path;
 
 /// A `BadCheckpoint` error for `path`.
 pub(crate) fn bad(path: &Path, reason: impl Into<String>) -> NnError {
-    NnError::BadCheckpoint {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    NnError::BadCheckpoint { path: path.to_path_buf(), reason: reason.into() }
 }
 
 /// Short dtype name as used in reports (`f32`, `bf16`, ...).

@@ -88,7 +88,11 @@ impl WanBlock {
     pub fn load(vb: &VarBuilder, cfg: &WanConfig) -> Result<Self> {
         let d = cfg.dim;
         let modulation = vb
-            .get_with_hints((1, 6, d), "modulation", candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 / (d as f64).sqrt() })?
+            .get_with_hints(
+                (1, 6, d),
+                "modulation",
+                candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 / (d as f64).sqrt() },
+            )?
             .to_dtype(DType::F32)?;
         Ok(Self {
             modulation,
@@ -162,7 +166,10 @@ impl WanBlock {
             SelfKeys::Prefix(prefixes) => {
                 let segs: Vec<_> = prefixes
                     .iter()
-                    .map(|(rows, n)| QuerySegment { rows: rows.clone(), spans: vec![KvSpan { k: &k, v: &v, rows: 0..*n }] })
+                    .map(|(rows, n)| QuerySegment {
+                        rows: rows.clone(),
+                        spans: vec![KvSpan { k: &k, v: &v, rows: 0..*n }],
+                    })
                     .collect();
                 attention(&q, &segs, scale)?
             }
@@ -190,7 +197,10 @@ impl WanBlock {
             }
             let kv = &captions[c];
             let t = kv.k.dims()[1];
-            segs.push(QuerySegment { rows: start * p..end * p, spans: vec![KvSpan { k: &kv.k, v: &kv.v, rows: 0..t }] });
+            segs.push(QuerySegment {
+                rows: start * p..end * p,
+                spans: vec![KvSpan { k: &kv.k, v: &kv.v, rows: 0..t }],
+            });
             start = end;
         }
         let y = ca.o.forward(&attention(&q, &segs, scale)?)?.reshape((f, p, d))?;

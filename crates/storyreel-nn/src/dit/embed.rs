@@ -34,7 +34,8 @@ impl PatchEmbed {
     pub fn load(vb: &VarBuilder, cfg: &WanConfig) -> Result<Self> {
         let [pt, ph, pw] = cfg.patch_size;
         let fan_in = cfg.in_dim * pt * ph * pw;
-        let w = vb.get_with_hints((cfg.dim, cfg.in_dim, pt, ph, pw), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+        let w =
+            vb.get_with_hints((cfg.dim, cfg.in_dim, pt, ph, pw), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
         let bias = vb.get_with_hints(cfg.dim, "bias", candle_nn::Init::Const(0.0))?;
         Ok(Self { weight: w.reshape((cfg.dim, fan_in))?, bias, patch: cfg.patch_size })
     }
@@ -90,7 +91,11 @@ impl TimeEmbedding {
 
     /// Linear layers by their canonical names (for LoRA and inspection).
     pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        vec![("time_embedding.0", &mut self.fc1), ("time_embedding.2", &mut self.fc2), ("time_projection.1", &mut self.proj)]
+        vec![
+            ("time_embedding.0", &mut self.fc1),
+            ("time_embedding.2", &mut self.fc2),
+            ("time_projection.1", &mut self.proj),
+        ]
     }
 }
 
@@ -118,10 +123,16 @@ impl TextEmbedding {
     pub fn forward(&self, captions: &Tensor) -> Result<Tensor> {
         let (n, l, d) = captions.dims3()?;
         if d != self.text_dim {
-            return Err(NnError::Input(format!("caption embeddings have width {d}; the model expects {}", self.text_dim)));
+            return Err(NnError::Input(format!(
+                "caption embeddings have width {d}; the model expects {}",
+                self.text_dim
+            )));
         }
         if l > self.text_len {
-            return Err(NnError::Input(format!("caption embeddings have {l} tokens; the model takes at most {}", self.text_len)));
+            return Err(NnError::Input(format!(
+                "caption embeddings have {l} tokens; the model takes at most {}",
+                self.text_len
+            )));
         }
         if n == 0 {
             return Err(NnError::Input("no caption embeddings given".into()));
@@ -145,7 +156,11 @@ impl Head {
     /// Loads `head.modulation` and `head.head`.
     pub fn load(vb: &VarBuilder, cfg: &WanConfig) -> Result<Self> {
         let modulation = vb
-            .get_with_hints((1, 2, cfg.dim), "modulation", candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 / (cfg.dim as f64).sqrt() })?
+            .get_with_hints(
+                (1, 2, cfg.dim),
+                "modulation",
+                candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 / (cfg.dim as f64).sqrt() },
+            )?
             .to_dtype(DType::F32)?;
         Ok(Self { modulation, linear: Linear::load(&vb.pp("head"), cfg.dim, cfg.patch_out(), true)?, eps: cfg.eps })
     }
@@ -169,5 +184,10 @@ impl Head {
 /// Head output `[F·hp·wp, ph·pw·C]` (c fastest) → latents `[F, C, hp·ph, wp·pw]`.
 pub fn unpatchify(y: &Tensor, f: usize, hp: usize, wp: usize, patch: [usize; 3], c: usize) -> Result<Tensor> {
     let [_, ph, pw] = patch;
-    Ok(y.reshape((f, hp, wp, ph, pw, c))?.permute((0, 5, 1, 3, 2, 4))?.contiguous()?.reshape((f, c, hp * ph, wp * pw))?)
+    Ok(y.reshape((f, hp, wp, ph, pw, c))?.permute((0, 5, 1, 3, 2, 4))?.contiguous()?.reshape((
+        f,
+        c,
+        hp * ph,
+        wp * pw,
+    ))?)
 }

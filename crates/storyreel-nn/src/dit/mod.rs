@@ -78,7 +78,13 @@ impl WanModel {
     }
 
     /// A model whose weights are trainable variables in `varmap` (missing ones are initialised).
-    pub fn trainable(varmap: &VarMap, cfg: &WanConfig, rope: RopeConfig, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn trainable(
+        varmap: &VarMap,
+        cfg: &WanConfig,
+        rope: RopeConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         Self::load(VarBuilder::from_varmap(varmap, dtype, device), cfg, rope)
     }
 
@@ -105,8 +111,10 @@ impl WanModel {
     /// Token grid (hp, wp) of a latent of size h×w.
     pub fn token_grid(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         let [_, ph, pw] = self.cfg.patch_size;
-        if h == 0 || w == 0 || h % ph != 0 || w % pw != 0 {
-            return Err(NnError::Input(format!("latent size {h}×{w} is not a positive multiple of the {ph}×{pw} patch")));
+        if h == 0 || w == 0 || !h.is_multiple_of(ph) || !w.is_multiple_of(pw) {
+            return Err(NnError::Input(format!(
+                "latent size {h}×{w} is not a positive multiple of the {ph}×{pw} patch"
+            )));
         }
         Ok((h / ph, w / pw))
     }
@@ -170,7 +178,13 @@ impl WanModel {
 
     /// Context fill: one forward over the context latents (at t = 0) that writes their K/V into
     /// `cache`; the context frames attend only to each other. The flow output is discarded.
-    pub fn fill_context(&self, x: &Tensor, frames: &[FrameInfo], captions: &CaptionCache, cache: &mut ContextCache) -> Result<()> {
+    pub fn fill_context(
+        &self,
+        x: &Tensor,
+        frames: &[FrameInfo],
+        captions: &CaptionCache,
+        cache: &mut ContextCache,
+    ) -> Result<()> {
         if frames.len() != cache.frames() {
             return Err(NnError::Input(format!("{} context frames for a cache of {}", frames.len(), cache.frames())));
         }
@@ -206,7 +220,13 @@ impl WanModel {
         Ok(out)
     }
 
-    fn run(&self, x: &Tensor, frames: &[FrameInfo], captions: &CaptionCache, keys: &mut SelfKeys<'_>) -> Result<Tensor> {
+    fn run(
+        &self,
+        x: &Tensor,
+        frames: &[FrameInfo],
+        captions: &CaptionCache,
+        keys: &mut SelfKeys<'_>,
+    ) -> Result<Tensor> {
         let (f, c, h, w) = x.dims4()?;
         if c != self.cfg.in_dim {
             return Err(NnError::Input(format!("latents have {c} channels; the model expects {}", self.cfg.in_dim)));
@@ -266,7 +286,9 @@ impl WanModel {
             }
         }
         if let Some(name) = adapters.keys().next() {
-            return Err(NnError::Input(format!("LoRA adapter targets `{name}`, which is not an adaptable linear layer")));
+            return Err(NnError::Input(format!(
+                "LoRA adapter targets `{name}`, which is not an adaptable linear layer"
+            )));
         }
         Ok(n)
     }
