@@ -8,6 +8,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod session;
 pub mod shot_plan;
+pub mod teacher;
 
 pub use context::{ContextMemory, ContextPick, DynamicSampling, NoContext};
 pub use error::{EngineError, Result};

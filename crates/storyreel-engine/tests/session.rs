@@ -188,3 +188,46 @@ fn malformed_inputs_are_clear_errors() {
     let err = ShotRun::start(&m, &config(), 0, &caps, &ctx, &[0; 6]).err().expect("must fail");
     assert!(err.to_string().contains("context latents"), "{err}");
 }
+
+#[test]
+fn teacher_sampling_runs_bidirectionally_with_cfg() {
+    use storyreel_engine::teacher::{sample_shot, teacher_flow, TeacherInputs};
+    use storyreel_engine::{EulerSampler, ShotPlan};
+    let m = model();
+    let plan = ShotPlan::new(1, &[0; 6], 2).unwrap();
+    let cfg = WanConfig::tiny();
+    let caps = Tensor::randn(0f32, 1.0, (2, cfg.text_len, cfg.text_dim), &Device::Cpu).unwrap();
+    let neg = Tensor::randn(0f32, 1.0, (1, cfg.text_len, cfg.text_dim), &Device::Cpu).unwrap();
+    let (c, u) = (m.embed_captions(&caps).unwrap(), m.embed_captions(&neg).unwrap());
+    let ctx = Tensor::randn(0f32, 1.0, (6, 4, 4, 6), &Device::Cpu).unwrap();
+    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: Some(&u), context: &ctx };
+    let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &Device::Cpu).unwrap();
+    // Bidirectional: the flow of target frame 0 depends on target frame 2 (not so in the student).
+    let v = teacher_flow(&m, &inputs, &noise, 500.0, true).unwrap();
+    let mut other = noise.clone();
+    other = other
+        .slice_assign(&[2..3, 0..4, 0..4, 0..6], &Tensor::zeros((1, 4, 4, 6), DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
+    let v2 = teacher_flow(&m, &inputs, &other, 500.0, true).unwrap();
+    let d =
+        (v.get(0).unwrap() - v2.get(0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d > 1e-5);
+    let mut steps = Vec::new();
+    let s = EulerSampler::new(3, 8.0, 6.0).unwrap();
+    let out = sample_shot(
+        &m,
+        &inputs,
+        &s,
+        noise.clone(),
+        &mut |i, _| {
+            steps.push(i);
+            Ok(())
+        },
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(steps, vec![0, 1, 2]);
+    assert_eq!(out.dims(), noise.dims());
+    let no_uncond = TeacherInputs { uncond: None, ..inputs };
+    assert!(sample_shot(&m, &no_uncond, &s, noise, &mut |_, _| Ok(()), &|| false).is_err());
+}

@@ -1,0 +1,65 @@
+//! The bidirectional next-shot teacher's sampling (shotstream.md §2.1, §5.2): the context latents
+//! are concatenated in front of the noisy target along frames, every frame is embedded at the
+//! target's t, all frames attend to all frames, and the context outputs are discarded.
+
+use candle_core::{DType, Tensor};
+use storyreel_nn::kv_cache::CaptionCache;
+use storyreel_nn::{FrameInfo, WanModel};
+
+use crate::error::{EngineError, Result};
+use crate::sampler::EulerSampler;
+use crate::shot_plan::ShotPlan;
+
+/// Conditioning of one teacher shot.
+pub struct TeacherInputs<'a> {
+    /// Flags and routing of the context and target frames.
+    pub plan: &'a ShotPlan,
+    /// Captions of shots 0..k (routed per frame).
+    pub captions: &'a CaptionCache,
+    /// The unconditional (negative-prompt) caption, a single caption; needed when guidance ≠ 1.
+    pub uncond: Option<&'a CaptionCache>,
+    /// Context latents `[n, C, H, W]` (clean).
+    pub context: &'a Tensor,
+}
+
+/// Flow of the target frames `x` `[F, C, H, W]` at timestep `t` under the teacher.
+pub fn teacher_flow(
+    model: &WanModel,
+    inputs: &TeacherInputs<'_>,
+    x: &Tensor,
+    t: f32,
+    conditional: bool,
+) -> Result<Tensor> {
+    let n = inputs.context.dim(0)?;
+    let f = x.dim(0)?;
+    let full = Tensor::cat(&[inputs.context.to_dtype(DType::F32)?, x.to_dtype(DType::F32)?], 0)?;
+    let mut frames: Vec<FrameInfo> = inputs.plan.context_frames();
+    frames.extend(inputs.plan.shot_frames(0, f, t));
+    for fr in frames.iter_mut() {
+        fr.t = t;
+    }
+    let captions = if conditional {
+        inputs.captions
+    } else {
+        for fr in frames.iter_mut() {
+            fr.caption = 0;
+        }
+        inputs.uncond.ok_or_else(|| EngineError::Input("guidance needs an unconditional caption".into()))?
+    };
+    let v = model.forward_bidirectional(&full, &frames, captions)?;
+    Ok(v.narrow(0, n, f)?)
+}
+
+/// Samples a shot with the teacher from `noise` `[F, C, H, W]`; `on_step(i, x)` sees each step's
+/// input (ODE pairs save steps 0, 13, 25, 37 of the 50-step grid).
+pub fn sample_shot(
+    model: &WanModel,
+    inputs: &TeacherInputs<'_>,
+    sampler: &EulerSampler,
+    noise: Tensor,
+    on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Tensor> {
+    let mut flow = |x: &Tensor, t: f32, cond: bool| teacher_flow(model, inputs, x, t, cond);
+    sampler.sample(noise, &mut flow, on_step, cancelled)
+}
