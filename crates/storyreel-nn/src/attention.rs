@@ -339,28 +339,44 @@ fn exp_nonpositive_impl<const FMA: bool>(x: f32) -> f32 {
 /// Rows of queries handled per composite step, to bound the score matrix.
 const COMPOSITE_BLOCK: usize = 2048;
 
+/// The same maths as candle ops. Scores are computed per span on views of the caches and only
+/// the (per-query) score rows are concatenated, so the caches themselves are never copied.
 fn composite(q: &Tensor, segments: &[QuerySegment<'_>], scale: f64) -> Result<Tensor> {
     let (h, _lq, hd) = q.dims3()?;
     let mut outs = Vec::new();
     for seg in segments {
-        let mut ks = Vec::new();
-        let mut vs = Vec::new();
-        for span in seg.spans.iter().filter(|s| !s.rows.is_empty()) {
-            ks.push(span.k.narrow(1, span.rows.start, span.rows.len())?);
-            vs.push(span.v.narrow(1, span.rows.start, span.rows.len())?);
-        }
-        let k = if ks.len() == 1 { ks.remove(0) } else { Tensor::cat(&ks, 1)? };
-        let v = if vs.len() == 1 { vs.remove(0) } else { Tensor::cat(&vs, 1)? };
-        let k = k.to_dtype(q.dtype())?;
-        let v = v.to_dtype(q.dtype())?;
-        let kt = k.t()?;
+        let spans: Vec<(Tensor, Tensor)> = seg
+            .spans
+            .iter()
+            .filter(|s| !s.rows.is_empty())
+            .map(|s| {
+                let k = s.k.narrow(1, s.rows.start, s.rows.len())?.to_dtype(q.dtype())?;
+                let v = s.v.narrow(1, s.rows.start, s.rows.len())?.to_dtype(q.dtype())?;
+                Ok((k, v))
+            })
+            .collect::<Result<_>>()?;
         let mut r = seg.rows.start;
         while r < seg.rows.end {
             let e = (r + COMPOSITE_BLOCK).min(seg.rows.end);
             let qb = q.narrow(1, r, e - r)?;
-            let scores = (qb.matmul(&kt)? * scale)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
-            let o = probs.matmul(&v)?; // [H, rows, hd]
+            let mut scores = spans
+                .iter()
+                .map(|(k, _)| Ok((qb.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?))
+                .collect::<Result<Vec<_>>>()?;
+            let scores = if scores.len() == 1 { scores.remove(0) } else { Tensor::cat(&scores, 2)? };
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let mut o: Option<Tensor> = None;
+            let mut col = 0;
+            for (_, v) in &spans {
+                let n = v.dims()[1];
+                let part = probs.narrow(2, col, n)?.to_dtype(v.dtype())?.matmul(v)?;
+                o = Some(match o {
+                    Some(acc) => (acc + part)?,
+                    None => part,
+                });
+                col += n;
+            }
+            let o = o.ok_or_else(|| NnError::Input("attention segment without keys".into()))?; // [H, rows, hd]
             outs.push(o.transpose(0, 1)?.reshape((e - r, h * hd))?);
             r = e;
         }
