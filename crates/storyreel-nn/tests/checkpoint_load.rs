@@ -10,22 +10,13 @@ use storyreel_nn::checkpoint::{
 };
 use storyreel_nn::{NnError, WanConfig};
 
+mod common;
+use common::bits;
+
 fn tiny_model(cfg: &WanConfig, dtype: DType) -> HashMap<String, Tensor> {
     dit_tensor_shapes(cfg)
         .into_iter()
         .map(|(n, s)| (n, Tensor::randn(0f32, 1.0, s, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()))
-        .collect()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f32::to_bits)
         .collect()
 }
 

@@ -10,6 +10,9 @@ use storyreel_nn::checkpoint::{
 };
 use storyreel_nn::{NnError, WanConfig};
 
+mod common;
+use common::bits;
+
 const RANK: usize = 4;
 
 fn randn(shape: &[usize]) -> Tensor {
@@ -42,18 +45,6 @@ fn peft_keys(ad: &[(String, Tensor, Tensor)], module: impl Fn(&str) -> String) -
         out.push((format!("base_model.model.{m}.lora_B.weight"), b.clone()));
     }
     out
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
 }
 
 fn check_read(loras: &HashMap<String, LoraWeights>, ad: &[(String, Tensor, Tensor)], scale: f64) {
