@@ -84,9 +84,15 @@ fn fused_applies(q: &Tensor, segments: &[QuerySegment<'_>]) -> bool {
     ok(q) && segments.iter().all(|s| s.spans.iter().all(|sp| ok(sp.k) && ok(sp.v)))
 }
 
-/// Query rows processed together by one fused task: 256 rows keep the score block small
-/// enough for the softmax passes while amortising gemm's packing (measured on 2 EPYC cores).
-const QUERY_BLOCK: usize = 256;
+/// Scores one fused task holds (64 MiB of f32).
+const SCORE_BUDGET: usize = 1 << 24;
+
+/// Query rows per fused task: as many as the score budget allows for `n_keys` keys, within
+/// [64, 2048]. Large blocks amortise gemm's packing; measured on 2 EPYC cores, 1170 rows over
+/// 14040 keys ran 10% faster than 256.
+fn query_block(n_keys: usize) -> usize {
+    (SCORE_BUDGET / n_keys.max(1)).clamp(64, 2048)
+}
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -154,9 +160,11 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
 
     let mut tasks = Vec::new();
     for (si, seg) in segments.iter().enumerate() {
+        let n_keys: usize = seg.spans.iter().map(|s| s.rows.len()).sum();
+        let block = query_block(n_keys);
         let mut r = seg.rows.start;
         while r < seg.rows.end {
-            let e = (r + QUERY_BLOCK).min(seg.rows.end);
+            let e = (r + block).min(seg.rows.end);
             for head in 0..h {
                 tasks.push((si, head, r, e));
             }
@@ -181,11 +189,18 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
             // SAFETY: all pointers address live buffers held by the guards above; the shapes were
             // checked in `check_segments`, and each task writes only its own rows × head columns.
             unsafe {
+                // Scores are produced one key span at a time and turned into exp(x − running max);
+                // spans whose max was later exceeded are rescaled at the end.
+                let mut row_max = vec![f32::NEG_INFINITY; rows];
+                let mut row_sum = vec![0f32; rows];
+                let mut block_max: Vec<f32> = Vec::new();
+                let mut blocks: Vec<(usize, usize)> = Vec::new();
                 let mut col = 0usize;
                 for sp in spans {
+                    let len = sp.len;
                     gemm::gemm(
                         rows,
-                        sp.len,
+                        len,
                         hd,
                         s_ptr.add(col),
                         1,
@@ -204,13 +219,27 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
                         false,
                         gemm::Parallelism::None,
                     );
-                    col += sp.len;
+                    for r in 0..rows {
+                        let block = std::slice::from_raw_parts_mut(s_ptr.add(r * n_total + col), len);
+                        let (m, sum) = exp_block(block, row_max[r]);
+                        row_sum[r] = row_sum[r] * exp_nonpositive(row_max[r] - m) + sum;
+                        row_max[r] = m;
+                        block_max.push(m);
+                    }
+                    blocks.push((col, len));
+                    col += len;
                 }
-                let mut inv_sums = vec![0f32; rows];
-                for (r, inv) in inv_sums.iter_mut().enumerate().take(rows) {
-                    let row = std::slice::from_raw_parts_mut(s_ptr.add(r * n_total), n_total);
-                    *inv = 1.0 / softmax_unnormalised(row);
+                for (bi, &(bcol, len)) in blocks.iter().enumerate() {
+                    for r in 0..rows {
+                        let m = block_max[bi * rows + r];
+                        if m < row_max[r] {
+                            let f = exp_nonpositive(m - row_max[r]);
+                            let block = std::slice::from_raw_parts_mut(s_ptr.add(r * n_total + bcol), len);
+                            block.iter_mut().for_each(|x| *x *= f);
+                        }
+                    }
                 }
+                let inv_sums: Vec<f32> = row_sum.iter().map(|s| 1.0 / s).collect();
                 let dst = out_ptr.get().add(r0 * width + head * hd);
                 let mut col = 0usize;
                 for (i, sp) in spans.iter().enumerate() {
@@ -251,32 +280,33 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
     Ok(Tensor::from_vec(out, (lq, width), q.device())?)
 }
 
-/// Replaces a row of scores by exp(x − max) and returns their sum.
-fn softmax_unnormalised(row: &mut [f32]) -> f32 {
+/// Replaces a block of one row's scores by exp(x − m), where m = max(`running_max`, block max),
+/// and returns (m, Σ exp).
+fn exp_block(block: &mut [f32], running_max: f32) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { softmax_row_avx2(row) };
+            return unsafe { exp_block_avx2(block, running_max) };
         }
     }
-    softmax_row::<false>(row)
+    exp_block_impl::<false>(block, running_max)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(row: &mut [f32]) -> f32 {
-    softmax_row::<true>(row)
+unsafe fn exp_block_avx2(block: &mut [f32], running_max: f32) -> (f32, f32) {
+    exp_block_impl::<true>(block, running_max)
 }
 
 /// Lanes of independent accumulators, so the reductions vectorise.
 const LANES: usize = 8;
 
 #[inline(always)]
-fn softmax_row<const FMA: bool>(row: &mut [f32]) -> f32 {
+fn exp_block_impl<const FMA: bool>(row: &mut [f32], running_max: f32) -> (f32, f32) {
     let mut lane_max = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
-    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let mut max = chunks.remainder().iter().fold(running_max, |m, &x| if x > m { x } else { m });
     for c in chunks {
         for i in 0..LANES {
             lane_max[i] = if c[i] > lane_max[i] { c[i] } else { lane_max[i] };
@@ -299,7 +329,7 @@ fn softmax_row<const FMA: bool>(row: &mut [f32]) -> f32 {
         *x = exp_nonpositive_impl::<FMA>(*x - max);
         sum += *x;
     }
-    sum + lane_sum.iter().sum::<f32>()
+    (max, sum + lane_sum.iter().sum::<f32>())
 }
 
 /// exp(x) for x ≤ 0, relative error ≈ 1e-7.
@@ -324,15 +354,17 @@ fn exp_nonpositive_impl<const FMA: bool>(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer.
     let x = if x < -87.0 { -87.0 } else { x };
-    let r = fmadd::<FMA>(x, LOG2E, ROUND) - ROUND;
+    // rounded = 1.5·2^23 + r exactly, so r sits in the low mantissa bits of `rounded`.
+    let rounded = fmadd::<FMA>(x, LOG2E, ROUND);
+    let r = rounded - ROUND;
     let g = fmadd::<FMA>(-r, LN2_LO, fmadd::<FMA>(-r, LN2_HI, x));
     // Taylor series of e^g on |g| ≤ ln2/2, degree 7 (error below f32 precision).
     let mut p = 1.0 / 5040.0;
     for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = fmadd::<FMA>(p, g, c);
     }
-    // r ∈ [−126, 0] here, so the integer conversion cannot overflow.
-    let bits = ((r as i32 + 127) as u32) << 23;
+    // 2^r from the bits (no float→int conversion, which would not vectorise): r ∈ [−126, 0].
+    let bits = rounded.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dit;
 pub mod error;
+pub mod fused;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;

@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use crate::attention::{attention, KvSpan, QuerySegment};
 use crate::config::WanConfig;
 use crate::error::Result;
+use crate::fused;
 use crate::kv_cache::LayerKv;
 use crate::linear::Linear;
 use crate::norm;
@@ -144,12 +145,12 @@ impl WanBlock {
         let hd = d / self.heads;
         let scale = 1.0 / (hd as f64).sqrt();
         let m = self.modulation.broadcast_add(e0)?; // [F, 6, D]
-        let s = |i: usize| m.narrow(1, i, 1);
+        let s = |i: usize| m.narrow(1, i, 1)?.contiguous();
         let (shift1, scale1, gate1) = (s(0)?, s(1)?, s(2)?);
         let (shift2, scale2, gate2) = (s(3)?, s(4)?, s(5)?);
 
         // Self-attention.
-        let h = norm::layer_norm(x, self.eps)?.broadcast_mul(&(scale1 + 1.0)?)?.broadcast_add(&shift1)?;
+        let h = fused::modulated_layer_norm(x, &scale1, &shift1, self.eps)?;
         let h = h.reshape((l, d))?;
         let sa = &self.self_attn;
         let q = norm::rms_norm(&sa.q.forward(&h)?, &sa.norm_q, self.eps)?;
@@ -180,7 +181,7 @@ impl WanBlock {
             }
         };
         let y = sa.o.forward(&y)?.reshape((f, p, d))?;
-        let x = (x + y.broadcast_mul(&gate1)?)?;
+        let x = fused::gated_add(x, &y, &gate1)?;
 
         // Cross-attention: each frame sees only its own caption's tokens; no gate, no modulation.
         let hx = norm::layer_norm_affine(&x, &self.norm3_w, &self.norm3_b, self.eps)?.reshape((l, d))?;
@@ -207,9 +208,9 @@ impl WanBlock {
         let x = (x + y)?;
 
         // FFN.
-        let h = norm::layer_norm(&x, self.eps)?.broadcast_mul(&(scale2 + 1.0)?)?.broadcast_add(&shift2)?;
-        let y = self.ffn2.forward(&self.ffn1.forward(&h.reshape((l, d))?)?.gelu()?)?.reshape((f, p, d))?;
-        Ok((x + y.broadcast_mul(&gate2)?)?)
+        let h = fused::modulated_layer_norm(&x, &scale2, &shift2, self.eps)?;
+        let y = self.ffn2.forward(&fused::gelu_tanh(&self.ffn1.forward(&h.reshape((l, d))?)?)?)?.reshape((f, p, d))?;
+        fused::gated_add(&x, &y, &gate2)
     }
 
     /// Linear layers by their names inside the block (for LoRA).

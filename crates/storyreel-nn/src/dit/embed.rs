@@ -6,7 +6,6 @@ use candle_nn::VarBuilder;
 use crate::config::WanConfig;
 use crate::error::{NnError, Result};
 use crate::linear::Linear;
-use crate::norm;
 
 /// Sinusoidal features of timesteps on the 0–1000 scale, cosines first (computed in f64).
 pub fn sinusoid(t: &[f32], dim: usize) -> Vec<f32> {
@@ -139,7 +138,7 @@ impl TextEmbedding {
         }
         let x = captions.to_dtype(DType::F32)?;
         let x = if l < self.text_len { x.pad_with_zeros(1, 0, self.text_len - l)? } else { x };
-        let h = self.fc1.forward(&x)?.gelu()?;
+        let h = crate::fused::gelu_tanh(&self.fc1.forward(&x)?)?;
         self.fc2.forward(&h)
     }
 }
@@ -171,7 +170,7 @@ impl Head {
         let m = self.modulation.broadcast_add(&e.unsqueeze(1)?)?; // [F, 2, D]
         let shift = m.narrow(1, 0, 1)?;
         let scale = m.narrow(1, 1, 1)?;
-        let h = norm::layer_norm(x, self.eps)?.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?;
+        let h = crate::fused::modulated_layer_norm(x, &scale.contiguous()?, &shift.contiguous()?, self.eps)?;
         self.linear.forward(&h.reshape((f * p, d))?)
     }
 
