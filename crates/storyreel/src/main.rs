@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() {
+    keep_large_allocations();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Inspect { path } => inspect(&path),
@@ -47,6 +48,18 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Keeps freed large blocks in the heap instead of returning them to the kernel: activations of
+/// tens of MB are allocated every layer, and glibc would otherwise mmap and zero-fault each one
+/// afresh (measured: half the page faults and 5% less CPU time in `bench dit`).
+fn keep_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; it is called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
 
