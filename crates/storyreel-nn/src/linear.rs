@@ -74,7 +74,9 @@ impl Linear {
             y = (y + (up * l.scale)?)?;
         }
         let mut out_dims = dims;
-        *out_dims.last_mut().unwrap_or(&mut 0) = self.weight.dims()[0];
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.weight.dims()[0];
+        }
         Ok(y.to_dtype(DType::F32)?.reshape(out_dims)?)
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use storyreel_engine::ShotPlan;
 use storyreel_nn::dit::random_weights;
 use storyreel_nn::kv_cache::{ContextCache, LocalCache, LocalWindow};
@@ -244,6 +244,5 @@ fn matmul(a: &MatmulArgs) -> Result<()> {
             n = a.n
         );
     }
-    let _ = DType::F32;
     Ok(())
 }

@@ -343,15 +343,8 @@ fn span_of(kv: &LayerKv, rows: std::ops::Range<usize>) -> KvSpan<'_> {
 /// 1 + N(0, 0.1²), so that every parameter influences the output.
 pub fn random_weights(cfg: &WanConfig, seed: u64, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
     use rand::{Rng, SeedableRng};
-    let varmap = VarMap::new();
-    WanModel::trainable(&varmap, cfg, RopeConfig::default(), DType::F32, &Device::Cpu)?;
-    let mut names: Vec<(String, Vec<usize>)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| NnError::Input("weight map lock poisoned".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.dims().to_vec()))
-        .collect();
+    cfg.validate()?;
+    let mut names = crate::checkpoint::dit_tensor_shapes(cfg);
     names.sort();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = HashMap::new();
