@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod conv;
 pub mod dit;
 pub mod error;
 pub mod fused;

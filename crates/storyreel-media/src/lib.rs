@@ -1,0 +1,1 @@
+//! storyreel-media: RGB frames in, video files and live-stream segments out.
