@@ -15,6 +15,8 @@ pub mod kv_cache;
 pub mod linear;
 pub mod norm;
 pub mod rope;
+pub mod taehv;
+pub mod vae;
 
 pub use config::WanConfig;
 pub use dit::{FrameInfo, WanModel};
