@@ -1,0 +1,312 @@
+//! A TAEHV layer stack prepared for running: weights rearranged for the frame-major
+//! convolutions, cheap neighbours fused, and the per-layer stream state.
+//!
+//! Everything is per frame except three layers, which is what makes chunked streaming exact:
+//! - MemBlock reads [x_t, x_{t−1}]. Its first conv (`2n → n`) runs as a 3-D convolution with two
+//!   temporal taps over the frame sequence, so the previous frame is read in place from the
+//!   chunk (or from the one-frame memory kept from the last chunk, or a zero frame at the start)
+//!   and nothing is concatenated.
+//! - TPool(n, s) stacks s frames along channels: a 3-D 1×1 convolution with s taps and time
+//!   stride s, reading up to s − 1 frames held over from the previous chunk.
+//! - TGrow(n, s) is a 1×1 conv to s·n channels; in frame-major memory `[T, s·n, H, W]` already
+//!   is `[T·s, n, H, W]` with the earlier frame first, so the split is a reshape.
+//!
+//! The decoder's nearest upsampling always precedes a TGrow. A 1×1 convolution commutes with
+//! nearest upsampling (each output pixel is the same dot product of the same input pixel), so
+//! TGrow runs at the lower resolution and its output is upsampled: 4× fewer FLOPs, same values.
+
+use candle_core::Tensor;
+
+use super::arch::LayerSpec;
+use super::kernels::{add_relu_owned, copy_frames, relu_owned, upsample2x};
+use crate::conv::{conv2d, conv3d, ConvGeometry, FrameSource, Padding2d};
+use crate::error::{NnError, Result};
+
+/// One MemBlock's three convolutions.
+pub(crate) struct MemBlock {
+    /// `[n, n, 2, 3, 3]`: tap 0 reads x_{t−1}, tap 1 reads x_t.
+    w0: Tensor,
+    b0: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+}
+
+/// One executable step; `idx` is the `nn.Sequential` index its weights are named after.
+pub(crate) enum Op {
+    Clamp,
+    /// 3×3 conv, pad 1; `relu` when the next layer is a ReLU (fused, applied in place).
+    Conv {
+        idx: usize,
+        w: Tensor,
+        b: Option<Tensor>,
+        stride: usize,
+        relu: bool,
+    },
+    Relu,
+    Mem {
+        idx: usize,
+        block: MemBlock,
+    },
+    /// `w` `[n, n, s, 1, 1]`: tap k reads the k-th (k = 0 earliest) frame of the group.
+    TPool {
+        idx: usize,
+        w: Tensor,
+        s: usize,
+    },
+    /// `w` `[s·n, n, 1, 1]`; `up` when an upsample precedes it (run after it instead).
+    TGrow {
+        idx: usize,
+        w: Tensor,
+        s: usize,
+        up: bool,
+    },
+    Up,
+}
+
+/// Stream state of one step.
+#[derive(Default)]
+pub(crate) enum OpState {
+    #[default]
+    None,
+    /// MemBlock: the last input frame seen `[1, n, H, W]` (absent before the first frame).
+    Memory(Option<Tensor>),
+    /// TPool: input frames waiting for their group to fill `[k < s, n, H, W]`.
+    Pending(Option<Tensor>),
+}
+
+impl OpState {
+    fn bytes(&self) -> usize {
+        match self {
+            OpState::Memory(Some(t)) | OpState::Pending(Some(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+            _ => 0,
+        }
+    }
+}
+
+/// A prepared layer stack (`decoder` or `encoder`).
+pub(crate) struct Stack {
+    prefix: &'static str,
+    ops: Vec<Op>,
+}
+
+/// The per-step states of one stream through a [`Stack`].
+pub(crate) struct StackState {
+    states: Vec<OpState>,
+}
+
+impl StackState {
+    /// Bytes held by memories and pending frames.
+    pub(crate) fn bytes(&self) -> usize {
+        self.states.iter().map(OpState::bytes).sum()
+    }
+}
+
+fn pad1() -> Padding2d {
+    Padding2d::same(1)
+}
+
+impl Stack {
+    /// Builds the stack from reference-layout tensors `prefix.idx...` (shapes already checked).
+    pub(crate) fn build(
+        prefix: &'static str,
+        specs: &'static [LayerSpec],
+        get: &mut dyn FnMut(&str) -> Result<Tensor>,
+    ) -> Result<Self> {
+        let mut ops = Vec::with_capacity(specs.len());
+        let mut i = 0;
+        while i < specs.len() {
+            let p = format!("{prefix}.{i}");
+            let next = specs.get(i + 1).copied();
+            match specs[i] {
+                LayerSpec::Clamp => ops.push(Op::Clamp),
+                LayerSpec::Relu => ops.push(Op::Relu),
+                LayerSpec::Conv { stride, bias, .. } => {
+                    let w = get(&format!("{p}.weight"))?;
+                    let b = if bias { Some(get(&format!("{p}.bias"))?) } else { None };
+                    let relu = next == Some(LayerSpec::Relu);
+                    ops.push(Op::Conv { idx: i, w, b, stride, relu });
+                    if relu {
+                        i += 1;
+                    }
+                }
+                LayerSpec::Mem(n) => {
+                    let w = get(&format!("{p}.conv.0.weight"))?;
+                    // torch.cat([x, past], 1): input channels [0, n) see x_t, [n, 2n) see x_{t−1}.
+                    let w0 = Tensor::stack(&[w.narrow(1, n, n)?, w.narrow(1, 0, n)?], 2)?.contiguous()?;
+                    let block = MemBlock {
+                        w0,
+                        b0: get(&format!("{p}.conv.0.bias"))?,
+                        w1: get(&format!("{p}.conv.2.weight"))?,
+                        b1: get(&format!("{p}.conv.2.bias"))?,
+                        w2: get(&format!("{p}.conv.4.weight"))?,
+                        b2: get(&format!("{p}.conv.4.bias"))?,
+                    };
+                    ops.push(Op::Mem { idx: i, block });
+                }
+                LayerSpec::TPool(n, s) => {
+                    // Weight input channels are [frame 0 | frame 1 | ...]; as taps: [n, n, s, 1, 1].
+                    let w = get(&format!("{p}.conv.weight"))?
+                        .reshape((n, s, n, 1, 1))?
+                        .permute((0, 2, 1, 3, 4))?
+                        .contiguous()?;
+                    ops.push(Op::TPool { idx: i, w, s });
+                }
+                LayerSpec::TGrow(_, s) => {
+                    ops.push(Op::TGrow { idx: i, w: get(&format!("{p}.conv.weight"))?, s, up: false });
+                }
+                LayerSpec::Up => {
+                    if let Some(LayerSpec::TGrow(_, s)) = next {
+                        let w = get(&format!("{prefix}.{}.conv.weight", i + 1))?;
+                        ops.push(Op::TGrow { idx: i + 1, w, s, up: true });
+                        i += 1;
+                    } else {
+                        ops.push(Op::Up);
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(Self { prefix, ops })
+    }
+
+    /// A fresh stream state (empty memories).
+    pub(crate) fn new_state(&self) -> StackState {
+        let states = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Mem { .. } => OpState::Memory(None),
+                Op::TPool { .. } => OpState::Pending(None),
+                _ => OpState::None,
+            })
+            .collect();
+        StackState { states }
+    }
+
+    /// Runs the next frames `x` `[T, C, H, W]` of a stream through every step; `None` when a
+    /// TPool is still waiting for frames to complete its group.
+    pub(crate) fn run(&self, state: &mut StackState, mut x: Tensor) -> Result<Option<Tensor>> {
+        for (op, st) in self.ops.iter().zip(state.states.iter_mut()) {
+            x = match op {
+                Op::Clamp => ((x / 3.0)?.tanh()? * 3.0)?,
+                Op::Relu => x.relu()?,
+                Op::Up => upsample2x(&x)?,
+                Op::Conv { w, b, stride, relu, .. } => {
+                    let y = conv2d(&x, w, b.as_ref(), *stride, pad1())?;
+                    if *relu {
+                        relu_owned(y)?
+                    } else {
+                        y
+                    }
+                }
+                Op::Mem { block, .. } => {
+                    let OpState::Memory(mem) = st else { unreachable!("MemBlock without memory state") };
+                    let y = block.forward(&x, mem.as_ref())?;
+                    let t = x.dim(0)?;
+                    // A one-frame input is its own memory; otherwise copy the frame out so the
+                    // chunk's activation can be freed.
+                    *mem = Some(if t == 1 { x.clone() } else { copy_frames(&x, t - 1, 1)? });
+                    y
+                }
+                Op::TPool { w, s, .. } => {
+                    let OpState::Pending(pending) = st else { unreachable!("TPool without pending state") };
+                    match tpool(w, *s, pending, x)? {
+                        Some(y) => y,
+                        None => return Ok(None),
+                    }
+                }
+                Op::TGrow { w, s, up, .. } => {
+                    let (t, _, h, wd) = x.dims4()?;
+                    let n = w.dim(1)?;
+                    let y = conv2d(&x, w, None, 1, Padding2d::default())?.reshape((t * s, n, h, wd))?;
+                    if *up {
+                        upsample2x(&y)?
+                    } else {
+                        y
+                    }
+                }
+            };
+        }
+        Ok(Some(x))
+    }
+
+    /// The weights in the reference layout (`prefix.idx...`), for saving.
+    pub(crate) fn reference_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let p = self.prefix;
+        let mut out = Vec::new();
+        for op in &self.ops {
+            match op {
+                Op::Conv { idx, w, b, .. } => {
+                    out.push((format!("{p}.{idx}.weight"), w.clone()));
+                    if let Some(b) = b {
+                        out.push((format!("{p}.{idx}.bias"), b.clone()));
+                    }
+                }
+                Op::Mem { idx, block } => {
+                    let past = block.w0.narrow(2, 0, 1)?.squeeze(2)?;
+                    let cur = block.w0.narrow(2, 1, 1)?.squeeze(2)?;
+                    let q = format!("{p}.{idx}.conv");
+                    out.push((format!("{q}.0.weight"), Tensor::cat(&[cur, past], 1)?.contiguous()?));
+                    out.push((format!("{q}.0.bias"), block.b0.clone()));
+                    out.push((format!("{q}.2.weight"), block.w1.clone()));
+                    out.push((format!("{q}.2.bias"), block.b1.clone()));
+                    out.push((format!("{q}.4.weight"), block.w2.clone()));
+                    out.push((format!("{q}.4.bias"), block.b2.clone()));
+                }
+                Op::TPool { idx, w, s } => {
+                    let n = w.dim(0)?;
+                    let w = w.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((n, s * n, 1, 1))?;
+                    out.push((format!("{p}.{idx}.conv.weight"), w));
+                }
+                Op::TGrow { idx, w, .. } => out.push((format!("{p}.{idx}.conv.weight"), w.clone())),
+                Op::Clamp | Op::Relu | Op::Up => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl MemBlock {
+    /// relu(conv4(relu(conv2(relu(conv0([x_t, x_{t−1}]))))) + x_t) for every frame of `x`, with
+    /// x_{−1} = `memory` (or zero at the start of a stream).
+    fn forward(&self, x: &Tensor, memory: Option<&Tensor>) -> Result<Tensor> {
+        let src = FrameSource { lead_zeros: usize::from(memory.is_none()), cache: memory, x };
+        let h = relu_owned(conv3d(&src, &self.w0, Some(&self.b0), ConvGeometry::padded(1))?)?;
+        let h = relu_owned(conv2d(&h, &self.w1, Some(&self.b1), 1, pad1())?)?;
+        let h = conv2d(&h, &self.w2, Some(&self.b2), 1, pad1())?;
+        add_relu_owned(h, x)
+    }
+}
+
+/// TPool over the held-over frames followed by `x`: returns the completed groups, keeps the rest.
+fn tpool(w: &Tensor, s: usize, pending: &mut Option<Tensor>, x: Tensor) -> Result<Option<Tensor>> {
+    let held = pending.as_ref().map(|p| p.dim(0)).transpose()?.unwrap_or(0);
+    let t = x.dim(0)?;
+    let groups = (held + t) / s;
+    let used = groups * s - held.min(groups * s);
+    let rest = t - used;
+    let y = if groups == 0 {
+        None
+    } else {
+        let xs = if rest == 0 { x.clone() } else { x.narrow(0, 0, used)? };
+        let src = FrameSource { lead_zeros: 0, cache: pending.as_ref(), x: &xs };
+        let geo = ConvGeometry { stride_t: s, stride_hw: 1, pad: Padding2d::default() };
+        Some(conv3d(&src, w, None, geo)?)
+    };
+    *pending = match (groups, rest) {
+        (0, _) => Some(match pending.take() {
+            Some(p) => Tensor::cat(&[p, x], 0)?,
+            None => x,
+        }),
+        (_, 0) => None,
+        _ => Some(copy_frames(&x, used, rest)?),
+    };
+    if let Some(p) = pending.as_ref() {
+        if p.dim(0)? >= s {
+            return Err(NnError::Input(format!("TPool holds {} frames for a stride of {s}", p.dim(0)?)));
+        }
+    }
+    Ok(y)
+}
