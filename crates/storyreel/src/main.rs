@@ -1,7 +1,10 @@
 //! The `storyreel` command line.
 
 mod bench;
+mod codec;
+mod decode;
 mod device;
+mod frames_out;
 mod generate_latents;
 mod testcase;
 
@@ -27,6 +30,10 @@ enum Command {
     },
     /// Run one shot of the streaming loop from given inputs (for comparison with the reference).
     GenerateLatents(generate_latents::Args),
+    /// Decode latents to video (MP4, PNG folder, contact sheet, GIF) or to a frames tensor.
+    Decode(decode::DecodeArgs),
+    /// Encode frames to normalised latents with the model's VAE.
+    EncodeFrames(decode::EncodeArgs),
     /// Write a random model folder and matching generate-latents inputs (tests, parity checks).
     Testcase(testcase::Args),
     /// Measure speed: the DiT chunk forward or the machine's matmul peak.
@@ -42,6 +49,8 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Inspect { path } => inspect(&path),
         Command::GenerateLatents(args) => generate_latents::run(&args),
+        Command::Decode(args) => decode::run_decode(&args),
+        Command::EncodeFrames(args) => decode::run_encode(&args),
         Command::Testcase(args) => testcase::run(&args),
         Command::Bench { what } => bench::run(&what),
     };
