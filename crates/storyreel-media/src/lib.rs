@@ -1,1 +1,28 @@
 //! storyreel-media: RGB frames in, video files and live-stream segments out.
+//!
+//! * [`RgbFrame`]: the pixel format every writer takes (and [`RgbFrame::from_f32_chw`] for
+//!   decoder output in [-1, 1]).
+//! * [`Mp4Writer`]: H.264 (OpenH264) in a fast-start MP4 (muxide), encoded as frames arrive.
+//! * [`Fmp4Writer`]: fragmented MP4 (init segment + one media segment per flush) for
+//!   `MediaSource` streaming.
+//! * [`Mp4VideoReader`]: H.264 MP4 back to frames.
+//!
+//! This crate knows nothing about tensors: callers hand it plain byte or `f32` slices.
+
+mod demux;
+mod error;
+mod fmp4;
+mod fmp4_segment;
+mod frame;
+mod h264;
+mod mp4_writer;
+mod nal;
+mod reader;
+mod staging;
+
+pub use error::{MediaError, Result};
+pub use fmp4::{codec_string_from_init, Fmp4Writer, FMP4_TIMESCALE};
+pub use frame::RgbFrame;
+pub use h264::{check_encodable_size, default_bitrate, EncodeOptions, RateControl, BITRATE_RANGE, FPS_RANGE};
+pub use mp4_writer::{write_mp4, Mp4Summary, Mp4Writer};
+pub use reader::{read_mp4, Mp4VideoReader, VideoInfo};

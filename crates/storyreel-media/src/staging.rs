@@ -1,0 +1,24 @@
+//! Files that appear at their final path only when complete: writers stage output in a
+//! hidden temporary file beside the target and rename it into place on success.
+
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+use crate::error::{MediaError, Result};
+
+/// A temporary file in the same directory as `path` (so the final rename cannot cross
+/// file systems), named `.<file name>.<random>.partial`; it is deleted when dropped unless
+/// persisted with `NamedTempFile::persist`.
+pub(crate) fn staged_file(path: &Path) -> Result<NamedTempFile> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(|e| MediaError::io(&dir, e))
+}
