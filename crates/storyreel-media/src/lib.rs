@@ -6,23 +6,31 @@
 //! * [`Fmp4Writer`]: fragmented MP4 (init segment + one media segment per flush) for
 //!   `MediaSource` streaming.
 //! * [`Mp4VideoReader`]: H.264 MP4 back to frames.
+//! * PNG frames and stills, GIF previews, contact sheets with captions.
 //!
 //! This crate knows nothing about tensors: callers hand it plain byte or `f32` slices.
 
+mod contact_sheet;
 mod demux;
 mod error;
 mod fmp4;
 mod fmp4_segment;
+mod font;
 mod frame;
+mod gif_writer;
 mod h264;
 mod mp4_writer;
 mod nal;
+mod png;
 mod reader;
 mod staging;
 
+pub use contact_sheet::{even_indices, ContactSheet, ContactSheetOptions};
 pub use error::{MediaError, Result};
 pub use fmp4::{codec_string_from_init, Fmp4Writer, FMP4_TIMESCALE};
 pub use frame::RgbFrame;
+pub use gif_writer::{GifOptions, GifWriter};
 pub use h264::{check_encodable_size, default_bitrate, EncodeOptions, RateControl, BITRATE_RANGE, FPS_RANGE};
 pub use mp4_writer::{write_mp4, Mp4Summary, Mp4Writer};
+pub use png::{load_image, save_png, PngSequenceWriter};
 pub use reader::{read_mp4, Mp4VideoReader, VideoInfo};
