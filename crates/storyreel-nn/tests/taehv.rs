@@ -277,3 +277,49 @@ fn f16_follows_f32() {
     let d = max_abs(&(a - b).unwrap());
     assert!(d < 0.1, "{d}");
 }
+
+/// Against the reference implementation (madebyollin/taehv `taehv.py`) on seeded random weights.
+/// Needs the files its script writes, so it runs by hand:
+/// `TAEHV_PARITY_DIR=/path/to/out cargo test --release -p storyreel-nn --test taehv -- --ignored --nocapture`
+#[test]
+#[ignore = "needs reference outputs: set TAEHV_PARITY_DIR"]
+fn parity_with_reference() {
+    let dir = std::path::PathBuf::from(std::env::var("TAEHV_PARITY_DIR").expect("set TAEHV_PARITY_DIR"));
+    let io = storyreel_nn::checkpoint::TensorFiles::open(&dir.join("io.safetensors")).unwrap();
+    let get = |n: &str| io.load(n, DType::F32, &Device::Cpu).unwrap();
+    let signed = |t: Tensor| t.affine(2.0, -1.0).unwrap();
+    let rel = |name: &str, ours: &Tensor, reference: &Tensor| {
+        assert_eq!(ours.dims(), reference.dims(), "{name}");
+        let d = max_abs(&(ours - reference).unwrap()) / max_abs(reference);
+        println!("{name:44} max|Δ|/max|ref| = {d:.2e}");
+        assert!(d <= 1e-4, "{name}: {d}");
+    };
+    let (z, x) = (get("latents"), signed(get("frames")));
+    for file in ["taew2_1.pth", "taew2_1.safetensors", "taew2_1_big.pth"] {
+        let v = Arc::new(TinyVae::load(&dir.join(file), DType::F32, &Device::Cpu).unwrap());
+        rel(&format!("{file}: decoder raw, parallel"), &v.decode_raw(&z, true).unwrap(), &get("dec_raw_parallel"));
+        rel(
+            &format!("{file}: decoder raw, one latent at a time"),
+            &v.decode_raw(&z, false).unwrap(),
+            &get("dec_raw_sequential"),
+        );
+        rel(
+            &format!("{file}: decode_video parallel"),
+            &v.decode_video(&z, true).unwrap(),
+            &signed(get("dec_parallel")),
+        );
+        let mut s = v.clone().decode_stream();
+        let a = s.push(&z.narrow(0, 0, 2).unwrap()).unwrap();
+        let b = s.push(&z.narrow(0, 2, 1).unwrap()).unwrap();
+        rel(
+            &format!("{file}: stream (2 + 1 latents)"),
+            &Tensor::cat(&[a, b], 0).unwrap(),
+            &signed(get("dec_streaming")),
+        );
+        rel(&format!("{file}: encode_video parallel"), &v.encode_video(&x, true).unwrap(), &get("enc_parallel"));
+        rel(&format!("{file}: encode (streaming)"), &v.encode(&x).unwrap(), &get("enc_streaming"));
+        rel(&format!("{file}: encode one frame"), &v.encode(&x.narrow(0, 0, 1).unwrap()).unwrap(), &get("enc_single"));
+        // For the reverse check: the reference loads what we save.
+        v.save(&dir.join(format!("saved_by_storyreel_from_{file}.pth"))).unwrap();
+    }
+}
