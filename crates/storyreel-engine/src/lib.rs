@@ -4,6 +4,7 @@
 pub mod context;
 pub mod error;
 pub mod noise;
+pub mod pixels;
 pub mod sampler;
 pub mod schedule;
 pub mod session;
@@ -13,6 +14,7 @@ pub mod teacher;
 pub use context::{ContextMemory, ContextPick, DynamicSampling, NoContext};
 pub use error::{EngineError, Result};
 pub use noise::{GivenNoise, NoiseSource, SeededNoise};
+pub use pixels::PixelHistory;
 pub use sampler::{EulerSampler, FewStepSampler};
 pub use schedule::FlowSchedule;
 pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig, ShotRun};

@@ -18,10 +18,19 @@ use crate::noise::NoiseSource;
 use crate::sampler::FewStepSampler;
 use crate::shot_plan::ShotPlan;
 
-/// Turns finished shots into context latents (the pixel round trip of §2.2).
+/// Turns denoised chunks into pixels and finished shots into context latents (the pixel round
+/// trip of §2.2).
 pub trait ContextCodec: Send {
+    /// Sees each chunk as soon as it is denoised; returns its decoded frames `[F, 3, H, W]` in
+    /// [−1, 1] when this codec decodes.
+    fn chunk_ready(&mut self, chunk: &LatentChunk) -> Result<Option<Tensor>> {
+        let _ = chunk;
+        Ok(None)
+    }
     /// Takes a finished shot's latents `[F, C, H, W]`; returns how many pixel frames it spans.
     fn record_shot(&mut self, latents: &Tensor) -> Result<usize>;
+    /// Forgets the partly generated shot (it was cancelled or failed).
+    fn shot_cancelled(&mut self) {}
     /// Latent `[C, H, W]` of pixel frame `frame` of finished shot `shot`, encoded on its own.
     fn encode_frame(&mut self, shot: usize, frame: usize) -> Result<Tensor>;
 }
@@ -121,6 +130,9 @@ pub struct LatentChunk {
     pub first_frame: usize,
     /// Latents `[chunk_frames, C, H, W]`.
     pub latents: Tensor,
+    /// Decoded frames `[F, 3, H, W]` in [−1, 1] when the session decodes (4 per latent frame,
+    /// the shot's first latent giving 1).
+    pub frames: Option<Tensor>,
     /// Whether this chunk completes its shot.
     pub last_in_shot: bool,
 }
@@ -235,7 +247,7 @@ impl<'m> ShotRun<'m> {
         }
         self.next_chunk += 1;
         self.chunks.push(out.clone());
-        Ok(LatentChunk { shot, chunk, first_frame: start, latents: out, last_in_shot: last })
+        Ok(LatentChunk { shot, chunk, first_frame: start, latents: out, frames: None, last_in_shot: last })
     }
 }
 
@@ -368,6 +380,9 @@ impl<'m> Session<'m> {
 
     /// Drops the running shot (its chunks so far are the caller's) and queued captions after it.
     pub fn cancel(&mut self) {
+        if self.active.is_some() {
+            self.codec.shot_cancelled();
+        }
         self.active = None;
         self.captions.truncate(self.finished.len());
         self.given_context = None;
@@ -437,7 +452,16 @@ impl<'m> Session<'m> {
     fn run_chunk(&mut self) -> Result<LatentChunk> {
         let cancel = self.cancel.clone();
         let run = self.active.as_mut().ok_or_else(|| EngineError::Input("no shot is running".into()))?;
-        let chunk = run.next_chunk(self.noise.as_mut(), &|| cancel.load(Ordering::SeqCst))?;
+        let mut chunk = run.next_chunk(self.noise.as_mut(), &|| cancel.load(Ordering::SeqCst))?;
+        chunk.frames = match self.codec.chunk_ready(&chunk) {
+            Ok(f) => f,
+            Err(e) => {
+                // The shot's decoded frames would have a gap; drop it so the next call starts it again.
+                self.codec.shot_cancelled();
+                self.active = None;
+                return Err(e);
+            }
+        };
         if chunk.last_in_shot {
             let shot_latents = run.latents()?;
             self.active = None; // releases the caches

@@ -241,6 +241,12 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
     // Tiles of whole output rows when a row fits the budget, else column tiles within a row.
     let tile = (PANEL_FLOATS / k.max(1)).clamp(64, out_plane.max(64)).min(out_plane);
     let tiles_per_frame = out_plane.div_ceil(tile);
+    // Small frames give few pixel tiles; split the output channels too so every thread has work
+    // (each channel block re-gathers its panel, which is cheap next to the GEMM).
+    let threads = rayon::current_num_threads().max(1);
+    let pixel_tasks = p.frames_out * tiles_per_frame;
+    let m_blocks = if pixel_tasks >= 2 * threads { 1 } else { (2 * threads).div_ceil(pixel_tasks).min(p.cout.div_ceil(16)).max(1) };
+    let m_step = p.cout.div_ceil(m_blocks);
     let mut out = vec![0f32; p.frames_out * out_frame];
     let out_ptr = SendPtr(out.as_mut_ptr());
 
@@ -258,16 +264,22 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
         }
     };
 
-    (0..p.frames_out * tiles_per_frame).into_par_iter().for_each(|task| {
+    (0..pixel_tasks * m_blocks).into_par_iter().for_each(|task| {
+        let (task, mb) = (task / m_blocks, task % m_blocks);
         let (to, ti) = (task / tiles_per_frame, task % tiles_per_frame);
+        let m0 = mb * m_step;
+        let m1 = (m0 + m_step).min(p.cout);
+        if m0 >= m1 {
+            return;
+        }
         let p0 = ti * tile;
         let p1 = (p0 + tile).min(out_plane);
         let n = p1 - p0;
-        let dst = out_ptr.add(to * out_frame + p0);
+        let dst = out_ptr.add(to * out_frame + m0 * out_plane + p0);
         // Bias first, then the GEMM accumulates onto it.
         if let Some(b) = &b {
-            for (co, &bv) in b.slice().iter().enumerate() {
-                // SAFETY: row `co`, columns p0..p1 of output frame `to` belong to this task only.
+            for (co, &bv) in b.slice()[m0..m1].iter().enumerate() {
+                // SAFETY: rows m0..m1, columns p0..p1 of output frame `to` belong to this task only.
                 unsafe { std::slice::from_raw_parts_mut(dst.add(co * out_plane), n) }.fill(bv);
             }
         }
@@ -290,14 +302,14 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
             // the weight matrix [Cout, K] and rhs the [K, n] panel (or the input frame rows).
             unsafe {
                 gemm::gemm(
-                    p.cout,
+                    m1 - m0,
                     n,
                     k,
                     dst,
                     1,
                     out_plane as isize,
                     b.is_some(),
-                    wt.slice().as_ptr(),
+                    wt.slice()[m0 * k..].as_ptr(),
                     1,
                     k as isize,
                     rhs,

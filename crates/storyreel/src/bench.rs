@@ -17,6 +17,8 @@ use crate::testcase::parse_size;
 pub enum What {
     /// One causal chunk forward with a filled KV cache (defaults: the acceptance configuration).
     Dit(DitArgs),
+    /// Streaming decode of the Wan VAE and the tiny decoder (random weights).
+    Vae(crate::bench_vae::VaeArgs),
     /// Square f32/bf16 matmul, the reference for achievable GFLOP/s.
     Matmul(MatmulArgs),
 }
@@ -93,6 +95,7 @@ pub fn run(what: &What) -> Result<()> {
     match what {
         What::Dit(a) => dit(a),
         What::Matmul(a) => matmul(a),
+        What::Vae(a) => crate::bench_vae::run(a),
     }
 }
 

@@ -204,6 +204,43 @@ impl VaeConfig {
         self.tensor_shapes(encoder).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
 
+    /// FLOPs (2 per multiply-add) of decoding one latent frame at latent size `h`×`w`: the
+    /// clip's first latent (1 output frame) when `first`, else a later one (4 output frames).
+    pub fn decoder_flops(&self, h: usize, w: usize, first: bool) -> f64 {
+        let cfg = self;
+        let levels = cfg.dim_mult.len();
+        let last = cfg.dim_mult[levels - 1] * cfg.base_dim;
+        let dims: Vec<usize> =
+            std::iter::once(last).chain(cfg.dim_mult.iter().rev().map(|m| m * cfg.base_dim)).collect();
+        let up = cfg.temporal_upsample();
+        let (mut f, mut px) = (1.0f64, (h * w) as f64);
+        let conv = |co: usize, ci: usize, taps: usize, f: f64, px: f64| 2.0 * (co * ci * taps) as f64 * f * px;
+        let res = |ci: usize, co: usize, f: f64, px: f64| {
+            conv(co, ci, 27, f, px) + conv(co, co, 27, f, px) + if ci != co { conv(co, ci, 1, f, px) } else { 0.0 }
+        };
+        let c0 = dims[0];
+        let mut total = conv(cfg.z_dim, cfg.z_dim, 1, f, px) + conv(c0, cfg.z_dim, 27, f, px);
+        total += 2.0 * res(c0, c0, f, px);
+        total += conv(3 * c0, c0, 1, f, px) + conv(c0, c0, 1, f, px) + 4.0 * px * px * c0 as f64 * f;
+        for i in 0..levels {
+            let mut ci = if i > 0 { dims[i] / 2 } else { dims[i] };
+            for _ in 0..=cfg.num_res_blocks {
+                total += res(ci, dims[i + 1], f, px);
+                ci = dims[i + 1];
+            }
+            if i != levels - 1 {
+                let c = dims[i + 1];
+                if up[i] && !first {
+                    total += conv(2 * c, c, 3, f, px);
+                    f *= 2.0;
+                }
+                px *= 4.0;
+                total += conv(c / 2, c, 9, f, px);
+            }
+        }
+        total + conv(3, dims[levels], 27, f, px)
+    }
+
     /// Reads the shape parameters from Wan-layout tensor shapes; mean and std are Wan2.1's when
     /// `z_dim` is 16 (callers override them from a config file when they have one).
     pub fn infer(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
@@ -278,6 +315,16 @@ mod tests {
         let all = cfg.parameter_count(true);
         assert_eq!(dec, 73_295_331 + 272);
         assert_eq!(all, 126_892_531);
+    }
+
+    #[test]
+    fn decoder_flops_match_the_spec() {
+        // wan.md §7.4: 13.55 TFLOP per later latent frame and 4.35 for the first, at 60×104.
+        let cfg = VaeConfig::wan21();
+        let steady = cfg.decoder_flops(60, 104, false) / 1e12;
+        let first = cfg.decoder_flops(60, 104, true) / 1e12;
+        assert!((steady - 13.55).abs() < 0.01, "{steady}");
+        assert!((first - 4.35).abs() < 0.01, "{first}");
     }
 
     #[test]
