@@ -7,8 +7,11 @@
 //!   `MediaSource` streaming.
 //! * [`Mp4VideoReader`]: H.264 MP4 back to frames.
 //! * PNG frames and stills, GIF previews, contact sheets with captions.
+//! * [`FrameSink`]: one trait the generation session pushes shots into, with a sink per output.
 //!
 //! This crate knows nothing about tensors: callers hand it plain byte or `f32` slices.
+
+#![warn(missing_docs)]
 
 mod contact_sheet;
 mod demux;
@@ -23,6 +26,7 @@ mod mp4_writer;
 mod nal;
 mod png;
 mod reader;
+mod sink;
 mod staging;
 
 pub use contact_sheet::{even_indices, ContactSheet, ContactSheetOptions};
@@ -34,3 +38,7 @@ pub use h264::{check_encodable_size, default_bitrate, EncodeOptions, RateControl
 pub use mp4_writer::{write_mp4, Mp4Summary, Mp4Writer};
 pub use png::{load_image, save_png, PngSequenceWriter};
 pub use reader::{read_mp4, Mp4VideoReader, VideoInfo};
+pub use sink::{
+    CallbackError, CallbackSink, ContactSheetSink, Fmp4StreamSink, FrameSink, GifSink, Mp4FileSink, PngDirSink,
+    Segment, SegmentKind, SinkReport, TeeSink,
+};
