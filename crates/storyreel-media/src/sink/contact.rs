@@ -8,15 +8,19 @@ use crate::contact_sheet::{even_indices, ContactSheet, ContactSheetOptions};
 use crate::error::{MediaError, Result};
 use crate::frame::RgbFrame;
 
-/// Thumbnails kept per shot before older ones are thinned out; 256 at 256x148 is ~29 MB.
-const MAX_KEPT: usize = 256;
+/// Memory for one shot's thumbnails before they are thinned out (about 590 thumbnails of
+/// 256x148, or 54 full 832x480 frames when thumbnails are not scaled).
+const KEEP_BUDGET_BYTES: usize = 64 << 20;
+/// Thumbnails always allowed per shot, however large they are.
+const MIN_KEPT: usize = 16;
 
 /// Thumbnails of the shot being received.
 ///
 /// Which frames the row shows depends on the shot's final length, unknown until it ends,
-/// so every frame is kept as a thumbnail; past `MAX_KEPT` every other one is dropped and
-/// only every `stride`-th frame is kept from then on (the last frame is always available),
-/// so memory stays bounded for any shot length and picks land within `stride / 2` frames.
+/// so every frame is kept as a thumbnail; past `KEEP_BUDGET_BYTES` every other one is
+/// dropped and only every `stride`-th frame is kept from then on (the last frame is always
+/// available), so memory stays bounded for any shot length and picks land within
+/// `stride / 2` frames.
 struct ShotThumbs {
     caption: String,
     kept: Vec<RgbFrame>,
@@ -36,9 +40,11 @@ impl ShotThumbs {
         let i = self.seen;
         self.seen += 1;
         if i.is_multiple_of(self.stride) {
-            self.kept.push(sheet.thumbnail(frame)?);
+            let thumb = sheet.thumbnail(frame)?;
+            let max_kept = (KEEP_BUDGET_BYTES / thumb.data.len().max(1)).max(MIN_KEPT);
+            self.kept.push(thumb);
             self.last = None;
-            if self.kept.len() > MAX_KEPT {
+            if self.kept.len() > max_kept {
                 let mut k = 0;
                 self.kept.retain(|_| {
                     k += 1;
@@ -163,10 +169,12 @@ mod tests {
     fn long_shots_stay_bounded_and_pick_nearby_frames() {
         let sheet = ContactSheet::new(ContactSheetOptions::default()).unwrap();
         let mut shot = ShotThumbs::new("long");
+        // 256x256 thumbnails: the budget holds 341 of them.
+        let frame = |i: usize| RgbFrame::filled(256, 256, [(i % 256) as u8, (i / 256) as u8, 7]).unwrap();
         let len = 1001;
         for i in 0..len {
-            shot.push(&sheet, &numbered(i)).unwrap();
-            assert!(shot.kept.len() <= MAX_KEPT + 1);
+            shot.push(&sheet, &frame(i)).unwrap();
+            assert!(shot.kept.len() * 256 * 256 * 3 <= KEEP_BUDGET_BYTES + 256 * 256 * 3);
         }
         let stride = shot.stride;
         assert!(stride > 1);

@@ -101,7 +101,7 @@ impl ShotCounter {
     }
 
     /// Errors once the sink is finished.
-    fn check_open(&self) -> Result<()> {
+    pub fn check_open(&self) -> Result<()> {
         if self.finished {
             Err(MediaError::AlreadyFinished)
         } else {

@@ -119,7 +119,7 @@ impl FrameSink for Fmp4StreamSink {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.counter.push(0)?;
+        self.counter.check_open()?;
         self.emit()
     }
 
