@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use storyreel_media::RgbFrame;
 use storyreel_nn::codec::{DecodeStream, VideoCodec};
 
 use crate::error::{EngineError, Result};
@@ -93,4 +94,20 @@ impl ContextCodec for PixelHistory {
         let z = self.encoder.encode(&frames.narrow(0, frame, 1)?)?;
         Ok(z.get(0)?)
     }
+}
+
+/// Decoded frames `[F, 3, H, W]` in [−1, 1] as 8-bit RGB frames for the media sinks.
+pub fn to_rgb_frames(frames: &Tensor) -> Result<Vec<RgbFrame>> {
+    let (f, c, h, w) = frames.dims4()?;
+    if c != 3 {
+        return Err(EngineError::Input(format!("frames must have 3 channels; got {:?}", frames.dims())));
+    }
+    let data = frames.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let plane = 3 * h * w;
+    (0..f)
+        .map(|i| {
+            RgbFrame::from_f32_chw(&data[i * plane..(i + 1) * plane], w as u32, h as u32)
+                .map_err(|e| EngineError::Input(format!("frame {i}: {e}")))
+        })
+        .collect()
 }

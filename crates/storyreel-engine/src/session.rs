@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
+use storyreel_media::{FrameSink, SinkReport};
 use storyreel_nn::kv_cache::{CaptionCache, ContextCache, LocalCache, LocalWindow};
 use storyreel_nn::WanModel;
 
 use crate::context::ContextMemory;
 use crate::error::{EngineError, Result};
 use crate::noise::NoiseSource;
+use crate::pixels::to_rgb_frames;
 use crate::sampler::FewStepSampler;
 use crate::shot_plan::ShotPlan;
 
@@ -135,6 +137,8 @@ pub struct LatentChunk {
     pub frames: Option<Tensor>,
     /// Whether this chunk completes its shot.
     pub last_in_shot: bool,
+    /// Sinks that failed on this chunk (they are dropped; the others carry on).
+    pub sink_errors: Vec<String>,
 }
 
 /// Context given explicitly for the next shot instead of the memory policy.
@@ -247,7 +251,15 @@ impl<'m> ShotRun<'m> {
         }
         self.next_chunk += 1;
         self.chunks.push(out.clone());
-        Ok(LatentChunk { shot, chunk, first_frame: start, latents: out, frames: None, last_in_shot: last })
+        Ok(LatentChunk {
+            shot,
+            chunk,
+            first_frame: start,
+            latents: out,
+            frames: None,
+            last_in_shot: last,
+            sink_errors: Vec::new(),
+        })
     }
 }
 
@@ -264,6 +276,8 @@ pub struct Session<'m> {
     given_context: Option<GivenContext>,
     active: Option<ShotRun<'m>>,
     cancel: Arc<AtomicBool>,
+    labels: Vec<String>,
+    sinks: Vec<(String, Box<dyn FrameSink + Send>)>,
 }
 
 impl<'m> Session<'m> {
@@ -291,6 +305,8 @@ impl<'m> Session<'m> {
             given_context: None,
             active: None,
             cancel: Arc::new(AtomicBool::new(false)),
+            labels: Vec::new(),
+            sinks: Vec::new(),
         })
     }
 
@@ -302,6 +318,31 @@ impl<'m> Session<'m> {
     /// A handle that cancels generation from any thread (checked before every model call).
     pub fn cancel_token(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
+    }
+
+    /// Sends every decoded frame from now on to `sink` as well (`name` appears in its errors).
+    pub fn add_sink(&mut self, name: &str, sink: Box<dyn FrameSink + Send>) {
+        self.sinks.push((name.to_string(), sink));
+    }
+
+    /// Finishes every sink (trailers written, files moved into place) and removes them.
+    pub fn finish_sinks(&mut self) -> Vec<(String, std::result::Result<SinkReport, String>)> {
+        std::mem::take(&mut self.sinks)
+            .into_iter()
+            .map(|(name, mut sink)| {
+                let r = sink.finish().map_err(|e| e.to_string());
+                (name, r)
+            })
+            .collect()
+    }
+
+    /// Queues the next shot with `label` (its caption text, shown by contact sheets).
+    pub fn push_shot_labelled(&mut self, caption: &Tensor, label: &str) -> Result<usize> {
+        let shot = self.push_shot(caption)?;
+        self.labels.truncate(shot);
+        self.labels.resize(shot, String::new());
+        self.labels.push(label.to_string());
+        Ok(shot)
     }
 
     /// Queues the next shot's caption embedding `[L, text_dim]`; returns its shot index.
@@ -382,6 +423,8 @@ impl<'m> Session<'m> {
     pub fn cancel(&mut self) {
         if self.active.is_some() {
             self.codec.shot_cancelled();
+            // Frames already sent stay in the outputs; the partial shot is closed there.
+            self.sinks.retain_mut(|(_, s)| s.end_shot().is_ok());
         }
         self.active = None;
         self.captions.truncate(self.finished.len());
@@ -403,6 +446,40 @@ impl<'m> Session<'m> {
             return Err(EngineError::Cancelled);
         }
         result.map(Some)
+    }
+
+    /// Pushes a chunk's frames into every sink; drops and reports the ones that fail.
+    fn feed_sinks(&mut self, chunk: &LatentChunk, frames: &Tensor) -> Vec<String> {
+        if self.sinks.is_empty() {
+            return Vec::new();
+        }
+        let rgb = match to_rgb_frames(frames) {
+            Ok(r) => r,
+            Err(e) => return vec![format!("converting frames for the outputs: {e}")],
+        };
+        let label = self.labels.get(chunk.shot).cloned().unwrap_or_default();
+        let mut errors = Vec::new();
+        self.sinks.retain_mut(|(name, sink)| {
+            let mut step = || -> storyreel_media::Result<()> {
+                if chunk.chunk == 0 {
+                    sink.begin_shot(chunk.shot, &label)?;
+                }
+                sink.push_frames(&rgb)?;
+                sink.flush()?;
+                if chunk.last_in_shot {
+                    sink.end_shot()?;
+                }
+                Ok(())
+            };
+            match step() {
+                Ok(()) => true,
+                Err(e) => {
+                    errors.push(format!("{name}: {e}"));
+                    false
+                }
+            }
+        });
+        errors
     }
 
     fn check_cancel(&self) -> Result<()> {
@@ -462,7 +539,11 @@ impl<'m> Session<'m> {
                 return Err(e);
             }
         };
+        if let Some(frames) = &chunk.frames {
+            chunk.sink_errors = self.feed_sinks(&chunk, frames);
+        }
         if chunk.last_in_shot {
+            let run = self.active.as_mut().ok_or_else(|| EngineError::Input("no shot is running".into()))?;
             let shot_latents = run.latents()?;
             self.active = None; // releases the caches
             let pixel_frames = self.codec.record_shot(&shot_latents)?;

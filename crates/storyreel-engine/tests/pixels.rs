@@ -69,3 +69,58 @@ fn chunks_arrive_decoded_and_context_comes_from_pixels() {
     }
     assert_eq!(n, 2);
 }
+
+#[test]
+fn frames_reach_every_sink_and_a_failing_sink_is_dropped_alone() {
+    use std::sync::Mutex;
+    use storyreel_media::{read_mp4, CallbackSink, EncodeOptions, Mp4FileSink};
+    let m = model();
+    let v = vae();
+    let history = PixelHistory::new(v.clone(), v, Device::Cpu).unwrap();
+    let cfg = SessionConfig { frames_per_shot: 6, ..SessionConfig::shotstream((4, 6)) };
+    let mut s =
+        Session::new(&m, cfg, Box::new(DynamicSampling::default()), Box::new(history), Box::new(SeededNoise::new(2)))
+            .unwrap();
+    let seen: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
+    let log = seen.clone();
+    s.add_sink(
+        "callback",
+        Box::new(CallbackSink::new(move |shot, frames| {
+            log.lock().unwrap().push((shot, frames.len()));
+            Ok(())
+        })),
+    );
+    let mut calls = 0;
+    s.add_sink(
+        "flaky",
+        Box::new(CallbackSink::new(move |_, _| {
+            calls += 1;
+            if calls == 2 {
+                Err("disk full".into())
+            } else {
+                Ok(())
+            }
+        })),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mp4 = dir.path().join("story.mp4");
+    s.add_sink("mp4", Box::new(Mp4FileSink::create(&mp4, EncodeOptions::default()).unwrap()));
+    let mut errors = Vec::new();
+    for shot in 0..2 {
+        s.push_shot_labelled(&caption(shot), &format!("shot {shot}")).unwrap();
+        while let Some(c) = s.next_chunk().unwrap() {
+            errors.extend(c.sink_errors);
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("flaky") && errors[0].contains("disk full"));
+    assert_eq!(*seen.lock().unwrap(), vec![(0, 9), (0, 12), (1, 9), (1, 12)]);
+    let reports = s.finish_sinks();
+    assert_eq!(reports.len(), 2);
+    for (name, r) in &reports {
+        assert!(r.is_ok(), "{name}: {r:?}");
+    }
+    let (info, frames) = read_mp4(&mp4).unwrap();
+    assert_eq!(frames.len(), 42);
+    assert_eq!((info.width, info.height), (48, 32));
+}

@@ -100,9 +100,8 @@ pub fn run_decode(args: &DecodeArgs) -> Result<()> {
         bail!("`latents` must be [frames, channels, height, width]; got {:?}", latents.dims());
     }
     let codec = load_codec(&args.model, args.decoder, dtype, &device)?;
-    let (t, _, h, w) = latents.dims4()?;
-    let s = codec.spatial_scale();
-    let mut out = FrameOutput::create(&args.output, args.fps, (h * s, w * s), t)?;
+    let t = latents.dim(0)?;
+    let mut out = FrameOutput::create(&args.output, args.fps)?;
     let name = codec.name().to_string();
     let mut stream = codec.decode_stream();
     let bar = ProgressBar::new(t as u64).with_style(

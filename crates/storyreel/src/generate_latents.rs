@@ -59,6 +59,19 @@ pub struct Args {
     /// Sink frames kept when the local window slides.
     #[arg(long, default_value_t = 0)]
     pub sink_frames: usize,
+    /// Also decode each chunk as it is generated into this output (.mp4, .png contact sheet,
+    /// .gif, a folder of PNGs, or .safetensors frames).
+    #[arg(long)]
+    pub decode: Option<PathBuf>,
+    /// Decoder for --decode.
+    #[arg(long, value_enum, default_value = "wan")]
+    pub decoder: crate::codec::DecoderChoice,
+    /// Folder or file with the VAE / tiny decoder for --decode (default: the model folder).
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// Frames per second of a decoded video.
+    #[arg(long, default_value_t = 16.0)]
+    pub fps: f64,
 }
 
 /// Reads Wan's config.json and the weights of a model folder into a model.
@@ -208,6 +221,16 @@ pub fn run(args: &Args) -> Result<()> {
         refresh_t: 0.0,
         window: LocalWindow { capacity_frames: local, sink_frames: args.sink_frames },
     };
+    // Decoder and output are opened before generating, so a bad path fails fast.
+    let mut decoding = match &args.decode {
+        Some(path) => {
+            let codec =
+                crate::codec::load_codec(args.vae.as_ref().unwrap_or(&args.model), args.decoder, dtype, &device)?;
+            Some((codec.decode_stream(), crate::frames_out::FrameOutput::create(path, args.fps)?))
+        }
+        None => None,
+    };
+    let mut decode_error: Option<anyhow::Error> = None;
     let mut noise = GivenNoise::new(inputs.noise.clone())?;
     let mut run = ShotRun::start(&model, &cfg, inputs.shot, &inputs.captions, &inputs.context, &inputs.context_shots)?;
     let bar = indicatif::ProgressBar::new(chunks as u64).with_style(
@@ -216,7 +239,11 @@ pub fn run(args: &Args) -> Result<()> {
     );
     bar.set_message(inputs.shot.to_string());
     while !run.is_done() {
-        run.next_chunk(&mut noise, &|| false)?;
+        let chunk = run.next_chunk(&mut noise, &|| false)?;
+        if let (Some((stream, out)), None) = (decoding.as_mut(), decode_error.as_ref()) {
+            let step = stream.push(&chunk.latents).map_err(anyhow::Error::from).and_then(|f| out.push(&f));
+            decode_error = step.err();
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -224,5 +251,11 @@ pub fn run(args: &Args) -> Result<()> {
     let out: HashMap<String, Tensor> = [("latents".to_string(), latents)].into();
     candle_core::safetensors::save(&out, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("wrote {} latent frames of shot {} to {}", frames, inputs.shot, args.out.display());
+    if let Some(e) = decode_error {
+        return Err(e.context(format!("decoding failed (the latents are in {})", args.out.display())));
+    }
+    if let Some((_, out)) = decoding {
+        eprintln!("wrote {}", out.finish()?);
+    }
     Ok(())
 }

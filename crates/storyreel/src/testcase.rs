@@ -9,6 +9,8 @@ use storyreel_engine::context::dynamic_counts;
 use storyreel_engine::NoiseSource;
 use storyreel_nn::checkpoint::{save_checkpoint, CheckpointLayout};
 use storyreel_nn::dit::random_weights;
+use storyreel_nn::taehv::TinyVae;
+use storyreel_nn::vae::{VaeConfig, WanVae};
 use storyreel_nn::WanConfig;
 
 /// Flags of `testcase`.
@@ -38,6 +40,13 @@ pub struct Args {
     /// Latent size HxW.
     #[arg(long, default_value = "8x12")]
     pub latent: String,
+    /// Also write a random small Wan VAE (`vae.safetensors`, base width 8) into the model folder,
+    /// so `generate-latents --decode` works (16-channel presets only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub vae: bool,
+    /// Also write a random tiny decoder (`taew2_1.safetensors`, 45 MB) for `--decoder tiny`.
+    #[arg(long)]
+    pub tiny_decoder: bool,
 }
 
 /// A model shape by name.
@@ -97,6 +106,15 @@ pub fn run(args: &Args) -> Result<()> {
         CheckpointLayout::Wan => format!("diffusion_pytorch_model.{ext}"),
     };
     save_checkpoint(&model_dir.join(&file), &weights, layout)?;
+    if (args.vae || args.tiny_decoder) && cfg.in_dim != 16 {
+        bail!("the VAE and tiny decoder need 16 latent channels; preset `{}` has {}", args.preset, cfg.in_dim);
+    }
+    if args.vae {
+        WanVae::random(&VaeConfig::tiny(), true, args.seed ^ 0xfae, DType::F32, &Device::Cpu)?.save(&model_dir)?;
+    }
+    if args.tiny_decoder {
+        TinyVae::random(args.seed ^ 0x7a3, DType::F32, &Device::Cpu)?.save(&model_dir.join("taew2_1.safetensors"))?;
+    }
 
     let mut src = storyreel_engine::SeededNoise::new(args.seed ^ 0x5eed);
     let k = args.shot;
