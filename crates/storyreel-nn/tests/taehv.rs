@@ -36,6 +36,15 @@ fn max_abs(t: &Tensor) -> f32 {
     t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
+/// Same values up to float summation order: chunked runs give the same per-frame convolutions,
+/// but the GEMM underneath may sum long rows in a different order depending on how a call's
+/// frames are spread over threads (a few ulps; bit-identical with one thread).
+fn assert_close(a: &Tensor, b: &Tensor) {
+    assert_eq!(a.dims(), b.dims());
+    let d = max_abs(&(a - b).unwrap());
+    assert!(d <= 1e-5 * max_abs(b).max(1.0), "max |Δ| = {d}");
+}
+
 #[test]
 fn parameter_counts_and_tensor_list() {
     let v = TinyVae::random(1, DType::F32, &Device::Cpu).unwrap();
@@ -84,14 +93,14 @@ fn decoder_stream_equals_parallel_for_any_push_sizes() {
     }
     assert!(s.cache_bytes() > 0);
     let streamed = Tensor::cat(&parts, 0).unwrap();
-    assert_eq!(bits(&streamed), bits(&parallel));
+    assert_close(&streamed, &parallel);
     // The raw (untrimmed, unclamped) outputs agree too.
     let a = v.decode_raw(&z, true).unwrap();
     let b = v.decode_raw(&z, false).unwrap();
     assert_eq!(a.dims(), [24, 3, 32, 48]);
-    assert_eq!(bits(&a), bits(&b));
+    assert_close(&a, &b);
     // The trait's whole-clip decode is the same stream.
-    assert_eq!(bits(&v.clone().decode(&z).unwrap()), bits(&parallel));
+    assert_eq!(bits(&v.clone().decode(&z).unwrap()), bits(&streamed));
 }
 
 #[test]
@@ -113,8 +122,8 @@ fn encoder_stream_equals_parallel() {
     let tail = s.finish().unwrap();
     assert_eq!(tail.dim(0).unwrap(), 1);
     parts.push(tail);
-    assert_eq!(bits(&Tensor::cat(&parts, 0).unwrap()), bits(&parallel));
-    assert_eq!(bits(&v.encode(&x).unwrap()), bits(&parallel));
+    assert_close(&Tensor::cat(&parts, 0).unwrap(), &parallel);
+    assert_close(&v.encode(&x).unwrap(), &parallel);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
 use rayon::prelude::*;
 
 use crate::conv::CpuF32;
-use crate::error::Result;
+use crate::error::{NnError, Result};
 
 /// Elements per parallel task of an elementwise pass (large enough to amortise scheduling).
 const CHUNK: usize = 1 << 16;
@@ -144,6 +144,46 @@ pub(crate) fn upsample2x(x: &Tensor) -> Result<Tensor> {
         });
     }
     Ok(Tensor::from_vec(out, (n, c, 2 * h, 2 * w), x.device())?)
+}
+
+/// Interleaves the four phase outputs `[N, C, H, W]` (row parity a, column parity b, in the order
+/// (0,0), (0,1), (1,0), (1,1)) into `[N, C, 2H, 2W]`, optionally applying max(·, 0).
+pub(crate) fn interleave_phases(p: &[Tensor], relu: bool) -> Result<Tensor> {
+    let (n, c, h, w) = p[0].dims4()?;
+    if p.len() != 4 || p.iter().any(|t| t.dims() != [n, c, h, w]) {
+        return Err(NnError::Input("interleaving needs four phase outputs of one shape".into()));
+    }
+    if !fast(&[&p[0], &p[1], &p[2], &p[3]]) {
+        let row = |a: usize| -> Result<Tensor> {
+            Ok(Tensor::stack(&[&p[2 * a], &p[2 * a + 1]], 4)?.reshape((n, c, h, 2 * w))?)
+        };
+        let y = Tensor::stack(&[row(0)?, row(1)?], 3)?.reshape((n, c, 2 * h, 2 * w))?;
+        return Ok(if relu { y.relu()? } else { y });
+    }
+    let src: Vec<CpuF32> = p.iter().map(CpuF32::new).collect::<Result<_>>()?;
+    let plane = h * w;
+    let mut out = vec![0f32; n * c * 4 * plane];
+    if !out.is_empty() {
+        out.par_chunks_mut(4 * plane).enumerate().for_each(|(q, dst)| {
+            let planes: Vec<&[f32]> = src.iter().map(|s| &s.slice()[q * plane..(q + 1) * plane]).collect();
+            for i in 0..h {
+                let (top, bottom) = dst[4 * i * w..4 * (i + 1) * w].split_at_mut(2 * w);
+                for (a, row) in [top, bottom].into_iter().enumerate() {
+                    let (e, o) = (&planes[2 * a][i * w..(i + 1) * w], &planes[2 * a + 1][i * w..(i + 1) * w]);
+                    for ((pair, &x0), &x1) in row.chunks_exact_mut(2).zip(e).zip(o) {
+                        if relu {
+                            pair[0] = x0.max(0.0);
+                            pair[1] = x1.max(0.0);
+                        } else {
+                            pair[0] = x0;
+                            pair[1] = x1;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(Tensor::from_vec(out, (n, c, 2 * h, 2 * w), p[0].device())?)
 }
 
 /// A compact copy of frames `start..start+len` of `x` (a narrowed view would keep the whole

@@ -11,14 +11,19 @@
 //! - TGrow(n, s) is a 1×1 conv to s·n channels; in frame-major memory `[T, s·n, H, W]` already
 //!   is `[T·s, n, H, W]` with the earlier frame first, so the split is a reshape.
 //!
-//! The decoder's nearest upsampling always precedes a TGrow. A 1×1 convolution commutes with
-//! nearest upsampling (each output pixel is the same dot product of the same input pixel), so
-//! TGrow runs at the lower resolution and its output is upsampled: 4× fewer FLOPs, same values.
+//! The decoder's nearest upsampling is always followed by a TGrow and a 3×3 conv:
+//! - a 1×1 convolution commutes with nearest upsampling (each output pixel is the same dot
+//!   product of the same input pixel), so TGrow runs at the lower resolution: 4× fewer FLOPs;
+//! - a 3×3 conv over a nearest-upsampled image is, for each of the 4 output phases (row and
+//!   column parity), a 2×2 conv over the low-resolution image whose taps are sums of the 3×3
+//!   taps. Four 2×2 convs at low resolution do 16 taps where the 3×3 conv at high resolution
+//!   does 36, and the upsampled image is never built. The phases are interleaved into the
+//!   output in one pass, with the following ReLU applied there.
 
 use candle_core::Tensor;
 
 use super::arch::LayerSpec;
-use super::kernels::{add_relu_owned, copy_frames, relu_owned, upsample2x};
+use super::kernels::{add_relu_owned, copy_frames, interleave_phases, relu_owned, upsample2x};
 use crate::conv::{conv2d, conv3d, ConvGeometry, FrameSource, Padding2d};
 use crate::error::{NnError, Result};
 
@@ -55,14 +60,20 @@ pub(crate) enum Op {
         w: Tensor,
         s: usize,
     },
-    /// `w` `[s·n, n, 1, 1]`; `up` when an upsample precedes it (run after it instead).
+    /// `w` `[s·n, n, 1, 1]`.
     TGrow {
         idx: usize,
         w: Tensor,
         s: usize,
-        up: bool,
     },
     Up,
+    /// Nearest ×2 upsampling then the 3×3 conv `w` (kept for saving), run as four 2×2 phase convs.
+    UpConv {
+        idx: usize,
+        w: Tensor,
+        phases: [Tensor; 4],
+        relu: bool,
+    },
 }
 
 /// Stream state of one step.
@@ -154,15 +165,27 @@ impl Stack {
                     ops.push(Op::TPool { idx: i, w, s });
                 }
                 LayerSpec::TGrow(_, s) => {
-                    ops.push(Op::TGrow { idx: i, w: get(&format!("{p}.conv.weight"))?, s, up: false });
+                    ops.push(Op::TGrow { idx: i, w: get(&format!("{p}.conv.weight"))?, s });
                 }
                 LayerSpec::Up => {
-                    if let Some(LayerSpec::TGrow(_, s)) = next {
-                        let w = get(&format!("{prefix}.{}.conv.weight", i + 1))?;
-                        ops.push(Op::TGrow { idx: i + 1, w, s, up: true });
-                        i += 1;
-                    } else {
-                        ops.push(Op::Up);
+                    // Up, [TGrow,] Conv(stride 1, no bias) [, ReLU] → [TGrow,] UpConv.
+                    let mut j = i + 1;
+                    if let Some(LayerSpec::TGrow(_, s)) = specs.get(j) {
+                        ops.push(Op::TGrow { idx: j, w: get(&format!("{prefix}.{j}.conv.weight"))?, s: *s });
+                        j += 1;
+                    }
+                    match specs.get(j) {
+                        Some(LayerSpec::Conv { stride: 1, bias: false, .. }) => {
+                            let w = get(&format!("{prefix}.{j}.weight"))?;
+                            let relu = specs.get(j + 1) == Some(&LayerSpec::Relu);
+                            ops.push(Op::UpConv { idx: j, phases: phase_weights(&w)?, w, relu });
+                            i = if relu { j + 1 } else { j };
+                        }
+                        _ => {
+                            // Upsampling after the (pointwise) TGrow gives the same values.
+                            ops.push(Op::Up);
+                            i = j - 1;
+                        }
                     }
                 }
             }
@@ -217,15 +240,19 @@ impl Stack {
                         None => return Ok(None),
                     }
                 }
-                Op::TGrow { w, s, up, .. } => {
+                Op::TGrow { w, s, .. } => {
                     let (t, _, h, wd) = x.dims4()?;
                     let n = w.dim(1)?;
-                    let y = conv2d(&x, w, None, 1, Padding2d::default())?.reshape((t * s, n, h, wd))?;
-                    if *up {
-                        upsample2x(&y)?
-                    } else {
-                        y
+                    conv2d(&x, w, None, 1, Padding2d::default())?.reshape((t * s, n, h, wd))?
+                }
+                Op::UpConv { phases, relu, .. } => {
+                    let mut out = Vec::with_capacity(4);
+                    for (k, wp) in phases.iter().enumerate() {
+                        let (a, b) = (k / 2, k % 2);
+                        let pad = Padding2d { top: 1 - a, bottom: a, left: 1 - b, right: b };
+                        out.push(conv2d(&x, wp, None, 1, pad)?);
                     }
+                    interleave_phases(&out, *relu)?
                 }
             };
         }
@@ -261,6 +288,7 @@ impl Stack {
                     out.push((format!("{p}.{idx}.conv.weight"), w));
                 }
                 Op::TGrow { idx, w, .. } => out.push((format!("{p}.{idx}.conv.weight"), w.clone())),
+                Op::UpConv { idx, w, .. } => out.push((format!("{p}.{idx}.weight"), w.clone())),
                 Op::Clamp | Op::Relu | Op::Up => {}
             }
         }
@@ -309,4 +337,28 @@ fn tpool(w: &Tensor, s: usize, pending: &mut Option<Tensor>, x: Tensor) -> Resul
         }
     }
     Ok(y)
+}
+
+/// The four 2×2 kernels equivalent to the 3×3 kernel `w` `[co, ci, 3, 3]` applied after nearest
+/// ×2 upsampling, in phase order (row parity a, column parity b) = (0,0), (0,1), (1,0), (1,1).
+///
+/// Output row 2i + a reads upsampled rows 2i + a − 1 ..= 2i + a + 1, i.e. low rows (i−1, i, i)
+/// for a = 0 and (i, i, i+1) for a = 1: taps reading the same low row are summed. The 2×2
+/// kernel covers low rows i−1..=i (a = 0, padded above) or i..=i+1 (a = 1, padded below).
+fn phase_weights(w: &Tensor) -> Result<[Tensor; 4]> {
+    // Per parity: the 3×3 tap indices summed into 2×2 tap 0 and tap 1.
+    let fold = |t: &Tensor, dim: usize, parity: usize| -> Result<Tensor> {
+        let tap = |k: usize| t.narrow(dim, k, 1);
+        let (first, second) =
+            if parity == 0 { (tap(0)?, (tap(1)? + tap(2)?)?) } else { ((tap(0)? + tap(1)?)?, tap(2)?) };
+        Ok(Tensor::cat(&[first, second], dim)?)
+    };
+    let mut out = Vec::with_capacity(4);
+    for a in 0..2 {
+        let rows = fold(w, 2, a)?;
+        for b in 0..2 {
+            out.push(fold(&rows, 3, b)?.contiguous()?);
+        }
+    }
+    out.try_into().map_err(|_| NnError::Input("four phase kernels expected".into()))
 }
