@@ -93,6 +93,13 @@ pub fn conv3d(src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>, geo: Con
     }
     if fast_applies(&ts) {
         fused_cpu(&plan, src, w, bias)
+    } else if cpu_half(&ts) {
+        // candle has no CPU half-precision matmul: compute in f32, store in the input's dtype.
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        let (x, cache, w32) = (f(src.x)?, src.cache.map(f).transpose()?, f(w)?);
+        let b32 = bias.map(f).transpose()?;
+        let src32 = FrameSource { lead_zeros: src.lead_zeros, cache: cache.as_ref(), x: &x };
+        Ok(fused_cpu(&plan, &src32, &w32, b32.as_ref())?.to_dtype(src.x.dtype())?)
     } else {
         composite(&plan, src, w, bias)
     }
@@ -183,6 +190,11 @@ impl ConvPlan {
     }
 }
 
+fn cpu_half(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| matches!(t.device(), Device::Cpu) && matches!(t.dtype(), DType::BF16 | DType::F16) && !t.track_op())
+}
+
 fn fast_applies(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && !t.track_op())
 }
@@ -245,7 +257,11 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
     // (each channel block re-gathers its panel, which is cheap next to the GEMM).
     let threads = rayon::current_num_threads().max(1);
     let pixel_tasks = p.frames_out * tiles_per_frame;
-    let m_blocks = if pixel_tasks >= 2 * threads { 1 } else { (2 * threads).div_ceil(pixel_tasks).min(p.cout.div_ceil(16)).max(1) };
+    let m_blocks = if pixel_tasks >= 2 * threads {
+        1
+    } else {
+        (2 * threads).div_ceil(pixel_tasks).min(p.cout.div_ceil(16)).max(1)
+    };
     let m_step = p.cout.div_ceil(m_blocks);
     let mut out = vec![0f32; p.frames_out * out_frame];
     let out_ptr = SendPtr(out.as_mut_ptr());

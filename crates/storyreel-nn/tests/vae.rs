@@ -192,3 +192,20 @@ fn bad_inputs_are_clear_errors() {
     let err = vae.encode(&Tensor::zeros((0, 3, 16, 16), DType::F32, &Device::Cpu).unwrap()).unwrap_err().to_string();
     assert!(err.contains("no frames"), "zero frames: {err}");
 }
+
+#[test]
+fn bf16_weights_decode_close_to_f32() {
+    let vae = tiny_vae(11);
+    let dir = tempfile::tempdir().unwrap();
+    let (wan, _) = write_layouts(&vae, dir.path());
+    let half = Arc::new(WanVae::load(&wan, DType::BF16, &Device::Cpu).unwrap());
+    assert_eq!(half.dtype(), DType::BF16);
+    let latents = (randn(&[2, 16, 2, 3], 12) * 0.5).unwrap();
+    let a = vae.clone().decode(&latents).unwrap();
+    let b = half.clone().decode(&latents).unwrap();
+    assert_eq!(b.dtype(), DType::F32);
+    let d = max_abs_diff(&a, &b);
+    assert!(d < 0.1, "bf16 vs f32: {d}");
+    let z = half.encode(&randn(&[1, 3, 16, 24], 13).clamp(-1f32, 1f32).unwrap()).unwrap();
+    assert_eq!(z.dims(), &[1, 16, 2, 3]);
+}

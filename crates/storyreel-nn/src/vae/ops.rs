@@ -122,6 +122,10 @@ pub fn clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
 /// Single-head attention over each frame's pixels (the VAE's middle block): `qkv` `[T, 3C, H, W]`
 /// with q, k, v in channel thirds; returns `[T, C, H, W]`.
 pub fn frame_attention(qkv: &Tensor) -> Result<Tensor> {
+    if matches!(qkv.device(), Device::Cpu) && qkv.dtype() != DType::F32 {
+        // candle has no CPU half-precision matmul: attend in f32.
+        return Ok(frame_attention(&qkv.to_dtype(DType::F32)?)?.to_dtype(qkv.dtype())?);
+    }
     let (t, c3, h, w) = qkv.dims4()?;
     let c = c3 / 3;
     let scale = 1.0 / (c as f64).sqrt();
