@@ -16,9 +16,14 @@ pub(crate) fn staged_file(path: &Path) -> Result<NamedTempFile> {
         _ => PathBuf::from("."),
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(|e| MediaError::io(&dir, e))
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".partial");
+    // Temporary files are private (0600) by default; the finished video is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    builder.tempfile_in(&dir).map_err(|e| MediaError::io(&dir, e))
 }
