@@ -100,7 +100,7 @@ fn decoder_stream_equals_parallel_for_any_push_sizes() {
     assert_eq!(a.dims(), [24, 3, 32, 48]);
     assert_close(&a, &b);
     // The trait's whole-clip decode is the same stream.
-    assert_eq!(bits(&v.clone().decode(&z).unwrap()), bits(&streamed));
+    assert_eq!(bits(&v.clone().decode(&z).unwrap()), bits(&parallel));
 }
 
 #[test]

@@ -313,6 +313,18 @@ fn random_tensors(seed: u64, dtype: DType, device: &Device) -> Result<HashMap<St
     Ok(out)
 }
 
+/// Bytes the largest activations of one latent's decoding may take before a push is split.
+const STEP_BUDGET: usize = 256 << 20;
+
+/// Latents a stream decodes per step on an `h`×`w` grid: the whole push when it is small (more
+/// frames per convolution keep every core busy), one at a time at full resolution (4 frames of
+/// 64 channels at 480×832 already take 400 MB).
+fn latents_per_step(h: usize, w: usize, dtype: DType) -> usize {
+    // Stage-3 phase outputs and their interleaved result: ≈ 2 × 4 frames × 64 channels × 64hw.
+    let per_latent = 2 * TIME_SCALE * 64 * (SPACE_SCALE * SPACE_SCALE) * h * w * dtype.size_in_bytes();
+    (STEP_BUDGET / per_latent.max(1)).max(1)
+}
+
 /// A decode stream of [`TinyVae`]: one memory frame per MemBlock, the first 3 frames trimmed.
 pub struct TinyDecodeStream {
     vae: Arc<TinyVae>,
@@ -326,14 +338,15 @@ impl DecodeStream for TinyDecodeStream {
         let (t, h, w) = check_latents(latents, self.hw)?;
         self.hw = Some((h, w));
         let x = latents.to_device(&self.vae.device)?.to_dtype(self.vae.dtype)?;
-        let mut out = Vec::with_capacity(t);
-        // One latent at a time bounds the activations to 4 frames whatever the push size.
-        for i in 0..t {
-            let raw = self.vae.decoder.run(&mut self.state, x.narrow(0, i, 1)?)?.ok_or_else(no_output)?;
+        let step = latents_per_step(h, w, self.vae.dtype).min(t);
+        let mut out = Vec::with_capacity(t.div_ceil(step));
+        for i in (0..t).step_by(step) {
+            let n = step.min(t - i);
+            let raw = self.vae.decoder.run(&mut self.state, x.narrow(0, i, n)?)?.ok_or_else(no_output)?;
             let skip = if self.seen == 0 { FRAMES_TO_TRIM } else { 0 };
-            self.seen += 1;
-            let n = raw.dim(0)? - skip;
-            out.push(to_signed_pixels_owned(raw.narrow(0, skip, n)?.to_dtype(DType::F32)?)?);
+            self.seen += n;
+            let f = raw.dim(0)? - skip;
+            out.push(to_signed_pixels_owned(raw.narrow(0, skip, f)?.to_dtype(DType::F32)?)?);
         }
         Ok(if out.len() == 1 { out.remove(0) } else { Tensor::cat(&out, 0)? })
     }

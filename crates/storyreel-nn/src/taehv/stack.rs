@@ -11,14 +11,20 @@
 //! - TGrow(n, s) is a 1×1 conv to s·n channels; in frame-major memory `[T, s·n, H, W]` already
 //!   is `[T·s, n, H, W]` with the earlier frame first, so the split is a reshape.
 //!
-//! The decoder's nearest upsampling is always followed by a TGrow and a 3×3 conv:
+//! The decoder's nearest upsampling is always followed by a TGrow and a 3×3 conv without bias;
+//! the three run as one step:
 //! - a 1×1 convolution commutes with nearest upsampling (each output pixel is the same dot
-//!   product of the same input pixel), so TGrow runs at the lower resolution: 4× fewer FLOPs;
+//!   product of the same input pixel), so TGrow can run before the upsampling;
 //! - a 3×3 conv over a nearest-upsampled image is, for each of the 4 output phases (row and
 //!   column parity), a 2×2 conv over the low-resolution image whose taps are sums of the 3×3
 //!   taps. Four 2×2 convs at low resolution do 16 taps where the 3×3 conv at high resolution
-//!   does 36, and the upsampled image is never built. The phases are interleaved into the
-//!   output in one pass, with the following ReLU applied there.
+//!   does 36, and the upsampled image is never built;
+//! - TGrow is linear and nothing separates it from the conv, so each phase kernel is multiplied
+//!   by TGrow's weight once at load time: per phase, one conv from the TGrow's input straight
+//!   to s frames' worth of output channels, and TGrow costs nothing at run time.
+//!
+//! The phases are interleaved into the output in one pass, with the following ReLU applied
+//! there; `[T, s·C, 2H, 2W]` then is `[T·s, C, 2H, 2W]`.
 
 use candle_core::Tensor;
 
@@ -67,10 +73,14 @@ pub(crate) enum Op {
         s: usize,
     },
     Up,
-    /// Nearest ×2 upsampling then the 3×3 conv `w` (kept for saving), run as four 2×2 phase convs.
+    /// Nearest ×2 upsampling, the TGrow `tgrow` (`idx`, weight) if any, with `s` output frames,
+    /// then the 3×3 conv `w`: four 2×2 phase convs `[s·C, Cin, 2, 2]` (`w` and `tgrow` are kept
+    /// for saving).
     UpConv {
         idx: usize,
         w: Tensor,
+        tgrow: Option<(usize, Tensor)>,
+        s: usize,
         phases: [Tensor; 4],
         relu: bool,
     },
@@ -168,24 +178,35 @@ impl Stack {
                     ops.push(Op::TGrow { idx: i, w: get(&format!("{p}.conv.weight"))?, s });
                 }
                 LayerSpec::Up => {
-                    // Up, [TGrow,] Conv(stride 1, no bias) [, ReLU] → [TGrow,] UpConv.
+                    // Up, [TGrow,] Conv(stride 1, no bias) [, ReLU] → UpConv.
                     let mut j = i + 1;
+                    let mut tgrow = None;
                     if let Some(LayerSpec::TGrow(_, s)) = specs.get(j) {
-                        ops.push(Op::TGrow { idx: j, w: get(&format!("{prefix}.{j}.conv.weight"))?, s: *s });
+                        tgrow = Some((j, get(&format!("{prefix}.{j}.conv.weight"))?, *s));
                         j += 1;
                     }
-                    match specs.get(j) {
-                        Some(LayerSpec::Conv { stride: 1, bias: false, .. }) => {
+                    match (specs.get(j), tgrow) {
+                        (Some(LayerSpec::Conv { stride: 1, bias: false, .. }), tgrow) => {
                             let w = get(&format!("{prefix}.{j}.weight"))?;
                             let relu = specs.get(j + 1) == Some(&LayerSpec::Relu);
-                            ops.push(Op::UpConv { idx: j, phases: phase_weights(&w)?, w, relu });
+                            let mut phases = phase_weights(&w)?;
+                            let s = tgrow.as_ref().map_or(1, |t| t.2);
+                            if let Some((_, g, s)) = &tgrow {
+                                for p in phases.iter_mut() {
+                                    *p = fold_tgrow(p, g, *s)?;
+                                }
+                            }
+                            let tgrow = tgrow.map(|(k, g, _)| (k, g));
+                            ops.push(Op::UpConv { idx: j, w, tgrow, s, phases, relu });
                             i = if relu { j + 1 } else { j };
                         }
-                        _ => {
+                        (_, Some((k, w, s))) => {
                             // Upsampling after the (pointwise) TGrow gives the same values.
+                            ops.push(Op::TGrow { idx: k, w, s });
                             ops.push(Op::Up);
                             i = j - 1;
                         }
+                        (_, None) => ops.push(Op::Up),
                     }
                 }
             }
@@ -245,14 +266,16 @@ impl Stack {
                     let n = w.dim(1)?;
                     conv2d(&x, w, None, 1, Padding2d::default())?.reshape((t * s, n, h, wd))?
                 }
-                Op::UpConv { phases, relu, .. } => {
+                Op::UpConv { phases, s, relu, .. } => {
                     let mut out = Vec::with_capacity(4);
                     for (k, wp) in phases.iter().enumerate() {
                         let (a, b) = (k / 2, k % 2);
                         let pad = Padding2d { top: 1 - a, bottom: a, left: 1 - b, right: b };
                         out.push(conv2d(&x, wp, None, 1, pad)?);
                     }
-                    interleave_phases(&out, *relu)?
+                    let y = interleave_phases(&out, *relu)?;
+                    let (t, c, h, w) = y.dims4()?;
+                    y.reshape((t * s, c / s, h, w))?
                 }
             };
         }
@@ -288,7 +311,12 @@ impl Stack {
                     out.push((format!("{p}.{idx}.conv.weight"), w));
                 }
                 Op::TGrow { idx, w, .. } => out.push((format!("{p}.{idx}.conv.weight"), w.clone())),
-                Op::UpConv { idx, w, .. } => out.push((format!("{p}.{idx}.weight"), w.clone())),
+                Op::UpConv { idx, w, tgrow, .. } => {
+                    if let Some((k, g)) = tgrow {
+                        out.push((format!("{p}.{k}.conv.weight"), g.clone()));
+                    }
+                    out.push((format!("{p}.{idx}.weight"), w.clone()));
+                }
                 Op::Clamp | Op::Relu | Op::Up => {}
             }
         }
@@ -361,4 +389,21 @@ fn phase_weights(w: &Tensor) -> Result<[Tensor; 4]> {
         }
     }
     out.try_into().map_err(|_| NnError::Input("four phase kernels expected".into()))
+}
+
+/// A phase kernel `p` `[C, n, 2, 2]` applied after TGrow `g` `[s·n, m, 1, 1]`, as one kernel
+/// `[s·C, m, 2, 2]` on TGrow's input: output channels `f·C..(f+1)·C` are output frame f's.
+/// Multiplied out in f32 whatever the model's dtype.
+fn fold_tgrow(p: &Tensor, g: &Tensor, s: usize) -> Result<Tensor> {
+    let (c, n, kh, kw) = p.dims4()?;
+    let m = g.dim(1)?;
+    let dtype = p.dtype();
+    let p = p.to_dtype(candle_core::DType::F32)?.permute((0, 2, 3, 1))?.reshape((c * kh * kw, n))?;
+    let g = g.to_dtype(candle_core::DType::F32)?.reshape((s * n, m))?;
+    let mut frames = Vec::with_capacity(s);
+    for f in 0..s {
+        let k = p.matmul(&g.narrow(0, f * n, n)?)?.reshape((c, kh, kw, m))?.permute((0, 3, 1, 2))?;
+        frames.push(k);
+    }
+    Ok(Tensor::cat(&frames, 0)?.contiguous()?.to_dtype(dtype)?)
 }
