@@ -14,9 +14,11 @@
 //!   latent j is computed from frames 4j..4j+3 (and, through the MemBlocks, from all earlier
 //!   ones). A single frame is repeated 4× and gives exactly one latent.
 //!
-//! Both stacks process frames independently except in MemBlock, TPool and TGrow (see
-//! [`stack`]), so a stream fed any number of frames per call returns exactly what decoding the
-//! whole clip at once (the reference's "parallel" mode) returns.
+//! Both stacks process frames independently except in MemBlock, TPool and TGrow (`stack.rs`
+//! says how those carry state across calls), so a stream fed any number of frames per call
+//! computes what decoding the whole clip at once (the reference's "parallel" mode) computes:
+//! the same sums per output value, bit-identical on one thread; with several threads the GEMM
+//! may order long sums differently for different call sizes (a few ulps).
 
 mod arch;
 mod kernels;

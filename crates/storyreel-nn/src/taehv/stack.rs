@@ -232,6 +232,9 @@ impl Stack {
     /// Runs the next frames `x` `[T, C, H, W]` of a stream through every step; `None` when a
     /// TPool is still waiting for frames to complete its group.
     pub(crate) fn run(&self, state: &mut StackState, mut x: Tensor) -> Result<Option<Tensor>> {
+        if state.states.len() != self.ops.len() {
+            return Err(mismatched_state());
+        }
         for (op, st) in self.ops.iter().zip(state.states.iter_mut()) {
             x = match op {
                 Op::Clamp => ((x / 3.0)?.tanh()? * 3.0)?,
@@ -246,7 +249,7 @@ impl Stack {
                     }
                 }
                 Op::Mem { block, .. } => {
-                    let OpState::Memory(mem) = st else { unreachable!("MemBlock without memory state") };
+                    let OpState::Memory(mem) = st else { return Err(mismatched_state()) };
                     let y = block.forward(&x, mem.as_ref())?;
                     let t = x.dim(0)?;
                     // A one-frame input is its own memory; otherwise copy the frame out so the
@@ -255,7 +258,7 @@ impl Stack {
                     y
                 }
                 Op::TPool { w, s, .. } => {
-                    let OpState::Pending(pending) = st else { unreachable!("TPool without pending state") };
+                    let OpState::Pending(pending) = st else { return Err(mismatched_state()) };
                     match tpool(w, *s, pending, x)? {
                         Some(y) => y,
                         None => return Ok(None),
@@ -334,6 +337,10 @@ impl MemBlock {
         let h = conv2d(&h, &self.w2, Some(&self.b2), 1, pad1())?;
         add_relu_owned(h, x)
     }
+}
+
+fn mismatched_state() -> NnError {
+    NnError::Input("TAEHV stream state does not belong to this layer stack".into())
 }
 
 /// TPool over the held-over frames followed by `x`: returns the completed groups, keeps the rest.
