@@ -68,7 +68,7 @@ fn encode(vae: &TinyVae, h: usize, w: usize, n: usize) -> anyhow::Result<()> {
 
 /// One convolution call: `frames` × `[cin, h, w]` → `cout`, kernel kt×kh×kw.
 struct Case {
-    label: &'static str,
+    label: String,
     frames: usize,
     cin: usize,
     cout: usize,
@@ -81,7 +81,8 @@ struct Case {
 }
 
 impl Case {
-    fn new(label: &'static str, frames: usize, (cin, cout): (usize, usize), (h, w): (usize, usize), k: usize) -> Self {
+    fn new(label: &str, frames: usize, (cin, cout): (usize, usize), (h, w): (usize, usize), k: usize) -> Self {
+        let label = label.to_string();
         Self { label, frames, cin, cout, h, w, kt: 1, k: (k, k), pad: Padding2d::same(k / 2), stride: (1, 1) }
     }
 
@@ -142,7 +143,9 @@ impl Case {
         let out_px = self.h.div_ceil(ss) * self.w.div_ceil(ss);
         let out_frames = if self.kt == 1 { self.frames } else { self.frames / st };
         let flops = 2.0 * (out_frames * out_px * self.cout * self.cin * kh * kw * self.kt) as f64;
-        println!("  {:44} {:8.1} ms  {:6.1} GFLOP/s", self.label, secs * 1e3, flops / secs / 1e9);
+        let (shape, frames) = (format!("{}→{} {}×{}", self.cin, self.cout, self.h, self.w), self.frames);
+        let label = self.label.replace("{shape}", &shape).replace("{f}", &frames.to_string());
+        println!("  {label:44} {:8.1} ms  {:6.1} GFLOP/s", secs * 1e3, flops / secs / 1e9);
         Ok(secs)
     }
 }
@@ -193,19 +196,19 @@ fn encoder_shapes() -> anyhow::Result<()> {
 fn alternatives() -> anyhow::Result<()> {
     println!("MemBlock conv0: two taps in one conv3d vs one conv to [W_x; W_past] (carry W_past·x):");
     for (n, (h, w), f) in [(64, (240, 416), 2), (128, (120, 208), 1), (256, (60, 104), 1)] {
-        Case::new("conv3d, 2 taps n→n", f, (n, n), (h, w), 3).taps(2).run()?;
-        Case::new("conv2d n→2n", f, (n, 2 * n), (h, w), 3).run()?;
+        Case::new("conv3d, 2 taps, {shape} ×{f}", f, (n, n), (h, w), 3).taps(2).run()?;
+        Case::new("conv2d {shape} ×{f}", f, (n, 2 * n), (h, w), 3).run()?;
     }
     println!("nearest ×2 + 3×3 conv: at high resolution vs four 2×2 phase convs at low resolution:");
     for ((cin, cout), (h, w), f) in [((64, 64), (240, 416), 4), ((128, 64), (120, 208), 2), ((256, 128), (60, 104), 1)]
     {
-        Case::new("3×3 on the upsampled frames", f, (cin, cout), (2 * h, 2 * w), 3).run()?;
-        let one = Case::new("one 2×2 phase", f, (cin, cout), (h, w), 3).phase().run()?;
+        Case::new("3×3 on upsampled {shape} ×{f}", f, (cin, cout), (2 * h, 2 * w), 3).run()?;
+        let one = Case::new("one 2×2 phase {shape} ×{f}", f, (cin, cout), (h, w), 3).phase().run()?;
         println!("  {:44} {:8.1} ms", "four phases", 4.0 * one * 1e3);
     }
     println!("final 64→3 conv: 3×3 vs 1×1 to 27 channels (+ a shift-add pass):");
-    Case::new("3×3 64→3", 4, (64, 3), (480, 832), 3).run()?;
-    Case::new("1×1 64→27", 4, (64, 27), (480, 832), 1).run()?;
+    Case::new("3×3 {shape} ×{f}", 4, (64, 3), (480, 832), 3).run()?;
+    Case::new("1×1 {shape} ×{f}", 4, (64, 27), (480, 832), 1).run()?;
     Ok(())
 }
 
