@@ -178,7 +178,7 @@ fn encoder_shapes() -> anyhow::Result<()> {
     println!("encoder convolutions for one latent at 480×832 (median of runs):");
     let cases = [
         (1, Case::new("3→64 3×3, 480×832 ×4", 4, (3, 64), (480, 832), 3)),
-        (1, Case::new("TPool 2 taps 1×1 64→64, 480×832 ×4", 4, (64, 64), (480, 832), 1).taps(2).stride_t(2)),
+        (1, Case::new("TPool 2 frames → 1×1 128→64, 480×832 ×2", 2, (128, 64), (480, 832), 1)),
         (1, Case::new("64→64 3×3 stride 2, 480×832 ×2", 2, (64, 64), (480, 832), 3).stride(2)),
         (3, Case::new("MemBlock(64) conv0, 240×416 ×2", 2, (64, 64), (240, 416), 3).taps(2)),
         (6, Case::new("MemBlock(64) conv2/4, 240×416 ×2", 2, (64, 64), (240, 416), 3)),
@@ -206,6 +206,9 @@ fn alternatives() -> anyhow::Result<()> {
         let one = Case::new("one 2×2 phase {shape} ×{f}", f, (cin, cout), (h, w), 3).phase().run()?;
         println!("  {:44} {:8.1} ms", "four phases", 4.0 * one * 1e3);
     }
+    println!("TPool(64, 2) at 480×832: 1×1 conv over frame pairs reshaped to 128 channels vs 2 temporal taps:");
+    Case::new("1×1 {shape} ×{f}", 2, (128, 64), (480, 832), 1).run()?;
+    Case::new("conv3d 2 taps stride 2, {shape} ×{f}", 4, (64, 64), (480, 832), 1).taps(2).stride_t(2).run()?;
     println!("final 64→3 conv: 3×3 vs 1×1 to 27 channels (+ a shift-add pass):");
     Case::new("3×3 {shape} ×{f}", 4, (64, 3), (480, 832), 3).run()?;
     Case::new("1×1 {shape} ×{f}", 4, (64, 27), (480, 832), 1).run()?;

@@ -6,8 +6,9 @@
 //!   temporal taps over the frame sequence, so the previous frame is read in place from the
 //!   chunk (or from the one-frame memory kept from the last chunk, or a zero frame at the start)
 //!   and nothing is concatenated.
-//! - TPool(n, s) stacks s frames along channels: a 3-D 1×1 convolution with s taps and time
-//!   stride s, reading up to s − 1 frames held over from the previous chunk.
+//! - TPool(n, s) stacks s consecutive frames along channels, earlier first, which in
+//!   frame-major memory `[s·g, n, H, W]` already is `[g, s·n, H, W]`: a reshape, then a 1×1
+//!   conv. Frames short of a full group wait for the next call (copied only in that case).
 //! - TGrow(n, s) is a 1×1 conv to s·n channels; in frame-major memory `[T, s·n, H, W]` already
 //!   is `[T·s, n, H, W]` with the earlier frame first, so the split is a reshape.
 //!
@@ -60,7 +61,7 @@ pub(crate) enum Op {
         idx: usize,
         block: MemBlock,
     },
-    /// `w` `[n, n, s, 1, 1]`: tap k reads the k-th (k = 0 earliest) frame of the group.
+    /// `w` `[n, s·n, 1, 1]` as stored: input channels `k·n..(k+1)·n` read the group's k-th frame.
     TPool {
         idx: usize,
         w: Tensor,
@@ -166,13 +167,8 @@ impl Stack {
                     };
                     ops.push(Op::Mem { idx: i, block });
                 }
-                LayerSpec::TPool(n, s) => {
-                    // Weight input channels are [frame 0 | frame 1 | ...]; as taps: [n, n, s, 1, 1].
-                    let w = get(&format!("{p}.conv.weight"))?
-                        .reshape((n, s, n, 1, 1))?
-                        .permute((0, 2, 1, 3, 4))?
-                        .contiguous()?;
-                    ops.push(Op::TPool { idx: i, w, s });
+                LayerSpec::TPool(_, s) => {
+                    ops.push(Op::TPool { idx: i, w: get(&format!("{p}.conv.weight"))?, s });
                 }
                 LayerSpec::TGrow(_, s) => {
                     ops.push(Op::TGrow { idx: i, w: get(&format!("{p}.conv.weight"))?, s });
@@ -308,11 +304,7 @@ impl Stack {
                     out.push((format!("{q}.4.weight"), block.w2.clone()));
                     out.push((format!("{q}.4.bias"), block.b2.clone()));
                 }
-                Op::TPool { idx, w, s } => {
-                    let n = w.dim(0)?;
-                    let w = w.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((n, s * n, 1, 1))?;
-                    out.push((format!("{p}.{idx}.conv.weight"), w));
-                }
+                Op::TPool { idx, w, .. } => out.push((format!("{p}.{idx}.conv.weight"), w.clone())),
                 Op::TGrow { idx, w, .. } => out.push((format!("{p}.{idx}.conv.weight"), w.clone())),
                 Op::UpConv { idx, w, tgrow, .. } => {
                     if let Some((k, g)) = tgrow {
@@ -354,9 +346,12 @@ fn tpool(w: &Tensor, s: usize, pending: &mut Option<Tensor>, x: Tensor) -> Resul
         None
     } else {
         let xs = if rest == 0 { x.clone() } else { x.narrow(0, 0, used)? };
-        let src = FrameSource { lead_zeros: 0, cache: pending.as_ref(), x: &xs };
-        let geo = ConvGeometry { stride_t: s, stride_hw: 1, pad: Padding2d::default() };
-        Some(conv3d(&src, w, None, geo)?)
+        let frames = match pending.as_ref() {
+            Some(p) => Tensor::cat(&[p, &xs], 0)?,
+            None => xs,
+        };
+        let (_, n, h, wd) = frames.dims4()?;
+        Some(conv2d(&frames.reshape((groups, s * n, h, wd))?, w, None, 1, Padding2d::default())?)
     };
     *pending = match (groups, rest) {
         (0, _) => Some(match pending.take() {
