@@ -273,18 +273,24 @@ fn save_rejects_unknown_extensions() {
     assert!(e.contains(".safetensors"), "{e}");
 }
 
-/// The non-f32 path (candle ops, as on CUDA): f16 here, since candle's CPU matmul has no bf16.
+/// Half-precision weights (the non-f32 paths, as on CUDA) follow f32, for decode and encode.
 #[test]
-fn f16_follows_f32() {
+fn half_precision_follows_f32() {
     let v32 = vae();
     let t: HashMap<String, Tensor> = v32.tensors().unwrap().into_iter().collect();
-    let v16 = Arc::new(TinyVae::from_tensors(&t, DType::F16, &Device::Cpu).unwrap());
     let z = randn(&[2, 16, 2, 3], 3);
-    let a = v32.clone().decode(&z).unwrap();
-    let b = v16.clone().decode(&z).unwrap();
-    assert_eq!(b.dtype(), DType::F32);
-    let d = max_abs(&(a - b).unwrap());
-    assert!(d < 0.1, "{d}");
+    let x = (randn(&[5, 3, 16, 24], 4) / 1.7).unwrap();
+    let (a, za) = (v32.clone().decode(&z).unwrap(), v32.encode(&x).unwrap());
+    for dtype in [DType::F16, DType::BF16] {
+        let v = Arc::new(TinyVae::from_tensors(&t, dtype, &Device::Cpu).unwrap());
+        let b = v.clone().decode(&z).unwrap();
+        assert_eq!(b.dtype(), DType::F32);
+        let d = max_abs(&(&a - b).unwrap());
+        assert!(d < 0.1, "{dtype:?} decode: {d}");
+        let zb = v.encode(&x).unwrap().to_dtype(DType::F32).unwrap();
+        let d = max_abs(&(&za - zb).unwrap()) / max_abs(&za);
+        assert!(d < 0.1, "{dtype:?} encode: {d}");
+    }
 }
 
 /// Against the reference implementation (madebyollin/taehv `taehv.py`) on seeded random weights.
