@@ -213,7 +213,7 @@ impl TinyVae {
         Ok(TinyEncodeStream { vae: self, enc, state: enc.new_state(), frames: 0, last: None, hw: None })
     }
 
-    /// Encodes `[F, 3, H, W]` pixels in [−1, 1] (F ≥ 1, H and W multiples of 8) to
+    /// Encodes `[F, 3, H, W]` pixels in [−1, 1] (F ≥ 1, H and W multiples of 8) to f32 latents
     /// `[⌈F/4⌉, 16, H/8, W/8]`, padding the end with copies of the last frame (see the module
     /// docs). `parallel` runs all frames through each layer at once; otherwise 4 at a time.
     pub fn encode_video(&self, frames: &Tensor, parallel: bool) -> Result<Tensor> {
@@ -231,7 +231,7 @@ impl TinyVae {
             let last = x.narrow(0, f - 1, 1)?;
             x = Tensor::cat(&[x, last.repeat((pad, 1, 1, 1))?], 0)?;
         }
-        enc.run(&mut enc.new_state(), x)?.ok_or_else(no_output)
+        Ok(enc.run(&mut enc.new_state(), x)?.ok_or_else(no_output)?.to_dtype(DType::F32)?)
     }
 
     /// [−1, 1] pixels → the encoder's [0, 1] input, in the model's dtype and device.
@@ -374,7 +374,7 @@ pub struct TinyEncodeStream<'a> {
 
 impl TinyEncodeStream<'_> {
     /// Encodes the next frames `[F, 3, H, W]` in [−1, 1]; returns the latents they complete,
-    /// `[k, 16, H/8, W/8]` (k may be 0).
+    /// f32 `[k, 16, H/8, W/8]` (k may be 0).
     pub fn push(&mut self, frames: &Tensor) -> Result<Tensor> {
         let (f, h, w) = check_frames(frames, self.hw)?;
         self.hw = Some((h, w));
@@ -415,7 +415,7 @@ impl TinyEncodeStream<'_> {
             // Steps end on group boundaries so each step completes at most one latent.
             let n = (TIME_SCALE - self.frames % TIME_SCALE).min(f - i);
             if let Some(z) = self.enc.run(&mut self.state, x.narrow(0, i, n)?)? {
-                out.push(z);
+                out.push(z.to_dtype(DType::F32)?);
             }
             self.frames += n;
             i += n;
@@ -430,7 +430,7 @@ impl TinyEncodeStream<'_> {
     fn empty(&self) -> Result<Tensor> {
         let (h, w) = self.hw.unwrap_or((0, 0));
         let shape = (0, LATENT_CHANNELS, h / SPACE_SCALE, w / SPACE_SCALE);
-        Ok(Tensor::zeros(shape, self.vae.dtype, &self.vae.device)?)
+        Ok(Tensor::zeros(shape, DType::F32, &self.vae.device)?)
     }
 }
 
