@@ -53,8 +53,9 @@ pub enum FrameOutput {
 impl FrameOutput {
     /// Opens the output at `path`, writing video at `fps`.
     pub fn create(path: &Path, fps: f64) -> Result<Self> {
-        if !(fps.is_finite() && fps >= 1.0 && fps <= 240.0 && fps.fract() == 0.0) {
-            bail!("--fps {fps} must be a whole number between 1 and 240");
+        let range = storyreel_media::FPS_RANGE;
+        if !(fps.is_finite() && fps.fract() == 0.0 && fps >= 0.0 && range.contains(&(fps as u32))) {
+            bail!("--fps {fps} must be a whole number from {} to {}", range.start(), range.end());
         }
         Ok(match sink_for(path, fps as u32)? {
             Some(sink) => {

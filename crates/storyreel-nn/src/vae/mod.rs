@@ -211,13 +211,13 @@ impl WanVae {
         if dims[0] == 0 {
             return Err(NnError::Input("no frames to encode".into()));
         }
-        if dims[2] == 0 || dims[3] == 0 || dims[2] % s != 0 || dims[3] % s != 0 {
+        if dims[2] == 0 || dims[3] == 0 || !dims[2].is_multiple_of(s) || !dims[3].is_multiple_of(s) {
             return Err(NnError::Input(format!(
                 "frame size {}×{} (H×W) is not a multiple of {s} in both directions",
                 dims[2], dims[3]
             )));
         }
-        if (dims[0] - 1) % self.cfg.temporal_scale() != 0 {
+        if !(dims[0] - 1).is_multiple_of(self.cfg.temporal_scale()) {
             return Err(NnError::Input(format!(
                 "a clip to encode needs 1 + {}k frames; got {}",
                 self.cfg.temporal_scale(),
