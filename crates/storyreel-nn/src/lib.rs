@@ -15,6 +15,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod norm;
 pub mod rope;
+pub mod text;
 pub mod taehv;
 pub mod vae;
 
