@@ -1,6 +1,8 @@
 //! Captions to the embeddings the DiT cross-attends to: the UMT5-XXL encoder Wan uses, its
 //! tokenizer and text cleaning, and the toy text encoder, all behind [`TextEncoder`].
 
+pub mod clean;
+
 use candle_core::Tensor;
 
 use crate::error::Result;
