@@ -2,6 +2,9 @@
 //! tokenizer and text cleaning, and the toy text encoder, all behind [`TextEncoder`].
 
 pub mod clean;
+pub mod tokenize;
+
+pub mod umt5;
 
 use candle_core::Tensor;
 
