@@ -3,6 +3,7 @@
 
 pub mod clean;
 pub mod tokenize;
+pub mod tokenize;
 
 pub mod umt5;
 
