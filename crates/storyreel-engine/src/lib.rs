@@ -5,6 +5,7 @@ pub mod context;
 pub mod error;
 pub mod noise;
 pub mod pixels;
+pub mod prompt;
 pub mod sampler;
 pub mod schedule;
 pub mod session;
