@@ -1,8 +1,8 @@
 //! Captions to the embeddings the DiT cross-attends to: the UMT5-XXL encoder Wan uses, its
 //! tokenizer and text cleaning, and the toy text encoder, all behind [`TextEncoder`].
 
+pub mod cache;
 pub mod clean;
-pub mod tokenize;
 pub mod tokenize;
 
 pub mod umt5;
