@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod clean;
 pub mod tokenize;
+pub mod toy;
 
 pub mod umt5;
 
