@@ -265,13 +265,20 @@ fn bad_inputs_are_clear_errors() {
 #[ignore]
 fn parity_with_reference() {
     let dir = std::path::PathBuf::from(std::env::var("UMT5_PARITY_DIR").expect("set UMT5_PARITY_DIR"));
+    let wan = dir.join("umt5_tiny.pth");
     for file in ["ref.safetensors", "ref_long.safetensors"] {
-        parity_case(&dir, file);
+        parity_case(&dir.join(file), &wan, None);
+    }
+    // A Hugging Face UMT5EncoderModel folder `hf/` and its outputs (make_hf_ref.py), if present.
+    let hf = dir.join("hf");
+    if dir.join("hf_ref.safetensors").is_file() {
+        let cfg = Umt5Config::from_hf_json(&hf.join("config.json")).unwrap();
+        parity_case(&dir.join("hf_ref.safetensors"), &hf, Some(cfg));
     }
 }
 
-fn parity_case(dir: &Path, file: &str) {
-    let refs = TensorFiles::open(&dir.join(file)).unwrap();
+fn parity_case(file: &Path, weights: &Path, cfg: Option<Umt5Config>) {
+    let refs = TensorFiles::open(file).unwrap();
     let dev = Device::Cpu;
     // Buckets for every rel in [-600, 600].
     let rel = refs.load("rel", DType::I64, &dev).unwrap().to_vec1::<i64>().unwrap();
@@ -288,10 +295,12 @@ fn parity_case(dir: &Path, file: &str) {
         .zip(&mask)
         .map(|(i, m)| i.iter().zip(m).filter(|(_, &m)| m != 0).map(|(&i, _)| i as u32).collect())
         .collect();
-    let weights = dir.join("umt5_tiny.pth");
-    let inferred = Umt5Encoder::load(&weights, None, DType::F32, DType::F32, &dev).unwrap();
-    let cfg = Umt5Config { text_len: len, ..inferred.config().clone() };
-    let enc = Umt5Encoder::load(&weights, Some(&cfg), DType::F32, DType::F32, &dev).unwrap();
+    let base = match cfg {
+        Some(c) => c,
+        None => Umt5Encoder::load(weights, None, DType::F32, DType::F32, &dev).unwrap().config().clone(),
+    };
+    let cfg = Umt5Config { text_len: len, ..base };
+    let enc = Umt5Encoder::load(weights, Some(&cfg), DType::F32, DType::F32, &dev).unwrap();
     let scale = max_abs(&want);
     // 1. The padded run, every position (pad rows included).
     let slices: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
@@ -318,8 +327,9 @@ fn parity_case(dir: &Path, file: &str) {
     }
     let d_batch = d_batch / scale;
     println!(
-        "{file}: batch {bsz}×{len}×{dim}, lengths {:?}: max|ref| = {scale}; max|Δ|/max|ref|: padded run {d_padded:.3e}, \
+        "{}: batch {bsz}×{len}×{dim}, lengths {:?}: max|ref| = {scale}; max|Δ|/max|ref|: padded run {d_padded:.3e}, \
          real tokens alone {d_real:.3e}, batched {d_batch:.3e}",
+        file.display(),
         seqs.iter().map(Vec::len).collect::<Vec<_>>()
     );
     assert!(d_padded <= 1e-4 && d_real <= 1e-4 && d_batch <= 1e-4);

@@ -802,7 +802,8 @@ impl Umt5Encoder {
         let v = heads(self.matmul(&n, &l.v)?)?;
         drop(n);
         // Position bias [1, H, L, L] gathered from this layer's table, in the compute dtype.
-        let bias = l.pos.index_select(buckets, 0)?.reshape((len, len, h))?.permute((2, 0, 1))?.unsqueeze(0)?;
+        // Gathering from the transposed table [H, buckets] writes it head-major straight away.
+        let bias = l.pos.t()?.contiguous()?.index_select(buckets, 1)?.reshape((1, h, len, len))?;
         let bias = match mask {
             Some(m) => bias.broadcast_add(m)?, // f32: the minimum stays finite or -inf; exp gives 0
             None => bias,
