@@ -5,6 +5,7 @@ mod bench_vae;
 mod codec;
 mod decode;
 mod device;
+mod encode_text;
 mod frames_out;
 mod generate_latents;
 mod testcase;
@@ -35,6 +36,8 @@ enum Command {
     Decode(decode::DecodeArgs),
     /// Encode frames to normalised latents with the model's VAE.
     EncodeFrames(decode::EncodeArgs),
+    /// Encode a caption with a text encoder (UMT5 or the toy encoder), with an embedding cache.
+    EncodeText(encode_text::Args),
     /// Write a random model folder and matching generate-latents inputs (tests, parity checks).
     Testcase(testcase::Args),
     /// Measure speed: the DiT chunk forward or the machine's matmul peak.
@@ -52,6 +55,7 @@ fn main() {
         Command::GenerateLatents(args) => generate_latents::run(&args),
         Command::Decode(args) => decode::run_decode(&args),
         Command::EncodeFrames(args) => decode::run_encode(&args),
+        Command::EncodeText(args) => encode_text::run(&args),
         Command::Testcase(args) => testcase::run(&args),
         Command::Bench { what } => bench::run(&what),
     };

@@ -7,6 +7,7 @@ pub mod tokenize;
 pub mod toy;
 
 pub mod umt5;
+pub mod umt5_text;
 
 use candle_core::Tensor;
 
