@@ -309,6 +309,8 @@ pub struct Umt5Encoder {
     weight_dtype: DType,
     compute_dtype: DType,
     device: Device,
+    /// Largest temporary in elements (see [`BLOCK_ELEMS`]); smaller in unit tests.
+    block_elems: usize,
 }
 
 fn is_float(d: DType) -> bool {
@@ -559,7 +561,16 @@ impl Umt5Encoder {
                 shape: tensors[extra].dims().to_vec(),
             });
         }
-        Ok(Self { cfg, embedding, layers, norm, weight_dtype, compute_dtype, device: device.clone() })
+        Ok(Self {
+            cfg,
+            embedding,
+            layers,
+            norm,
+            weight_dtype,
+            compute_dtype,
+            device: device.clone(),
+            block_elems: BLOCK_ELEMS,
+        })
     }
 
     /// A randomly initialised encoder (the reference's init scales; norms near 1), deterministic in
@@ -760,16 +771,33 @@ impl Umt5Encoder {
         Ok(Tensor::cat(&[&h, &z], 0)?)
     }
 
-    /// x `[N, in]` (compute dtype) times `w` `[out, in]` transposed, in the compute dtype.
+    /// x `[N, in]` (compute dtype) times `w` `[out, in]` transposed, in the compute dtype. A weight
+    /// held in another dtype is converted in blocks of rows of at most [`BLOCK_ELEMS`] elements, so
+    /// the converted copies are small, short-lived allocations the allocator reuses (whole-matrix
+    /// copies of UMT5-XXL's 40–170 MB would be fresh pages, faulted in and zeroed every time).
     fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let w = if w.dtype() == self.compute_dtype {
-            w.clone()
-        } else if self.compute_dtype == DType::F32 {
-            to_f32(w)?
-        } else {
-            w.to_dtype(self.compute_dtype)?
+        let cd = self.compute_dtype;
+        if w.dtype() == cd {
+            return Ok(x.matmul(&w.t()?)?);
+        }
+        let convert = |w: &Tensor| -> Result<Tensor> {
+            if cd == DType::F32 {
+                to_f32(w)
+            } else {
+                Ok(w.to_dtype(cd)?)
+            }
         };
-        Ok(x.matmul(&w.t()?)?)
+        let (out, inp) = w.dims2()?;
+        let rows = (self.block_elems / inp.max(1)).max(1);
+        if rows >= out {
+            return Ok(x.matmul(&convert(w)?.t()?)?);
+        }
+        let mut parts = Vec::with_capacity(out.div_ceil(rows));
+        for start in (0..out).step_by(rows) {
+            let wb = convert(&w.narrow(0, start, rows.min(out - start))?)?;
+            parts.push(x.matmul(&wb.t()?)?);
+        }
+        Ok(Tensor::cat(&parts, 1)?)
     }
 
     /// RMS(x)·w: normalised in f32, cast to the compute dtype, then scaled by w (the reference's order).
@@ -801,18 +829,28 @@ impl Umt5Encoder {
         let k = heads(self.matmul(&n, &l.k)?)?;
         let v = heads(self.matmul(&n, &l.v)?)?;
         drop(n);
-        // Position bias [1, H, L, L] gathered from this layer's table, in the compute dtype.
-        // Gathering from the transposed table [H, buckets] writes it head-major straight away.
-        let bias = l.pos.t()?.contiguous()?.index_select(buckets, 1)?.reshape((1, h, len, len))?;
-        let bias = match mask {
-            Some(m) => bias.broadcast_add(m)?, // f32: the minimum stays finite or -inf; exp gives 0
-            None => bias,
+        // Heads run in groups whose score tensors stay within BLOCK_ELEMS elements (see `matmul`).
+        let group = (self.block_elems / (b * len * len).max(1)).clamp(1, h);
+        // The transposed table [H, buckets]: gathering from it writes the bias head-major.
+        let table = l.pos.t()?.contiguous()?;
+        let mut outs = Vec::with_capacity(h.div_ceil(group));
+        for h0 in (0..h).step_by(group) {
+            let hs = group.min(h - h0);
+            // Position bias [1, hs, L, L] (+ the key mask), in the compute dtype.
+            let bias = table.narrow(0, h0, hs)?.index_select(buckets, 1)?.reshape((1, hs, len, len))?;
+            let bias = match mask {
+                Some(m) => bias.broadcast_add(m)?, // f32: the minimum stays finite or -inf; exp gives 0
+                None => bias,
+            }
+            .to_dtype(cd)?;
+            let (qg, kg, vg) = (q.narrow(1, h0, hs)?, k.narrow(1, h0, hs)?, v.narrow(1, h0, hs)?);
+            let scores = qg.matmul(&kg.t()?)?.broadcast_add(&bias)?; // no 1/√d scaling in T5
+            drop(bias);
+            let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(cd)?;
+            drop(scores);
+            outs.push(p.matmul(&vg)?);
         }
-        .to_dtype(cd)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?; // no 1/√d scaling in T5
-        let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(cd)?;
-        drop(scores);
-        let att = p.matmul(&v)?.transpose(1, 2)?.reshape((b * len, cfg.dim_attn))?;
+        let att = Tensor::cat(&outs, 1)?.transpose(1, 2)?.reshape((b * len, cfg.dim_attn))?;
         let x = (x + self.matmul(&att, &l.o)?)?;
         // Gated-GELU FFN.
         let n = self.rms(&x, &l.norm2)?;
@@ -823,6 +861,9 @@ impl Umt5Encoder {
         Ok((x + self.matmul(&u, &l.fc2)?)?)
     }
 }
+
+/// Largest temporary (converted weight block, attention scores of a head group), in elements.
+const BLOCK_ELEMS: usize = 4 << 20;
 
 fn check_dtypes(weight: DType, compute: DType) -> Result<()> {
     if !is_float(weight) {
@@ -858,4 +899,31 @@ fn random_tensor(shape: &[usize], mean: f64, std: f64, seed: u64, dtype: DType, 
         Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?
     };
     Ok(t.to_device(device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn blocked_weights_and_head_groups_match_whole_tensors() {
+        let cfg = Umt5Config::tiny();
+        let ids: Vec<u32> = (0..13).map(|i| 3 + 7 * i).collect();
+        let short = [5u32, 6, 1];
+        for (wd, cd) in [(DType::BF16, DType::F32), (DType::F32, DType::F32), (DType::F32, DType::BF16)] {
+            let whole = Umt5Encoder::random(&cfg, 9, wd, cd, &Device::Cpu).unwrap();
+            // Blocks of 2 weight rows (32 inputs); one head per group at 13 tokens.
+            let blocked = Umt5Encoder { block_elems: 64, ..whole.clone() };
+            let a = whole.encode_ids_batch(&[&ids, &short]).unwrap();
+            let c = blocked.encode_ids_batch(&[&ids, &short]).unwrap();
+            let tol = if cd == DType::BF16 { 0.1 } else { 1e-5 };
+            for (x, y) in a.iter().zip(&c) {
+                assert!(max_diff(x, y) <= tol, "{wd:?}/{cd:?}: {}", max_diff(x, y));
+            }
+        }
+    }
 }
