@@ -19,6 +19,8 @@ pub enum What {
     Dit(DitArgs),
     /// Streaming decode of the Wan VAE and the tiny decoder (random weights).
     Vae(crate::bench_vae::VaeArgs),
+    /// The UMT5 text encoder on one prompt (random weights, full UMT5-XXL size by default).
+    Text(crate::bench_text::TextArgs),
     /// Square f32/bf16 matmul, the reference for achievable GFLOP/s.
     Matmul(MatmulArgs),
 }
@@ -96,6 +98,7 @@ pub fn run(what: &What) -> Result<()> {
         What::Dit(a) => dit(a),
         What::Matmul(a) => matmul(a),
         What::Vae(a) => crate::bench_vae::run(a),
+        What::Text(a) => crate::bench_text::run(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `storyreel` command line.
 
 mod bench;
+mod bench_text;
 mod bench_vae;
 mod codec;
 mod decode;
