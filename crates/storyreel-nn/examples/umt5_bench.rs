@@ -15,6 +15,16 @@ fn vm_hwm() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// User + system CPU seconds of this process so far (the wall time is noisy on a shared machine).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (field(11) + field(12)) / 100.0
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let tokens: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(512);
@@ -34,11 +44,11 @@ fn main() -> anyhow::Result<()> {
     );
     let ids: Vec<u32> = (0..tokens).map(|i| ((i * 7919 + 13) % (cfg.vocab - 3) + 3) as u32).collect();
     for run in 0..runs {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu_seconds());
         let out = enc.encode_ids(&ids)?;
-        let s = t.elapsed().as_secs_f64();
+        let (s, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
         println!(
-            "run {run}: {tokens} tokens, compute {compute:?}: {s:.2} s ({:.2} s per layer); out {:?}; VmHWM {}",
+            "run {run}: {tokens} tokens, compute {compute:?}: {s:.2} s wall ({:.2} s per layer), {cpu:.1} CPU-s; out {:?}; VmHWM {}",
             s / layers as f64,
             out.dims(),
             vm_hwm()
