@@ -1,7 +1,8 @@
 //! storyreel-nn: tensors and weights. The Wan2.1 DiT in its two modes (bidirectional and causal
 //! chunked with a dual KV cache), 3D RoPE with the ShotStream shot phase, per-frame caption
 //! routing, LoRA adapters and checkpoint loading (safetensors, PyTorch pickle; Wan, ShotStream and
-//! diffusers layouts).
+//! diffusers layouts); the Wan VAE and the tiny TAEHV-style autoencoder with streaming decode; the
+//! UMT5 text encoder, its tokenizer and the toy text encoder.
 
 pub mod attention;
 pub mod checkpoint;
@@ -15,8 +16,8 @@ pub mod kv_cache;
 pub mod linear;
 pub mod norm;
 pub mod rope;
-pub mod text;
 pub mod taehv;
+pub mod text;
 pub mod vae;
 
 pub use config::WanConfig;
