@@ -344,13 +344,14 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
     Ok(Tensor::from_vec(out, (p.frames_out, p.cout, p.ho, p.wo), src.x.device())?)
 }
 
+/// An output buffer shared by parallel tasks that each write their own disjoint region.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint regions of the output buffer.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn add(self, off: usize) -> *mut f32 {
+    pub(crate) fn add(self, off: usize) -> *mut f32 {
         // SAFETY: callers stay inside the output buffer.
         unsafe { self.0.add(off) }
     }

@@ -262,7 +262,7 @@ fn bad_inputs_are_clear_errors() {
 /// the data with `python3 /work/parity/umt5/make_ref.py /work/parity/umt5/data`, then run
 /// `UMT5_PARITY_DIR=/work/parity/umt5/data cargo test -p storyreel-nn --test umt5 -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "needs reference outputs: set UMT5_PARITY_DIR (see docs/BENCHMARKS.md)"]
 fn parity_with_reference() {
     let dir = std::path::PathBuf::from(std::env::var("UMT5_PARITY_DIR").expect("set UMT5_PARITY_DIR"));
     let wan = dir.join("umt5_tiny.pth");

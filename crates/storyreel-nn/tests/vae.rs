@@ -209,3 +209,21 @@ fn bf16_weights_decode_close_to_f32() {
     let z = half.encode(&randn(&[1, 3, 16, 24], 13).clamp(-1f32, 1f32).unwrap()).unwrap();
     assert_eq!(z.dims(), &[1, 16, 2, 3]);
 }
+
+#[test]
+fn bad_latent_statistics_files_are_clear_errors() {
+    let vae = tiny_vae(14);
+    let dir = tempfile::tempdir().unwrap();
+    vae.save(dir.path()).unwrap();
+    let cfg = dir.path().join("vae_config.json");
+    std::fs::write(&cfg, "{ not json").unwrap();
+    let err = WanVae::load(dir.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("vae_config.json"), "{err}");
+    std::fs::write(&cfg, r#"{"latents_mean": [0.0, 0.0, 0.0], "latents_std": [1.0, 1.0, 1.0]}"#).unwrap();
+    let err = WanVae::load(dir.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("16 entries"), "{err}");
+    let std16 = vec!["0.0"; 16].join(",");
+    std::fs::write(&cfg, format!(r#"{{"latents_mean": [{std16}], "latents_std": [{std16}]}}"#)).unwrap();
+    let err = WanVae::load(dir.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("positive"), "{err}");
+}

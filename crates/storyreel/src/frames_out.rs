@@ -58,12 +58,9 @@ impl FrameOutput {
             bail!("--fps {fps} must be a whole number from {} to {}", range.start(), range.end());
         }
         Ok(match sink_for(path, fps as u32)? {
-            Some(sink) => {
-                let mut out = Self::Media(sink);
-                if let Self::Media(s) = &mut out {
-                    s.begin_shot(0, "")?;
-                }
-                out
+            Some(mut sink) => {
+                sink.begin_shot(0, "")?;
+                Self::Media(sink)
             }
             None => Self::Tensor { path: path.to_path_buf(), frames: Vec::new() },
         })

@@ -152,3 +152,15 @@ fn bad_inputs_are_reported() {
     ]);
     assert!(!ok && err.contains("multiple of 8"), "{err}");
 }
+
+#[test]
+fn bench_flags_are_checked_before_any_work() {
+    let (ok, err) = storyreel(&["bench", "vae", "--size", "30x30"]);
+    assert!(!ok && err.contains("multiple of 8"), "{err}");
+    let (ok, err) = storyreel(&["bench", "vae", "--size", "64x64", "--latents", "0"]);
+    assert!(!ok && err.contains("--latents"), "{err}");
+    let (ok, err) = storyreel(&["bench", "text", "--tokens", "0"]);
+    assert!(!ok && err.contains("--tokens"), "{err}");
+    let (ok, err) = storyreel(&["decode", "x.safetensors", "--model", "m", "-o", "o.mp4", "--chunk", "0"]);
+    assert!(!ok && err.contains("--chunk"), "{err}");
+}

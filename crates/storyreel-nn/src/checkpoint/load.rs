@@ -45,29 +45,44 @@ pub(crate) fn canonical_index(files: &TensorFiles) -> Result<(CheckpointLayout, 
 /// Checks canonical names and shapes against the tensors a config requires: the first shape
 /// mismatch, then the first missing tensor, then unexpected extra tensors are reported.
 pub fn check_dit_shapes(found: &BTreeMap<String, Vec<usize>>, cfg: &WanConfig) -> Result<()> {
-    let expected = dit_tensor_shapes(cfg);
-    for (name, shape) in &expected {
+    check_tensor_shapes(&dit_tensor_shapes(cfg), found)
+}
+
+/// Every `expected` tensor present with its shape, and nothing else: reports the first shape
+/// mismatch, then the first missing tensor, then the unexpected extras (shared by every model).
+pub fn check_tensor_shapes(expected: &[(String, Vec<usize>)], found: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+    check_expected_tensors(expected, found)?;
+    check_no_unexpected_tensors(expected, found)
+}
+
+/// The first shape mismatch, then the first missing tensor, among `expected`.
+pub fn check_expected_tensors(expected: &[(String, Vec<usize>)], found: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+    for (name, shape) in expected {
         if let Some(f) = found.get(name) {
             if f != shape {
                 return Err(NnError::ShapeMismatch { name: name.clone(), expected: shape.clone(), found: f.clone() });
             }
         }
     }
-    for (name, shape) in &expected {
-        if !found.contains_key(name) {
-            return Err(NnError::MissingTensor { name: name.clone(), expected: shape.clone() });
-        }
+    match expected.iter().find(|(n, _)| !found.contains_key(n)) {
+        Some((name, shape)) => Err(NnError::MissingTensor { name: name.clone(), expected: shape.clone() }),
+        None => Ok(()),
     }
+}
+
+/// Tensors in `found` that `expected` does not list, reported as [`NnError::UnexpectedTensors`].
+pub fn check_no_unexpected_tensors(
+    expected: &[(String, Vec<usize>)],
+    found: &BTreeMap<String, Vec<usize>>,
+) -> Result<()> {
     let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     let extra: Vec<(&String, &Vec<usize>)> = found.iter().filter(|(n, _)| !known.contains(n.as_str())).collect();
-    if let Some((first, shape)) = extra.first() {
-        return Err(NnError::UnexpectedTensors {
-            count: extra.len(),
-            first: (*first).clone(),
-            shape: (*shape).clone(),
-        });
+    match extra.first() {
+        Some((first, shape)) => {
+            Err(NnError::UnexpectedTensors { count: extra.len(), first: (*first).clone(), shape: (*shape).clone() })
+        }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Loads a DiT checkpoint (weights file, shard index, or model folder) in any supported layout,

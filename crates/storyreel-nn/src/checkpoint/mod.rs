@@ -22,8 +22,8 @@ mod util;
 pub use files::{find_model_files, save_safetensors, ModelFiles, TensorFiles, TensorHeader, WeightFormat};
 pub use inspect::{inspect, InferredShape, InspectContent, InspectReport, LoraSummary, ModelSummary};
 pub use load::{
-    check_dit_shapes, load_dit_checkpoint, load_dit_checkpoint_from_key, rename_to_layout, save_checkpoint,
-    LoadedCheckpoint,
+    check_dit_shapes, check_expected_tensors, check_no_unexpected_tensors, check_tensor_shapes, load_dit_checkpoint,
+    load_dit_checkpoint_from_key, rename_to_layout, save_checkpoint, LoadedCheckpoint,
 };
 pub use lora::{merge_lora, read_lora, LoraWeights};
 pub use names::{

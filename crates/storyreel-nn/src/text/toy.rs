@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::{TextEmbedding, TextEncoder};
-use crate::checkpoint::{save_safetensors, TensorFiles};
+use crate::checkpoint::{check_tensor_shapes, save_safetensors, TensorFiles};
 use crate::error::{NnError, Result};
 use crate::norm::rms_norm;
 
@@ -283,30 +283,9 @@ impl ToyTextEncoder {
     /// Builds the encoder from named tensors, checking every name and shape.
     pub fn from_tensors(cfg: ToyTextConfig, tokenizer: ToyTokenizer, tensors: HashMap<String, Tensor>) -> Result<Self> {
         cfg.validate()?;
-        let expected = tensor_shapes(&cfg, tokenizer.len());
-        for (name, shape) in &expected {
-            match tensors.get(name) {
-                None => return Err(NnError::MissingTensor { name: name.clone(), expected: shape.clone() }),
-                Some(t) if t.dims() != shape.as_slice() => {
-                    return Err(NnError::ShapeMismatch {
-                        name: name.clone(),
-                        expected: shape.clone(),
-                        found: t.dims().to_vec(),
-                    })
-                }
-                _ => {}
-            }
-        }
-        if tensors.len() != expected.len() {
-            let known: std::collections::HashSet<&String> = expected.iter().map(|(n, _)| n).collect();
-            let mut extra: Vec<&String> = tensors.keys().filter(|k| !known.contains(k)).collect();
-            extra.sort();
-            return Err(NnError::UnexpectedTensors {
-                count: extra.len(),
-                first: extra[0].clone(),
-                shape: tensors[extra[0]].dims().to_vec(),
-            });
-        }
+        let found: std::collections::BTreeMap<String, Vec<usize>> =
+            tensors.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
+        check_tensor_shapes(&tensor_shapes(&cfg, tokenizer.len()), &found)?;
         let identity = identity_of(&cfg, &tokenizer, &tensors)?;
         let device = tensors.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
         let tensors = tensors.into_iter().map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?))).collect::<Result<_>>()?;

@@ -462,22 +462,7 @@ impl Umt5Encoder {
             None => Umt5Config::infer(&shapes)?,
         };
         let expected = cfg.tensor_shapes();
-        for (name, shape) in &expected {
-            if let Some(found) = shapes.get(name) {
-                if found != shape {
-                    return Err(NnError::ShapeMismatch {
-                        name: name.clone(),
-                        expected: shape.clone(),
-                        found: found.clone(),
-                    });
-                }
-            }
-        }
-        for (name, shape) in &expected {
-            if !shapes.contains_key(name) {
-                return Err(NnError::MissingTensor { name: name.clone(), expected: shape.clone() });
-            }
-        }
+        crate::checkpoint::check_expected_tensors(&expected, &shapes)?;
         let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
         for (canon, (_, stored, shape)) in &index {
             if !known.contains(canon.as_str()) {
@@ -522,15 +507,8 @@ impl Umt5Encoder {
     ) -> Result<Self> {
         cfg.validate()?;
         check_dtypes(weight_dtype, compute_dtype)?;
-        for (name, shape) in cfg.tensor_shapes() {
-            match tensors.get(&name) {
-                None => return Err(NnError::MissingTensor { name, expected: shape }),
-                Some(t) if t.dims() != shape.as_slice() => {
-                    return Err(NnError::ShapeMismatch { name, expected: shape, found: t.dims().to_vec() })
-                }
-                _ => {}
-            }
-        }
+        let found: BTreeMap<String, Vec<usize>> = tensors.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
+        crate::checkpoint::check_tensor_shapes(&cfg.tensor_shapes(), &found)?;
         let mut take = |name: String, small: bool| -> Result<Tensor> {
             let t = tensors.remove(&name).expect("checked above");
             let dt = if small { DType::F32 } else { weight_dtype };
@@ -554,13 +532,6 @@ impl Umt5Encoder {
             });
         }
         let norm = take("norm.weight".into(), true)?;
-        if let Some(extra) = tensors.keys().next() {
-            return Err(NnError::UnexpectedTensors {
-                count: tensors.len(),
-                first: extra.clone(),
-                shape: tensors[extra].dims().to_vec(),
-            });
-        }
         Ok(Self {
             cfg,
             embedding,

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::{save_safetensors, TensorFiles};
+use crate::checkpoint::{check_tensor_shapes, save_safetensors, TensorFiles};
 use crate::codec::{DecodeStream, VideoCodec};
 use crate::error::{NnError, Result};
 use layers::CausalConv3d;
@@ -164,19 +164,18 @@ impl WanVae {
         &self.device
     }
 
-    fn stats(&self, n: usize) -> Result<(Tensor, Tensor)> {
+    fn stats(&self) -> Result<(Tensor, Tensor)> {
         let z = self.cfg.z_dim;
         let mean = Tensor::from_vec(self.cfg.latents_mean.clone(), (1, z, 1, 1), &self.device)?;
         // The reference holds 1/std in f32 and divides by it; doing the same keeps parity to the ulp.
         let inv: Vec<f32> = self.cfg.latents_std.iter().map(|s| 1.0 / s).collect();
         let inv = Tensor::from_vec(inv, (1, z, 1, 1), &self.device)?;
-        let _ = n;
         Ok((mean.to_dtype(self.dtype)?, inv.to_dtype(self.dtype)?))
     }
 
     /// Normalised latents → the decoder's input (un-normalised, then the post-quant conv).
     fn decoder_input(&self, latents: &Tensor) -> Result<Tensor> {
-        let (mean, inv) = self.stats(latents.dim(0)?)?;
+        let (mean, inv) = self.stats()?;
         let z = latents.to_dtype(self.dtype)?.broadcast_div(&inv)?.broadcast_add(&mean)?;
         self.post_quant.run(&z, None)
     }
@@ -251,7 +250,7 @@ impl WanVae {
         let out = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0)? };
         let out = quant.run(&out, None)?;
         let mu = out.narrow(1, 0, self.cfg.z_dim)?;
-        let (mean, inv) = self.stats(0)?;
+        let (mean, inv) = self.stats()?;
         Ok(mu.broadcast_sub(&mean)?.broadcast_mul(&inv)?)
     }
 }
@@ -320,26 +319,7 @@ fn check_shapes(cfg: &VaeConfig, tensors: &HashMap<String, Tensor>, encoder: boo
 }
 
 fn check_names(cfg: &VaeConfig, found: &BTreeMap<String, Vec<usize>>, encoder: bool) -> Result<()> {
-    let expected = cfg.tensor_shapes(encoder);
-    for (name, shape) in &expected {
-        match found.get(name) {
-            None => return Err(NnError::MissingTensor { name: name.clone(), expected: shape.clone() }),
-            Some(s) if s != shape => {
-                return Err(NnError::ShapeMismatch { name: name.clone(), expected: shape.clone(), found: s.clone() })
-            }
-            _ => {}
-        }
-    }
-    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let extra: Vec<(&String, &Vec<usize>)> = found.iter().filter(|(n, _)| !known.contains(n.as_str())).collect();
-    if let Some((first, shape)) = extra.first() {
-        return Err(NnError::UnexpectedTensors {
-            count: extra.len(),
-            first: (*first).clone(),
-            shape: (*shape).clone(),
-        });
-    }
-    Ok(())
+    check_tensor_shapes(&cfg.tensor_shapes(encoder), found)
 }
 
 /// The VAE weights file at `path`, or inside the folder `path`.

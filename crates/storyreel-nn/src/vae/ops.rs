@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use crate::attention::exp_nonpositive;
-use crate::conv::CpuF32;
+use crate::conv::{CpuF32, SendPtr};
 use crate::error::{NnError, Result};
 
 fn fast(ts: &[&Tensor]) -> bool {
@@ -38,7 +38,7 @@ pub fn rms_norm_channels(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tenso
     let g: Vec<f32> = gs.slice().iter().map(|v| v * scale).collect();
     let mut out = vec![0f32; x.elem_count()];
     let blocks = plane.div_ceil(PIXEL_BLOCK);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SendPtr(out.as_mut_ptr());
     (0..t * blocks).into_par_iter().for_each(|task| {
         let (f, b) = (task / blocks, task % blocks);
         let p0 = b * PIXEL_BLOCK;
@@ -59,7 +59,7 @@ pub fn rms_norm_channels(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tenso
         for (ch, &gc) in g.iter().enumerate() {
             let row = &src[ch * plane + p0..ch * plane + p1];
             // SAFETY: frame f, channel ch, pixels p0..p1 belong to this task only.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(f * c * plane + ch * plane + p0), n) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.add(f * c * plane + ch * plane + p0), n) };
             if silu {
                 for ((d, v), s) in dst.iter_mut().zip(row).zip(inv.iter()) {
                     *d = silu_f32(v * s * gc);
@@ -72,17 +72,6 @@ pub fn rms_norm_channels(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tenso
         }
     });
     Ok(Tensor::from_vec(out, (t, c, h, w), x.device())?)
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint regions.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// x·σ(x), with σ built from e^(−|x|) so the fast exp (valid for non-positive arguments) serves.
