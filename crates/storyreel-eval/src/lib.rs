@@ -1,0 +1,7 @@
+//! Metrics for a generated multi-shot video judged against its story: shot-cut accuracy,
+//! intra- and inter-shot consistency, prompt adherence, dynamic degree and a distribution-level
+//! quality score, plus the reports `storyreel eval` writes.
+
+pub mod error;
+
+pub use error::{EvalError, Result};
