@@ -5,3 +5,7 @@
 pub mod error;
 
 pub use error::{EvalError, Result};
+pub mod consistency;
+pub mod frechet;
+pub mod motion;
+pub mod sca;

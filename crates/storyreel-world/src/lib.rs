@@ -5,3 +5,5 @@
 pub mod error;
 
 pub use error::{Result, WorldError};
+pub mod detect;
+pub mod shotstream;
