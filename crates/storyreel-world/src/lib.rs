@@ -2,8 +2,10 @@
 //! stories with captions that refer back and exact per-frame ground truth, the dataset layer
 //! (ours and ShotStream's CSV + caption JSON), and shot-boundary detection.
 
+pub mod benchmark;
 pub mod caption;
 pub mod catalog;
+pub mod dataset;
 pub mod error;
 pub mod render;
 pub mod rng;
@@ -17,3 +19,7 @@ pub use caption::{caption_vocabulary, parse_caption, CaptionFacts};
 pub use catalog::{CharacterId, Framing, Lighting, Motion, Place, CHARACTERS};
 pub use render::{render_shot, render_story, CharacterTruth, FrameTruth, RenderedStory};
 pub use story::{generate_story, ShotSpec, Story, StoryOptions, StoryPattern, StoryShot, VideoFormat};
+pub use benchmark::{
+    benchmark_options, benchmark_spec, benchmark_stories, is_benchmark_seed, BENCHMARK_SEED_BASE, BENCHMARK_STORIES,
+};
+pub use dataset::{generate_dataset, DatasetSpec, Manifest, ManifestEntry, ManifestTotals, WorldDataset};
