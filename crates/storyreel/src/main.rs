@@ -10,6 +10,7 @@ mod encode_text;
 mod frames_out;
 mod generate_latents;
 mod testcase;
+mod world_cmd;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         what: bench::What,
     },
+    /// The synthetic story world: datasets, the held-out benchmark, story renders, the shot detector.
+    World {
+        #[command(subcommand)]
+        what: world_cmd::WorldCommand,
+    },
 }
 
 fn main() {
@@ -59,6 +65,7 @@ fn main() {
         Command::EncodeText(args) => encode_text::run(&args),
         Command::Testcase(args) => testcase::run(&args),
         Command::Bench { what } => bench::run(&what),
+        Command::World { what } => world_cmd::run(&what),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
