@@ -423,8 +423,10 @@ impl CutPicker {
         released
     }
 
-    fn finish(&mut self) -> Option<usize> {
-        self.pending.take().map(|(p, _)| p)
+    /// Releases the last pending cut unless it would leave a final shot shorter than
+    /// `min_shot_len` (H.264 often jolts the very last frames, which is not a cut).
+    fn finish(&mut self, total_frames: usize) -> Option<usize> {
+        self.pending.take().map(|(p, _)| p).filter(|&p| total_frames >= p + self.min_shot_len)
     }
 }
 
@@ -438,7 +440,7 @@ pub fn cuts_from_scores(scores: &[f32], cfg: &DetectorConfig) -> Result<Vec<usiz
         let candidate = is_candidate(scores, j, cfg).then_some(scores[j]);
         cuts.extend(picker.step(j + 1, candidate));
     }
-    cuts.extend(picker.finish());
+    cuts.extend(picker.finish(scores.len() + 1));
     Ok(cuts)
 }
 
@@ -532,7 +534,7 @@ impl ShotDetector {
         while self.next < self.base + self.scores.len() {
             cuts.extend(self.decide_next(true));
         }
-        cuts.extend(self.picker.finish());
+        cuts.extend(self.picker.finish(self.frames_seen));
         cuts
     }
 
