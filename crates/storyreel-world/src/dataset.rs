@@ -8,7 +8,7 @@
 //! shotstream.csv         ShotStream's index: shot_num_from_caption, json_path, video_path, frame_number
 //! vocab.txt              the toy text encoder's vocabulary (<pad>, </s>, <unk>, then every caption word)
 //! stories/<id>.json      our story JSON (Story::to_json)
-//! videos/<id>.mp4        H.264 at the story's fps (absent with write_videos = false)
+//! videos/<id>.mp4        H.264 at the story's fps, keyframes at the cuts (absent with write_videos = false)
 //! truth/<id>.jsonl       one FrameTruth JSON per frame
 //! captions/<id>.json     ShotStream's caption JSON: global_caption, shot1 … shotN, video_path
 //! ```
@@ -21,7 +21,7 @@ use std::sync::mpsc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use storyreel_media::{read_mp4, write_mp4, EncodeOptions, RgbFrame};
+use storyreel_media::{read_mp4, EncodeOptions, Mp4Writer, RgbFrame};
 
 use crate::benchmark::{BENCHMARK_SEED_BASE, BENCHMARK_STORIES};
 use crate::caption::caption_vocabulary;
@@ -406,7 +406,7 @@ fn write_story(out_dir: &Path, spec: &DatasetSpec, i: usize) -> Result<(Manifest
 
     write_atomic(&out_dir.join(&story_path), format!("{}\n", story.to_json()).as_bytes())?;
     if let Some(video) = &video_path {
-        write_video_atomic(&out_dir.join(video), &rendered.frames, story.format.fps)?;
+        write_video_atomic(&out_dir.join(video), &rendered.frames, &rendered.cuts, story.format.fps)?;
     }
     let mut truth = String::with_capacity(rendered.truth.len() * 160);
     for t in &rendered.truth {
@@ -443,13 +443,25 @@ fn write_story(out_dir: &Path, spec: &DatasetSpec, i: usize) -> Result<(Manifest
     Ok((entry, row))
 }
 
-/// Encodes `frames` to a temporary MP4 beside `path` and renames it into place.
-fn write_video_atomic(path: &Path, frames: &[RgbFrame], fps: u32) -> Result<()> {
+/// Encodes `frames` to a temporary MP4 beside `path` and renames it into place. Keyframes go
+/// exactly at the cuts: a periodic keyframe inside a shot makes the quality jump there, which
+/// a shot detector can mistake for a cut.
+fn write_video_atomic(path: &Path, frames: &[RgbFrame], cuts: &[usize], fps: u32) -> Result<()> {
     let tmp = partial_path(path);
-    let result = write_mp4(&tmp, frames, EncodeOptions::default().with_fps(fps));
+    let result = (|| -> Result<()> {
+        let mut writer = Mp4Writer::create(&tmp, EncodeOptions::default().with_fps(fps).with_keyframe_interval(0))?;
+        for (i, frame) in frames.iter().enumerate() {
+            if cuts.contains(&i) {
+                writer.force_keyframe();
+            }
+            writer.push_frame(frame)?;
+        }
+        writer.finish()?;
+        Ok(())
+    })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
+        return Err(e);
     }
     std::fs::rename(&tmp, path).map_err(|e| WorldError::io(path, e))
 }

@@ -15,11 +15,11 @@ pub use error::{Result, WorldError};
 pub mod detect;
 pub mod shotstream;
 
-pub use caption::{caption_vocabulary, parse_caption, CaptionFacts};
-pub use catalog::{CharacterId, Framing, Lighting, Motion, Place, CHARACTERS};
-pub use render::{render_shot, render_story, CharacterTruth, FrameTruth, RenderedStory};
-pub use story::{generate_story, ShotSpec, Story, StoryOptions, StoryPattern, StoryShot, VideoFormat};
 pub use benchmark::{
     benchmark_options, benchmark_spec, benchmark_stories, is_benchmark_seed, BENCHMARK_SEED_BASE, BENCHMARK_STORIES,
 };
+pub use caption::{caption_vocabulary, parse_caption, CaptionFacts};
+pub use catalog::{CharacterId, Framing, Lighting, Motion, Place, CHARACTERS};
 pub use dataset::{generate_dataset, DatasetSpec, Manifest, ManifestEntry, ManifestTotals, WorldDataset};
+pub use render::{render_shot, render_story, CharacterTruth, FrameTruth, RenderedStory};
+pub use story::{generate_story, ShotSpec, Story, StoryOptions, StoryPattern, StoryShot, VideoFormat};
