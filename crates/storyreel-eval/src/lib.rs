@@ -6,6 +6,11 @@ pub mod error;
 
 pub use error::{EvalError, Result};
 pub mod consistency;
+pub mod corrupt;
+pub mod evaluate;
+pub mod features;
 pub mod frechet;
 pub mod motion;
+pub mod probe;
+pub mod report;
 pub mod sca;

@@ -24,10 +24,10 @@
 //!   and order-preserving, unlike plain Hungarian matching. Ties prefer matching.
 
 use crate::error::{EvalError, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One predicted cut standing for one ground-truth cut.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CutMatch {
     /// Ground-truth cut frame.
     pub truth: usize,
@@ -38,7 +38,7 @@ pub struct CutMatch {
 }
 
 /// SCA with the matching that produced it, so a report can show where cuts went wrong.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScaReport {
     /// `exp(-nsd)`, in (0, 1]; 1 when every cut is exactly right.
     pub score: f64,

@@ -1,0 +1,359 @@
+//! Scoring one generated video against its story, and a batch of them.
+//!
+//! Metric names (the keys of [`Metrics`], also documented in README):
+//! - `shot_cut_accuracy`: HoloCine's exp(−NSD) between the cuts the detector finds in the video
+//!   and the story's cuts ([`crate::sca`] documents matching and penalty).
+//! - `intra_shot_consistency`: VBench's subject-consistency formula over the probe embedding of
+//!   each frame, within each of the story's shots, averaged over shots.
+//! - `inter_shot_character_consistency`: for each pair of shots with the same cast, the
+//!   similarity of the colour distribution of the probe's foreground (the characters), as
+//!   OneStory's C-Cons compares segmented characters across shots.
+//! - `inter_shot_place_consistency`: the same over the probe's background, for pairs of shots
+//!   set in the same place (OneStory's E-Cons).
+//! - `prompt_adherence`: per shot, the mean of three checks against the caption's facts: the
+//!   probe's place is the captioned place, its framing is the captioned framing, and the Jaccard
+//!   overlap of the characters it sees with the captioned characters.
+//! - `dynamic_degree`: the fraction of shots whose motion passes VBench's dynamic test
+//!   ([`crate::motion`], block matching in place of RAFT).
+//! - `quality_fd` (batches, and single stories with a reference): Fréchet distance between the
+//!   probe embeddings of the video's frames and of the story world's rendering of the same
+//!   stories (lower is better).
+
+use serde::{Deserialize, Serialize};
+use storyreel_media::RgbFrame;
+use storyreel_world::catalog::{Framing, Place};
+use storyreel_world::detect::{detect_cuts, DetectorConfig};
+use storyreel_world::{parse_caption, Story};
+
+use crate::consistency::vbench_consistency;
+use crate::error::{EvalError, Result};
+use crate::features::{histogram_similarity, region_histogram, ProbeImage, REGION_FEATURES};
+use crate::frechet::{frechet_distance_eps, Gaussian};
+use crate::motion::{clip_motion, dynamic_degree, MotionConfig};
+use crate::probe::{Probe, ProbeReading, N_CHARACTERS};
+use crate::sca::{shot_cut_accuracy, ScaReport};
+
+/// The headline numbers of a report (higher is better except `quality_fd`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// exp(−NSD) of detected vs story cuts, in (0, 1].
+    pub shot_cut_accuracy: f64,
+    /// Frame-to-frame and frame-to-first similarity within shots, in [0, 1].
+    pub intra_shot_consistency: f64,
+    /// Character appearance agreement across shots with the same cast, in [0, 1]; `None` when
+    /// no two shots share a cast.
+    pub inter_shot_character_consistency: Option<f64>,
+    /// Background agreement across shots in the same place, in [0, 1]; `None` when no two
+    /// shots share a place.
+    pub inter_shot_place_consistency: Option<f64>,
+    /// Mean of the three adherence checks below, in [0, 1].
+    pub prompt_adherence: f64,
+    /// Fraction of shots whose place is the captioned one.
+    pub adherence_place: f64,
+    /// Fraction of shots whose framing is the captioned one.
+    pub adherence_framing: f64,
+    /// Mean Jaccard overlap of seen and captioned characters.
+    pub adherence_characters: f64,
+    /// Fraction of shots that move enough to count as dynamic.
+    pub dynamic_degree: f64,
+    /// Mean of the top 5% block-flow magnitudes, pixels per sampled frame pair.
+    pub mean_motion: f64,
+    /// Fréchet distance to the rendered reference in probe-embedding space, when computed.
+    pub quality_fd: Option<f64>,
+}
+
+/// What one shot was asked for and what the probe saw.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShotReport {
+    /// 0-based shot index.
+    pub index: usize,
+    /// The shot's caption.
+    pub caption: String,
+    /// `[start, end)` frames in the video.
+    pub frames: (usize, usize),
+    /// Captioned place.
+    pub expected_place: Option<Place>,
+    /// Captioned framing.
+    pub expected_framing: Option<Framing>,
+    /// Captioned characters (ids).
+    pub expected_characters: Vec<usize>,
+    /// Place the probe read most often.
+    pub seen_place: Place,
+    /// Framing the probe read most often.
+    pub seen_framing: Framing,
+    /// Characters the probe saw (mean probability above one half).
+    pub seen_characters: Vec<usize>,
+    /// Mean of this shot's three adherence checks.
+    pub adherence: f64,
+    /// VBench consistency within the shot.
+    pub intra_consistency: f64,
+    /// Mean of the top block-flow magnitudes.
+    pub motion: f64,
+    /// Whether the shot counts as dynamic.
+    pub dynamic: bool,
+}
+
+/// The full evaluation of one video.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoryReport {
+    /// The story's id.
+    pub story: String,
+    /// Frames in the video.
+    pub frames: usize,
+    /// Frames per second used for motion sampling.
+    pub fps: f64,
+    /// Headline numbers.
+    pub metrics: Metrics,
+    /// The story's cut frames.
+    pub cuts_expected: Vec<usize>,
+    /// The cut frames the detector found.
+    pub cuts_detected: Vec<usize>,
+    /// How the cuts matched.
+    pub cut_matching: ScaReport,
+    /// Per-shot details.
+    pub shots: Vec<ShotReport>,
+    /// Per-pair consistency details: `(shot a, shot b, what, similarity)`.
+    pub pairs: Vec<PairScore>,
+}
+
+/// One inter-shot comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairScore {
+    /// Earlier shot.
+    pub a: usize,
+    /// Later shot.
+    pub b: usize,
+    /// `"character"` or `"place"`.
+    pub kind: String,
+    /// Similarity in [0, 1].
+    pub similarity: f64,
+}
+
+/// Settings of an evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    /// Cut detector settings.
+    pub detector: DetectorConfig,
+    /// Motion estimation settings.
+    pub motion: MotionConfig,
+}
+
+/// The facts a shot's caption asks for: from the story's world facts when present, otherwise
+/// read from the caption text.
+fn expectations(story: &Story, i: usize) -> (Option<Place>, Option<Framing>, Vec<usize>) {
+    let shot = &story.shots[i];
+    let facts = parse_caption(&shot.caption);
+    let w = &shot.world;
+    let place = Some(w.place).or(facts.place);
+    let framing = Some(w.framing).or(facts.framing);
+    let mut chars = w.characters.clone();
+    if chars.is_empty() {
+        chars = facts.characters;
+    }
+    (place, framing, chars)
+}
+
+/// Mean place, framing and character probabilities over a shot's readings.
+fn mean_reading(readings: &[ProbeReading]) -> ([f32; 6], [f32; 3], [f32; N_CHARACTERS]) {
+    let n = readings.len().max(1) as f32;
+    let (mut p, mut f, mut c) = ([0.0f32; 6], [0.0f32; 3], [0.0f32; N_CHARACTERS]);
+    let accumulate = |acc: &mut [f32], v: &[f32]| acc.iter_mut().zip(v).for_each(|(a, x)| *a += x / n);
+    for r in readings {
+        accumulate(&mut p, &r.place);
+        accumulate(&mut f, &r.framing);
+        accumulate(&mut c, &r.characters);
+    }
+    (p, f, c)
+}
+
+fn jaccard(a: &[usize], b: &[usize]) -> f64 {
+    let inter = a.iter().filter(|x| b.contains(x)).count();
+    let union = a.len() + b.len() - inter;
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Foreground and background colour histograms of a shot, averaged over its frames.
+fn region_descriptors(frames: &[RgbFrame], readings: &[ProbeReading]) -> (Vec<f32>, Vec<f32>) {
+    let mut fg = vec![0.0f32; REGION_FEATURES];
+    let mut bg = vec![0.0f32; REGION_FEATURES];
+    let n = frames.len().max(1) as f32;
+    for (frame, r) in frames.iter().zip(readings) {
+        let img = ProbeImage::new(frame);
+        let bg_weights: Vec<f32> = r.foreground.iter().map(|p| 1.0 - p).collect();
+        for (acc, v) in fg.iter_mut().zip(region_histogram(&img, Some(&r.foreground))) {
+            *acc += v / n;
+        }
+        for (acc, v) in bg.iter_mut().zip(region_histogram(&img, Some(&bg_weights))) {
+            *acc += v / n;
+        }
+    }
+    (fg, bg)
+}
+
+/// Evaluates `frames` (the whole generated video) against `story`.
+pub fn evaluate_story(
+    probe: &Probe,
+    story: &Story,
+    frames: &[RgbFrame],
+    fps: f64,
+    options: &EvalOptions,
+) -> Result<(StoryReport, Vec<Vec<f32>>)> {
+    let expected_frames = story.total_frames();
+    if frames.len() != expected_frames {
+        return Err(EvalError::Mismatch(format!(
+            "the video has {} frames but story {} has {} ({} shots); evaluate the video made from this story",
+            frames.len(),
+            story.id,
+            expected_frames,
+            story.shots.len()
+        )));
+    }
+    if let Some((i, f)) = frames.iter().enumerate().find(|(_, f)| f.size() != frames[0].size()) {
+        return Err(EvalError::Mismatch(format!(
+            "frame {i} is {}x{} but frame 0 is {}x{}",
+            f.width, f.height, frames[0].width, frames[0].height
+        )));
+    }
+    let readings = probe.read_frames(frames)?;
+    let cuts_expected = story.cut_frames();
+    let cuts_detected = detect_cuts(frames, &options.detector)?;
+    let cut_matching = shot_cut_accuracy(&cuts_detected, &cuts_expected, frames.len())?;
+
+    let mut shots = Vec::with_capacity(story.shots.len());
+    let mut regions = Vec::with_capacity(story.shots.len());
+    let mut clips = Vec::with_capacity(story.shots.len());
+    for (i, (start, end)) in story.shot_ranges().into_iter().enumerate() {
+        let r = &readings[start..end];
+        let (place_p, framing_p, chars_p) = mean_reading(r);
+        let (expected_place, expected_framing, expected_characters) = expectations(story, i);
+        let seen_place = Place::ALL[crate::probe::argmax(&place_p)];
+        let seen_framing = Framing::ALL[crate::probe::argmax(&framing_p)];
+        let seen_characters: Vec<usize> = (0..N_CHARACTERS).filter(|&c| chars_p[c] > 0.5).collect();
+        let place_ok = expected_place.map_or(1.0, |p| (p == seen_place) as u8 as f64);
+        let framing_ok = expected_framing.map_or(1.0, |f| (f == seen_framing) as u8 as f64);
+        let chars_ok = jaccard(&expected_characters, &seen_characters);
+        let embeddings: Vec<Vec<f32>> = r.iter().map(|x| x.embedding.clone()).collect();
+        let clip = clip_motion(&frames[start..end], fps, &options.motion)?;
+        regions.push(region_descriptors(&frames[start..end], r));
+        shots.push(ShotReport {
+            index: i,
+            caption: story.shots[i].caption.clone(),
+            frames: (start, end),
+            expected_place,
+            expected_framing,
+            expected_characters,
+            seen_place,
+            seen_framing,
+            seen_characters,
+            adherence: (place_ok + framing_ok + chars_ok) / 3.0,
+            intra_consistency: vbench_consistency(&embeddings).unwrap_or(1.0),
+            motion: clip.mean_top_flow,
+            dynamic: clip.dynamic,
+        });
+        clips.push(clip);
+    }
+
+    let mut pairs = Vec::new();
+    for a in 0..story.shots.len() {
+        for b in a + 1..story.shots.len() {
+            let (sa, sb) = (&story.shots[a].world, &story.shots[b].world);
+            let (mut ca, mut cb) = (sa.characters.clone(), sb.characters.clone());
+            ca.sort();
+            cb.sort();
+            if ca == cb {
+                let similarity = histogram_similarity(&regions[a].0, &regions[b].0);
+                pairs.push(PairScore { a, b, kind: "character".into(), similarity });
+            }
+            if sa.place == sb.place {
+                let similarity = histogram_similarity(&regions[a].1, &regions[b].1);
+                pairs.push(PairScore { a, b, kind: "place".into(), similarity });
+            }
+        }
+    }
+    let mean_of = |kind: &str| {
+        let v: Vec<f64> = pairs.iter().filter(|p| p.kind == kind).map(|p| p.similarity).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+
+    let n = shots.len() as f64;
+    let place_hits = shots.iter().filter(|s| s.expected_place.is_none_or(|p| p == s.seen_place)).count() as f64;
+    let framing_hits = shots.iter().filter(|s| s.expected_framing.is_none_or(|f| f == s.seen_framing)).count() as f64;
+    let metrics = Metrics {
+        shot_cut_accuracy: cut_matching.score,
+        intra_shot_consistency: shots.iter().map(|s| s.intra_consistency).sum::<f64>() / n,
+        inter_shot_character_consistency: mean_of("character"),
+        inter_shot_place_consistency: mean_of("place"),
+        prompt_adherence: shots.iter().map(|s| s.adherence).sum::<f64>() / n,
+        adherence_place: place_hits / n,
+        adherence_framing: framing_hits / n,
+        adherence_characters: shots.iter().map(|s| jaccard(&s.expected_characters, &s.seen_characters)).sum::<f64>()
+            / n,
+        dynamic_degree: dynamic_degree(&clips),
+        mean_motion: clips.iter().map(|c| c.mean_top_flow).sum::<f64>() / n,
+        quality_fd: None,
+    };
+    let embeddings = readings.into_iter().map(|r| r.embedding).collect();
+    Ok((
+        StoryReport {
+            story: story.id.clone(),
+            frames: frames.len(),
+            fps,
+            metrics,
+            cuts_expected,
+            cuts_detected,
+            cut_matching,
+            shots,
+            pairs,
+        },
+        embeddings,
+    ))
+}
+
+/// Fréchet distance between two sets of probe embeddings (a small ridge keeps it defined when
+/// there are fewer frames than dimensions).
+pub fn embedding_distance(generated: &[Vec<f32>], reference: &[Vec<f32>]) -> Result<f64> {
+    let a = Gaussian::fit(generated)?;
+    let b = Gaussian::fit(reference)?;
+    frechet_distance_eps(&a, &b, 1e-6)
+}
+
+/// Reports of many videos and their means.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// Stories evaluated.
+    pub stories: usize,
+    /// Shots evaluated.
+    pub shots: usize,
+    /// Mean of each metric over stories (`quality_fd` over all frames at once).
+    pub metrics: Metrics,
+    /// Per-story reports.
+    pub reports: Vec<StoryReport>,
+}
+
+/// Means over stories; optional metrics average over the stories that have them.
+pub fn summarise(reports: Vec<StoryReport>, quality_fd: Option<f64>) -> BatchReport {
+    let n = reports.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&Metrics) -> f64| reports.iter().map(|r| f(&r.metrics)).sum::<f64>() / n;
+    let mean_opt = |f: &dyn Fn(&Metrics) -> Option<f64>| {
+        let v: Vec<f64> = reports.iter().filter_map(|r| f(&r.metrics)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let metrics = Metrics {
+        shot_cut_accuracy: mean(&|m| m.shot_cut_accuracy),
+        intra_shot_consistency: mean(&|m| m.intra_shot_consistency),
+        inter_shot_character_consistency: mean_opt(&|m| m.inter_shot_character_consistency),
+        inter_shot_place_consistency: mean_opt(&|m| m.inter_shot_place_consistency),
+        prompt_adherence: mean(&|m| m.prompt_adherence),
+        adherence_place: mean(&|m| m.adherence_place),
+        adherence_framing: mean(&|m| m.adherence_framing),
+        adherence_characters: mean(&|m| m.adherence_characters),
+        dynamic_degree: mean(&|m| m.dynamic_degree),
+        mean_motion: mean(&|m| m.mean_motion),
+        quality_fd,
+    };
+    BatchReport { stories: reports.len(), shots: reports.iter().map(|r| r.shots.len()).sum(), metrics, reports }
+}
