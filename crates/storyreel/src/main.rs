@@ -7,6 +7,7 @@ mod codec;
 mod decode;
 mod device;
 mod encode_text;
+mod eval_cmd;
 mod frames_out;
 mod generate_latents;
 mod testcase;
@@ -47,6 +48,8 @@ enum Command {
         #[command(subcommand)]
         what: bench::What,
     },
+    /// Score generated videos against their stories (cuts, consistency, adherence, motion, quality).
+    Eval(eval_cmd::EvalArgs),
     /// The synthetic story world: datasets, the held-out benchmark, story renders, the shot detector.
     World {
         #[command(subcommand)]
@@ -65,6 +68,7 @@ fn main() {
         Command::EncodeText(args) => encode_text::run(&args),
         Command::Testcase(args) => testcase::run(&args),
         Command::Bench { what } => bench::run(&what),
+        Command::Eval(args) => eval_cmd::run(&args),
         Command::World { what } => world_cmd::run(&what),
     };
     if let Err(e) = result {

@@ -1,0 +1,342 @@
+//! `storyreel eval`: scores generated videos against their stories (one, a folder, or two runs
+//! side by side), fits the world probe, and builds the ground-truth-vs-corruptions table.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use storyreel_eval::corrupt::{corrupt, Corruption};
+use storyreel_eval::evaluate::{embedding_distance, evaluate_story, summarise, EvalOptions, Metrics, StoryReport};
+use storyreel_eval::probe::{render_samples, Probe, ProbeCard, ProbeFitOptions, PROBE_TEST_SEED_BASE};
+use storyreel_eval::report::{
+    batch_markdown, compare_markdown, story_markdown, table_markdown, to_json, write_story_report, write_text,
+};
+use storyreel_media::{read_mp4, RgbFrame};
+use storyreel_world::dataset::{WorldDataset, MANIFEST_FILE};
+use storyreel_world::{render_story, Story};
+
+/// `storyreel eval` arguments.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    action: Option<EvalAction>,
+    /// The generated video (.mp4).
+    #[arg(long, requires = "story", conflicts_with_all = ["dir", "compare"])]
+    video: Option<PathBuf>,
+    /// The story the video was made from (world story JSON).
+    #[arg(long, requires = "video")]
+    story: Option<PathBuf>,
+    /// A folder of videos and stories: a `storyreel world generate` dataset (manifest.json), or
+    /// any folder with `stories/<id>.json` and `videos/<id>.mp4`.
+    #[arg(long, conflicts_with = "compare")]
+    dir: Option<PathBuf>,
+    /// Two earlier reports (report.json files or the folders holding them), side by side.
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    compare: Option<Vec<PathBuf>>,
+    /// Where report.json, report.md and contact.png go (default: next to the video, `<name>.eval/`;
+    /// for --dir, `<dir>/eval/`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as one JSON object on stdout instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// A probe folder from `storyreel eval fit-probe` (default: the probe built into the binary).
+    #[arg(long)]
+    probe: Option<PathBuf>,
+    /// Frames per second for motion sampling (default: the video's own rate).
+    #[arg(long)]
+    fps: Option<f64>,
+}
+
+/// Extra `storyreel eval` tools.
+#[derive(Subcommand)]
+pub enum EvalAction {
+    /// Fit the world probe on rendered stories and report its accuracy on held-out frames.
+    FitProbe(FitProbeArgs),
+    /// Score a dataset's ground truth and each corruption of it (shuffled shots, swapped
+    /// characters, frozen frames, shifted cuts, noise) as one table.
+    Table(TableArgs),
+}
+
+/// `storyreel eval fit-probe` arguments.
+#[derive(Args)]
+pub struct FitProbeArgs {
+    /// Output folder (probe.safetensors + probe.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Stories rendered for fitting.
+    #[arg(long, default_value_t = ProbeFitOptions::default().stories)]
+    stories: usize,
+    /// Passes over the fitting frames.
+    #[arg(long, default_value_t = ProbeFitOptions::default().epochs)]
+    epochs: usize,
+    /// Held-out stories for the accuracy report.
+    #[arg(long, default_value_t = 60)]
+    test_stories: usize,
+}
+
+/// `storyreel eval table` arguments.
+#[derive(Args)]
+pub struct TableArgs {
+    /// A world dataset (e.g. from `storyreel world benchmark`).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Write the Markdown table here (and the JSON beside it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A probe folder (default: the built-in probe).
+    #[arg(long)]
+    probe: Option<PathBuf>,
+}
+
+/// Runs `storyreel eval`.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    match &args.action {
+        Some(EvalAction::FitProbe(a)) => return fit_probe(a),
+        Some(EvalAction::Table(a)) => return table(a),
+        None => {}
+    }
+    if let Some(pair) = &args.compare {
+        return compare(&pair[0], &pair[1], args.json);
+    }
+    let probe = load_probe(args.probe.as_deref())?;
+    match (&args.video, &args.story, &args.dir) {
+        (Some(video), Some(story), None) => eval_one(&probe, video, story, args),
+        (None, None, Some(dir)) => eval_dir(&probe, dir, args),
+        _ => {
+            bail!("say what to evaluate: --video V --story S, --dir D, or --compare A B (see `storyreel eval --help`)")
+        }
+    }
+}
+
+fn load_probe(dir: Option<&Path>) -> Result<Probe> {
+    match dir {
+        Some(d) => Probe::load(d).with_context(|| format!("loading the probe from {}", d.display())),
+        None => Probe::embedded().context("loading the built-in world probe"),
+    }
+}
+
+fn read_story(path: &Path) -> Result<Story> {
+    Story::read(path).with_context(|| format!("reading story {}", path.display()))
+}
+
+fn read_video(path: &Path) -> Result<(Vec<RgbFrame>, f64)> {
+    if !path.exists() {
+        bail!("{}: no such video", path.display());
+    }
+    let (info, frames) = read_mp4(path).with_context(|| format!("decoding {}", path.display()))?;
+    Ok((frames, info.fps))
+}
+
+/// Probe embeddings of the story world's own rendering of `story`: the reference distribution.
+fn reference_embeddings(probe: &Probe, story: &Story) -> Result<Vec<Vec<f32>>> {
+    let rendered = render_story(story).with_context(|| format!("rendering the reference of {}", story.id))?;
+    Ok(probe.read_frames(&rendered.frames)?.into_iter().map(|r| r.embedding).collect())
+}
+
+fn eval_one(probe: &Probe, video: &Path, story_path: &Path, args: &EvalArgs) -> Result<()> {
+    let story = read_story(story_path)?;
+    let (frames, video_fps) = read_video(video)?;
+    let fps = args.fps.unwrap_or(if video_fps > 0.0 { video_fps } else { story.format.fps as f64 });
+    let (mut report, embeddings) = evaluate_story(probe, &story, &frames, fps, &EvalOptions::default())
+        .with_context(|| format!("evaluating {} against {}", video.display(), story_path.display()))?;
+    report.metrics.quality_fd = Some(embedding_distance(&embeddings, &reference_embeddings(probe, &story)?)?);
+    let out = args.out.clone().unwrap_or_else(|| video.with_extension("eval"));
+    write_story_report(&out, &report, &frames).with_context(|| format!("writing the report to {}", out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", story_markdown(&report));
+        eprintln!("report: {}", out.display());
+    }
+    Ok(())
+}
+
+/// The (story, video) pairs of a folder.
+fn dir_items(dir: &Path) -> Result<Vec<(Story, PathBuf)>> {
+    if dir.join(MANIFEST_FILE).exists() {
+        let ds = WorldDataset::open(dir).with_context(|| format!("opening dataset {}", dir.display()))?;
+        let mut items = Vec::with_capacity(ds.len());
+        for i in 0..ds.len() {
+            let entry = ds.entry(i)?;
+            let video = entry.video.as_ref().map(|v| dir.join(v)).with_context(|| {
+                format!("{}: story {} has no video (generated with --no-videos?)", dir.display(), entry.id)
+            })?;
+            items.push((ds.story(i)?, video));
+        }
+        return Ok(items);
+    }
+    let stories = dir.join("stories");
+    let listing = std::fs::read_dir(&stories).with_context(|| {
+        format!("{}: neither a dataset (no {MANIFEST_FILE}) nor a folder with stories/", dir.display())
+    })?;
+    let mut paths: Vec<PathBuf> = listing
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let mut items = Vec::new();
+    for p in paths {
+        let story = read_story(&p)?;
+        let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let video = dir.join("videos").join(format!("{stem}.mp4"));
+        if !video.exists() {
+            bail!("{}: story {} has no video at {}", dir.display(), stem, video.display());
+        }
+        items.push((story, video));
+    }
+    if items.is_empty() {
+        bail!("{}: no stories found in {}", dir.display(), stories.display());
+    }
+    Ok(items)
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template(&format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {what}, {{elapsed}}, ETA {{eta}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+fn eval_dir(probe: &Probe, dir: &Path, args: &EvalArgs) -> Result<()> {
+    let items = dir_items(dir)?;
+    let out = args.out.clone().unwrap_or_else(|| dir.join("eval"));
+    let bar = progress(items.len(), "stories");
+    bar.set_message("evaluating");
+    let (mut reports, mut generated, mut reference) = (Vec::new(), Vec::new(), Vec::new());
+    for (story, video) in &items {
+        let (frames, video_fps) = read_video(video)?;
+        let fps = args.fps.unwrap_or(if video_fps > 0.0 { video_fps } else { story.format.fps as f64 });
+        let (report, embeddings) = evaluate_story(probe, story, &frames, fps, &EvalOptions::default())
+            .with_context(|| format!("evaluating {}", video.display()))?;
+        write_story_report(&out.join(&story.id), &report, &frames)?;
+        generated.extend(embeddings);
+        reference.extend(reference_embeddings(probe, story)?);
+        reports.push(report);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let batch = summarise(reports, Some(embedding_distance(&generated, &reference)?));
+    write_text(&out.join("report.json"), &(to_json(&batch)? + "\n"))?;
+    write_text(&out.join("report.md"), &batch_markdown(&batch))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&batch)?);
+    } else {
+        print!("{}", batch_markdown(&batch).lines().take(16).collect::<Vec<_>>().join("\n"));
+        println!();
+        eprintln!("reports: {} (one folder per story, report.json/report.md for the batch)", out.display());
+    }
+    Ok(())
+}
+
+/// The `metrics` object of a story or batch report file (or a folder holding report.json).
+fn read_metrics(path: &Path) -> Result<Metrics> {
+    let file = if path.is_dir() { path.join("report.json") } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
+    let metrics = value
+        .get("metrics")
+        .with_context(|| format!("{}: no \"metrics\" object; is it a storyreel eval report?", file.display()))?;
+    serde_json::from_value(metrics.clone()).with_context(|| format!("{}: malformed \"metrics\"", file.display()))
+}
+
+fn compare(a: &Path, b: &Path, json: bool) -> Result<()> {
+    let (ma, mb) = (read_metrics(a)?, read_metrics(b)?);
+    if json {
+        let delta = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| y - x);
+        let rows: serde_json::Map<String, serde_json::Value> = storyreel_eval::report::metric_rows(&ma)
+            .into_iter()
+            .zip(storyreel_eval::report::metric_rows(&mb))
+            .map(|((k, x), (_, y))| (k.to_string(), serde_json::json!({ "a": x, "b": y, "delta": delta(x, y) })))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "a": a.display().to_string(), "b": b.display().to_string(), "metrics": rows })
+        );
+    } else {
+        print!("{}", compare_markdown(&a.display().to_string(), &ma, &b.display().to_string(), &mb));
+    }
+    Ok(())
+}
+
+fn fit_probe(args: &FitProbeArgs) -> Result<()> {
+    let options = ProbeFitOptions { stories: args.stories, epochs: args.epochs, ..ProbeFitOptions::default() };
+    let start = Instant::now();
+    eprintln!("rendering {} stories for fitting...", options.stories);
+    let samples = render_samples(options.first_seed, options.stories, options.frame_stride, Some(options.seed))?;
+    let bar = progress(options.epochs, "epochs");
+    bar.set_message(format!("fitting on {} frames", samples.len()));
+    let probe = Probe::fit_samples(&samples, &options, &mut |epoch, _, loss| {
+        bar.set_position(epoch as u64);
+        bar.set_message(format!("fitting on {} frames, loss {loss:.4}", samples.len()));
+    })?;
+    bar.finish_and_clear();
+    let fit_seconds = start.elapsed().as_secs_f64();
+    eprintln!("scoring on {} held-out stories...", args.test_stories);
+    let test = render_samples(PROBE_TEST_SEED_BASE, args.test_stories, 2, None)?;
+    let blurred: Vec<_> =
+        render_samples(PROBE_TEST_SEED_BASE, args.test_stories, 2, Some(99))?.into_iter().skip(1).step_by(2).collect();
+    let card = ProbeCard {
+        fit: options,
+        fit_frames: samples.len(),
+        test_rendered: probe.accuracy(&test)?,
+        test_blurred: probe.accuracy(&blurred)?,
+        fit_seconds,
+    };
+    probe.save(&args.out, &card).with_context(|| format!("saving the probe to {}", args.out.display()))?;
+    println!("{}", serde_json::to_string_pretty(&card)?);
+    Ok(())
+}
+
+fn table(args: &TableArgs) -> Result<()> {
+    let probe = load_probe(args.probe.as_deref())?;
+    let items = dir_items(&args.dir)?;
+    let start = Instant::now();
+    let mut variants: Vec<(String, Option<Corruption>)> = vec![("ground truth".into(), None)];
+    variants.extend(Corruption::TABLE.iter().map(|c| (c.name(), Some(*c))));
+    let mut runs: Vec<(String, Vec<StoryReport>, Vec<Vec<f32>>)> =
+        variants.iter().map(|(n, _)| (n.clone(), Vec::new(), Vec::new())).collect();
+    let mut reference = Vec::new();
+    let bar = progress(items.len(), "stories");
+    bar.set_message(format!("ground truth + {} corruptions", Corruption::TABLE.len()));
+    for (story, video) in &items {
+        let (frames, _) = read_video(video)?;
+        let fps = story.format.fps as f64;
+        reference.extend(reference_embeddings(&probe, story)?);
+        for (k, (_, c)) in variants.iter().enumerate() {
+            let video_frames = match c {
+                None => frames.clone(),
+                Some(c) => corrupt(story, &frames, *c, story.seed)?,
+            };
+            let (report, emb) = evaluate_story(&probe, story, &video_frames, fps, &EvalOptions::default())?;
+            runs[k].1.push(report);
+            runs[k].2.extend(emb);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut columns = Vec::new();
+    for (name, reports, emb) in runs {
+        let fd = embedding_distance(&emb, &reference)?;
+        columns.push((name, summarise(reports, Some(fd)).metrics));
+    }
+    let md = format!(
+        "{} stories from {}, {:.1} s.\n\n{}",
+        items.len(),
+        args.dir.display(),
+        start.elapsed().as_secs_f64(),
+        table_markdown(&columns)
+    );
+    print!("{md}");
+    if let Some(out) = &args.out {
+        write_text(out, &md)?;
+        let json: serde_json::Map<String, serde_json::Value> =
+            columns.iter().map(|(n, m)| (n.clone(), serde_json::to_value(m).unwrap_or_default())).collect();
+        write_text(&out.with_extension("json"), &(serde_json::to_string_pretty(&json)? + "\n"))?;
+    }
+    Ok(())
+}
