@@ -5,11 +5,14 @@
 //!   and the story's cuts ([`crate::sca`] documents matching and penalty).
 //! - `intra_shot_consistency`: VBench's subject-consistency formula over the probe embedding of
 //!   each frame, within each of the story's shots, averaged over shots.
-//! - `inter_shot_character_consistency`: for each pair of shots with the same cast, the
-//!   similarity of the colour distribution of the probe's foreground (the characters), as
-//!   OneStory's C-Cons compares segmented characters across shots.
-//! - `inter_shot_place_consistency`: the same over the probe's background, for pairs of shots
-//!   set in the same place (OneStory's E-Cons).
+//! - `inter_shot_character_consistency`: for each pair of shots with the same cast, the cosine
+//!   of the probe's mean character-identity readings (its probabilities over the world's ten
+//!   characters) in the two shots. OneStory's C-Cons compares DINOv2 features of segmented
+//!   characters; the probe's identity head plays DINOv2's part here. Colour statistics of the
+//!   foreground were tried first and rejected: noise makes every region's colours alike, so
+//!   noisy videos scored as the most consistent.
+//! - `inter_shot_place_consistency`: the same with the probe's place readings, for pairs of
+//!   shots set in the same place (OneStory's E-Cons).
 //! - `prompt_adherence`: per shot, the mean of three checks against the caption's facts: the
 //!   probe's place is the captioned place, its framing is the captioned framing, and the Jaccard
 //!   overlap of the characters it sees with the captioned characters.
@@ -25,9 +28,8 @@ use storyreel_world::catalog::{Framing, Place};
 use storyreel_world::detect::{detect_cuts, DetectorConfig};
 use storyreel_world::{parse_caption, Story};
 
-use crate::consistency::vbench_consistency;
+use crate::consistency::{cosine, vbench_consistency};
 use crate::error::{EvalError, Result};
-use crate::features::{histogram_similarity, region_histogram, ProbeImage, REGION_FEATURES};
 use crate::frechet::{frechet_distance_eps, Gaussian};
 use crate::motion::{clip_motion, dynamic_degree, MotionConfig};
 use crate::probe::{Probe, ProbeReading, N_CHARACTERS};
@@ -40,11 +42,11 @@ pub struct Metrics {
     pub shot_cut_accuracy: f64,
     /// Frame-to-frame and frame-to-first similarity within shots, in [0, 1].
     pub intra_shot_consistency: f64,
-    /// Character appearance agreement across shots with the same cast, in [0, 1]; `None` when
+    /// Character identity agreement across shots with the same cast, in [0, 1]; `None` when
     /// no two shots share a cast.
     pub inter_shot_character_consistency: Option<f64>,
-    /// Background agreement across shots in the same place, in [0, 1]; `None` when no two
-    /// shots share a place.
+    /// Place agreement across shots in the same place, in [0, 1]; `None` when no two shots
+    /// share a place.
     pub inter_shot_place_consistency: Option<f64>,
     /// Mean of the three adherence checks below, in [0, 1].
     pub prompt_adherence: f64,
@@ -176,24 +178,6 @@ fn jaccard(a: &[usize], b: &[usize]) -> f64 {
     }
 }
 
-/// Foreground and background colour histograms of a shot, averaged over its frames.
-fn region_descriptors(frames: &[RgbFrame], readings: &[ProbeReading]) -> (Vec<f32>, Vec<f32>) {
-    let mut fg = vec![0.0f32; REGION_FEATURES];
-    let mut bg = vec![0.0f32; REGION_FEATURES];
-    let n = frames.len().max(1) as f32;
-    for (frame, r) in frames.iter().zip(readings) {
-        let img = ProbeImage::new(frame);
-        let bg_weights: Vec<f32> = r.foreground.iter().map(|p| 1.0 - p).collect();
-        for (acc, v) in fg.iter_mut().zip(region_histogram(&img, Some(&r.foreground))) {
-            *acc += v / n;
-        }
-        for (acc, v) in bg.iter_mut().zip(region_histogram(&img, Some(&bg_weights))) {
-            *acc += v / n;
-        }
-    }
-    (fg, bg)
-}
-
 /// Evaluates `frames` (the whole generated video) against `story`.
 pub fn evaluate_story(
     probe: &Probe,
@@ -224,7 +208,7 @@ pub fn evaluate_story(
     let cut_matching = shot_cut_accuracy(&cuts_detected, &cuts_expected, frames.len())?;
 
     let mut shots = Vec::with_capacity(story.shots.len());
-    let mut regions = Vec::with_capacity(story.shots.len());
+    let mut readings_per_shot = Vec::with_capacity(story.shots.len());
     let mut clips = Vec::with_capacity(story.shots.len());
     for (i, (start, end)) in story.shot_ranges().into_iter().enumerate() {
         let r = &readings[start..end];
@@ -238,7 +222,7 @@ pub fn evaluate_story(
         let chars_ok = jaccard(&expected_characters, &seen_characters);
         let embeddings: Vec<Vec<f32>> = r.iter().map(|x| x.embedding.clone()).collect();
         let clip = clip_motion(&frames[start..end], fps, &options.motion)?;
-        regions.push(region_descriptors(&frames[start..end], r));
+        readings_per_shot.push((place_p, chars_p));
         shots.push(ShotReport {
             index: i,
             caption: story.shots[i].caption.clone(),
@@ -265,11 +249,11 @@ pub fn evaluate_story(
             ca.sort();
             cb.sort();
             if ca == cb {
-                let similarity = histogram_similarity(&regions[a].0, &regions[b].0);
+                let similarity = cosine(&readings_per_shot[a].1, &readings_per_shot[b].1).max(0.0);
                 pairs.push(PairScore { a, b, kind: "character".into(), similarity });
             }
             if sa.place == sb.place {
-                let similarity = histogram_similarity(&regions[a].1, &regions[b].1);
+                let similarity = cosine(&readings_per_shot[a].0, &readings_per_shot[b].0).max(0.0);
                 pairs.push(PairScore { a, b, kind: "place".into(), similarity });
             }
         }

@@ -117,9 +117,9 @@ impl Default for ProbeFitOptions {
     fn default() -> Self {
         Self {
             first_seed: PROBE_FIT_SEED_BASE,
-            stories: 240,
+            stories: 2000,
             frame_stride: 3,
-            epochs: 40,
+            epochs: 15,
             batch: 128,
             learning_rate: 2e-3,
             seed: 1,
@@ -565,10 +565,13 @@ pub fn render_samples(
     Ok(all)
 }
 
-/// A degraded copy: box blur, down-and-up scaling, noise or a colour shift, as generated
-/// frames show.
+/// A degraded copy: 4:2:0 chroma, box blur, down-and-up scaling, noise or a colour shift, as
+/// generated and H.264-coded frames show.
 pub fn augment_image(image: &ProbeImage, rng: &mut WorldRng) -> ProbeImage {
     let mut raw = image.raw.clone();
+    if rng.chance(0.5) {
+        raw = chroma_420(&raw);
+    }
     let passes = rng.range(0, 3);
     for _ in 0..passes {
         raw = box_blur(&raw);
@@ -618,6 +621,36 @@ pub fn box_blur(raw: &[[f32; 3]]) -> Vec<[f32; 3]> {
                 }
             }
             out[(y * n + x) as usize] = [acc[0] / count, acc[1] / count, acc[2] / count];
+        }
+    }
+    out
+}
+
+/// Halves the colour resolution as yuv420p video does: luma kept per pixel, chroma averaged
+/// over 2×2 blocks (BT.601).
+pub fn chroma_420(raw: &[[f32; 3]]) -> Vec<[f32; 3]> {
+    let n = PROBE_SIZE;
+    let ycc = |p: [f32; 3]| {
+        let y = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+        [y, (p[2] - y) * 0.564, (p[0] - y) * 0.713]
+    };
+    let mut out = raw.to_vec();
+    for y in (0..n).step_by(2) {
+        for x in (0..n).step_by(2) {
+            let cells = [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| (y + dy) * n + x + dx);
+            let (mut cb, mut cr) = (0.0, 0.0);
+            for &i in &cells {
+                let c = ycc(raw[i]);
+                cb += c[1] / 4.0;
+                cr += c[2] / 4.0;
+            }
+            for &i in &cells {
+                let l = ycc(raw[i])[0];
+                let r = l + cr / 0.713;
+                let b = l + cb / 0.564;
+                let g = (l - 0.299 * r - 0.114 * b) / 0.587;
+                out[i] = [r.clamp(0.0, 1.0), g.clamp(0.0, 1.0), b.clamp(0.0, 1.0)];
+            }
         }
     }
     out
