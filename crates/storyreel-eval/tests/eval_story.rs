@@ -160,7 +160,7 @@ fn chroma_420_keeps_luma_and_averages_colour() {
     }
     // A red/blue checkerboard loses its colour contrast but keeps each pixel's brightness.
     let checker: Vec<[f32; 3]> =
-        (0..n * n).map(|i| if (i % n + i / n) % 2 == 0 { [0.9, 0.1, 0.1] } else { [0.1, 0.1, 0.9] }).collect();
+        (0..n * n).map(|i| if (i % n + i / n).is_multiple_of(2) { [0.9, 0.1, 0.1] } else { [0.1, 0.1, 0.9] }).collect();
     let out = chroma_420(&checker);
     let luma = |p: [f32; 3]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
     for (a, b) in out.iter().zip(&checker) {
