@@ -198,7 +198,5 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 
 /// Writes a text file through a temporary name, so a reader never sees half a report.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, text).map_err(|e| EvalError::Mismatch(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| EvalError::Mismatch(format!("{}: {e}", path.display())))
+    Ok(storyreel_media::write_atomic(path, text.as_bytes())?)
 }

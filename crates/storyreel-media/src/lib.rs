@@ -42,3 +42,4 @@ pub use sink::{
     CallbackError, CallbackSink, ContactSheetSink, Fmp4StreamSink, FrameSink, GifSink, Mp4FileSink, PngDirSink,
     Segment, SegmentKind, SinkReport, TeeSink,
 };
+pub use staging::write_atomic;

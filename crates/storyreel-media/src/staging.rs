@@ -1,6 +1,7 @@
 //! Files that appear at their final path only when complete: writers stage output in a
 //! hidden temporary file beside the target and rename it into place on success.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
@@ -26,4 +27,12 @@ pub(crate) fn staged_file(path: &Path) -> Result<NamedTempFile> {
         builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
     builder.tempfile_in(&dir).map_err(|e| MediaError::io(&dir, e))
+}
+
+/// Writes `bytes` to `path` through a staged temporary file, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = staged_file(path)?;
+    file.write_all(bytes).and_then(|()| file.flush()).map_err(|e| MediaError::io(path, e))?;
+    file.persist(path).map_err(|e| MediaError::io(path, e.error))?;
+    Ok(())
 }

@@ -14,7 +14,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -254,7 +253,7 @@ pub fn vocabulary_text() -> String {
 
 /// Writes [`vocabulary_text`] to `path` atomically.
 pub fn write_vocabulary(path: &Path) -> Result<()> {
-    write_atomic(path, vocabulary_text().as_bytes())
+    Ok(storyreel_media::write_atomic(path, vocabulary_text().as_bytes())?)
 }
 
 /// Renders `spec`'s stories into `out_dir` in parallel and writes the manifest last.
@@ -331,7 +330,7 @@ pub fn generate_dataset(
         totals: totals(&entries),
         stories: entries,
     };
-    write_atomic(&out_dir.join(MANIFEST_FILE), format!("{}\n", manifest.to_json()).as_bytes())?;
+    storyreel_media::write_atomic(&out_dir.join(MANIFEST_FILE), format!("{}\n", manifest.to_json()).as_bytes())?;
     Ok(manifest)
 }
 
@@ -385,7 +384,7 @@ fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
             }
         }
     }
-    write_atomic(&dir.join(MARKER_FILE), format!("{GENERATOR}\n").as_bytes())
+    Ok(storyreel_media::write_atomic(&dir.join(MARKER_FILE), format!("{GENERATOR}\n").as_bytes())?)
 }
 
 /// Paths of story `id`'s files relative to the dataset folder.
@@ -404,7 +403,7 @@ fn write_story(out_dir: &Path, spec: &DatasetSpec, i: usize) -> Result<(Manifest
     let rendered = render_story(&story)?;
     let (story_path, video_path, truth_path, captions_path) = story_paths(&story.id, spec.write_videos);
 
-    write_atomic(&out_dir.join(&story_path), format!("{}\n", story.to_json()).as_bytes())?;
+    storyreel_media::write_atomic(&out_dir.join(&story_path), format!("{}\n", story.to_json()).as_bytes())?;
     if let Some(video) = &video_path {
         write_video_atomic(&out_dir.join(video), &rendered.frames, &rendered.cuts, story.format.fps)?;
     }
@@ -415,7 +414,7 @@ fn write_story(out_dir: &Path, spec: &DatasetSpec, i: usize) -> Result<(Manifest
         truth.push_str(&line);
         truth.push('\n');
     }
-    write_atomic(&out_dir.join(&truth_path), truth.as_bytes())?;
+    storyreel_media::write_atomic(&out_dir.join(&truth_path), truth.as_bytes())?;
     let captions = CaptionFile {
         global_caption: story.global_caption.clone(),
         shots: story.shots.iter().map(|s| s.caption.clone()).collect(),
@@ -471,29 +470,6 @@ fn partial_path(path: &Path) -> PathBuf {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext = path.extension().map(|s| format!(".{}", s.to_string_lossy())).unwrap_or_default();
     path.with_file_name(format!(".{stem}.partial{ext}"))
-}
-
-/// Writes `bytes` to a temporary file beside `path` and renames it into place, so readers never
-/// see half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut builder = tempfile::Builder::new();
-    let prefix = format!(".{name}.");
-    builder.prefix(&prefix).suffix(".partial");
-    // Temporary files are private (0600) by default; a dataset file is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    let mut file = builder.tempfile_in(&dir).map_err(|e| WorldError::io(&dir, e))?;
-    file.write_all(bytes).and_then(|()| file.flush()).map_err(|e| WorldError::io(path, e))?;
-    file.persist(path).map_err(|e| WorldError::io(path, e.error))?;
-    Ok(())
 }
 
 /// A dataset written by [`generate_dataset`], opened for reading.

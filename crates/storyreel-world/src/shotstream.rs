@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use storyreel_media::{Mp4VideoReader, RgbFrame};
@@ -579,30 +578,7 @@ pub fn write_index_csv(path: impl AsRef<Path>, rows: &[ShotStreamRow]) -> Result
         text.push_str(&fields.join(","));
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes())
-}
-
-/// Writes `bytes` to a temporary file beside `path` and renames it into place, so readers
-/// never see half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let prefix = format!(".{name}.");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".partial");
-    // Temporary files are private (0600) by default; a dataset file is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    let mut file = builder.tempfile_in(&dir).map_err(|e| WorldError::io(&dir, e))?;
-    file.write_all(bytes).and_then(|()| file.flush()).map_err(|e| WorldError::io(path, e))?;
-    file.persist(path).map_err(|e| WorldError::io(path, e.error))?;
-    Ok(())
+    Ok(storyreel_media::write_atomic(path, text.as_bytes())?)
 }
 
 /// A story's captions as ShotStream's JSON holds them.
@@ -698,7 +674,7 @@ pub fn write_caption_json(path: impl AsRef<Path>, captions: &CaptionFile) -> Res
         entries.push(format!("  \"video_path\": {}", quote(video)?));
     }
     let text = format!("{{\n{}\n}}\n", entries.join(",\n"));
-    write_atomic(path, text.as_bytes())
+    Ok(storyreel_media::write_atomic(path, text.as_bytes())?)
 }
 
 /// One story of an opened dataset: resolved paths, captions and checked ranges.
