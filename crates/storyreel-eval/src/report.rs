@@ -167,9 +167,9 @@ pub fn contact_sheet(report: &StoryReport, frames: &[RgbFrame]) -> Result<Contac
         if b > frames.len() || a >= b {
             return Err(EvalError::Mismatch(format!("shot {} frames {a}..{b} are outside the video", sh.index + 1)));
         }
+        // The sheet numbers its rows itself ("Shot N: ").
         let label = format!(
-            "Shot {}: {} | seen: {}, {}, {} ({:.2})",
-            sh.index + 1,
+            "{} | seen: {}, {}, {} ({:.2})",
             sh.caption,
             names(&sh.seen_characters),
             sh.seen_place.noun(),
