@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use storyreel_media::RgbFrame;
 use storyreel_world::catalog::{Framing, Place};
 use storyreel_world::detect::{detect_cuts, DetectorConfig};
-use storyreel_world::{parse_caption, Story};
+use storyreel_world::Story;
 
 use crate::consistency::{cosine, vbench_consistency};
 use crate::error::{EvalError, Result};
@@ -140,19 +140,11 @@ pub struct EvalOptions {
     pub motion: MotionConfig,
 }
 
-/// The facts a shot's caption asks for: from the story's world facts when present, otherwise
-/// read from the caption text.
+/// The facts a shot's caption asks for. World stories carry them exactly; the caption states
+/// the same facts (the world's tests check that), so nothing is lost by not parsing it here.
 fn expectations(story: &Story, i: usize) -> (Option<Place>, Option<Framing>, Vec<usize>) {
-    let shot = &story.shots[i];
-    let facts = parse_caption(&shot.caption);
-    let w = &shot.world;
-    let place = Some(w.place).or(facts.place);
-    let framing = Some(w.framing).or(facts.framing);
-    let mut chars = w.characters.clone();
-    if chars.is_empty() {
-        chars = facts.characters;
-    }
-    (place, framing, chars)
+    let w = &story.shots[i].world;
+    (Some(w.place), Some(w.framing), w.characters.clone())
 }
 
 /// Mean place, framing and character probabilities over a shot's readings.

@@ -524,8 +524,3 @@ fn light_at(spec: &ShotSpec, t: f32) -> ([f32; 3], [f32; 3]) {
         }
     }
 }
-
-/// The tint a light applies, for code that undoes it (probes, tests).
-pub fn lighting_tint(lighting: Lighting) -> ([f32; 3], [f32; 3]) {
-    lighting.tint()
-}
