@@ -4,5 +4,6 @@
 
 pub mod data;
 pub mod error;
+pub mod vae;
 
 pub use error::{Result, TrainError};

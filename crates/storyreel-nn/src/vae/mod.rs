@@ -228,6 +228,14 @@ impl WanVae {
 
     /// Encodes `[F, 3, H, W]` pixels in [−1, 1] (F = 1 + 4k) to normalised latents `[1 + k, z, h, w]`.
     pub fn encode_clip(&self, frames: &Tensor) -> Result<Tensor> {
+        let (mu, _) = self.encode_moments(frames)?;
+        let (mean, inv) = self.stats()?;
+        Ok(mu.broadcast_sub(&mean)?.broadcast_mul(&inv)?)
+    }
+
+    /// The encoder's raw posterior of `[F, 3, H, W]` pixels: mean and log-variance
+    /// `[1 + k, z, h, w]` each, before latent normalisation (what VAE training needs).
+    pub fn encode_moments(&self, frames: &Tensor) -> Result<(Tensor, Tensor)> {
         self.check_frames(frames)?;
         let (encoder, quant) = match (&self.encoder, &self.quant) {
             (Some(e), Some(q)) => (e, q),
@@ -249,9 +257,30 @@ impl WanVae {
         }
         let out = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0)? };
         let out = quant.run(&out, None)?;
-        let mu = out.narrow(1, 0, self.cfg.z_dim)?;
-        let (mean, inv) = self.stats()?;
-        Ok(mu.broadcast_sub(&mean)?.broadcast_mul(&inv)?)
+        Ok((out.narrow(1, 0, self.cfg.z_dim)?, out.narrow(1, self.cfg.z_dim, self.cfg.z_dim)?))
+    }
+
+    /// Decodes raw (un-normalised) latents `[T, z, h, w]` of a whole clip to `[1 + 4(T−1), 3, H, W]`
+    /// without the output clamp, so that training gradients reach every pixel.
+    pub fn decode_raw(&self, z: &Tensor) -> Result<Tensor> {
+        self.check_latents(z)?;
+        let (t, _, h, w) = z.dims4()?;
+        let x = self.post_quant.run(&z.to_dtype(self.dtype)?, None)?;
+        let pass = self.decode_pass_len(h, w);
+        let mut cache = FeatureCache::default();
+        let mut outs = Vec::new();
+        let mut start = 0;
+        while start < t {
+            let len = pass.min(t - start);
+            outs.push(self.decoder.forward(&x.narrow(0, start, len)?, &mut cache)?);
+            start += len;
+        }
+        Ok(if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 0)? })
+    }
+
+    /// Every weight by its Wan-layout name (the tensors the VAE computes with).
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
     }
 }
 
