@@ -3,7 +3,21 @@
 //! checkpoint/resume, JSONL logs, and batches drawn from the story world.
 
 pub mod data;
+pub mod ema;
 pub mod error;
+pub mod log;
+pub mod optim;
+pub mod params;
+pub mod schedule;
+pub mod state;
+pub mod trainer;
 pub mod vae;
 
+pub use ema::{Ema, EmaConfig};
 pub use error::{Result, TrainError};
+pub use log::{JsonlLog, Progress, StepRecord};
+pub use optim::{clip_grad_norm, grad_norm, AdamW, AdamWConfig, GradAccumulator};
+pub use params::{NamedParams, Param};
+pub use schedule::{LrSchedule, ScheduleKind};
+pub use state::{latest_checkpoint, TrainState};
+pub use trainer::{StepReport, TrainConfig, Trainer};
