@@ -12,12 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::params::NamedParams;
 use crate::{Result, TrainError};
 
-/// AdamW's hyper-parameters; defaults are PyTorch's except `lr` (1e-4).
+/// AdamW's hyper-parameters (PyTorch's defaults). The learning rate is not one of them: every
+/// step takes it from the schedule, so there is a single place to set it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
-    /// The rate used by [`AdamW::step_default`]; the trainer takes its rate from the schedule.
-    pub lr: f64,
     /// Decay of the first moment (ShotStream uses 0).
     pub beta1: f64,
     /// Decay of the second moment.
@@ -30,16 +29,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
     }
 }
 
 impl AdamWConfig {
     /// Checks each setting is finite and in its range.
     pub fn validate(&self) -> Result<()> {
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(TrainError::out_of_range("optimizer.lr", self.lr, "a finite rate > 0"));
-        }
         for (what, beta) in [("optimizer.beta1", self.beta1), ("optimizer.beta2", self.beta2)] {
             if !(0.0..1.0).contains(&beta) {
                 return Err(TrainError::out_of_range(what, beta, "0 <= beta < 1"));
@@ -123,11 +119,6 @@ impl AdamW {
             var.set(&p.to_dtype(var.dtype())?)?;
         }
         Ok(())
-    }
-
-    /// One update at the configured `lr`.
-    pub fn step_default(&mut self, grads: &GradStore) -> Result<()> {
-        self.step(grads, self.config.lr)
     }
 
     /// The moments, named `m.<param>` and `v.<param>`, for saving.

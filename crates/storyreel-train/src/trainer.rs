@@ -77,13 +77,6 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.optimizer.validate()?;
         self.schedule.validate()?;
-        if self.optimizer.lr != self.schedule.base_lr {
-            return Err(TrainError::out_of_range(
-                "optimizer.lr",
-                self.optimizer.lr,
-                format!("equal to schedule.base_lr ({}), which sets the rate of each step", self.schedule.base_lr),
-            ));
-        }
         if let Some(clip) = self.clip_norm {
             if !(clip.is_finite() && clip > 0.0) {
                 return Err(TrainError::out_of_range("clip_norm", clip, "a finite norm > 0"));
