@@ -100,9 +100,17 @@ pub fn conv3d(src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>, geo: Con
         let b32 = bias.map(f).transpose()?;
         let src32 = FrameSource { lead_zeros: src.lead_zeros, cache: cache.as_ref(), x: &x };
         Ok(fused_cpu(&plan, &src32, &w32, b32.as_ref())?.to_dtype(src.x.dtype())?)
+    } else if training_on_cpu(&ts) {
+        unfold_matmul(&plan, src, w, bias)
     } else {
         composite(&plan, src, w, bias)
     }
+}
+
+/// Autograd on the CPU: candle's conv2d backward goes through a direct transposed convolution
+/// that is tens of times slower than a matrix product, so training takes the unfold path.
+fn training_on_cpu(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32) && ts.iter().any(|t| t.track_op())
 }
 
 /// Shapes of one convolution call, checked once.
@@ -423,9 +431,39 @@ fn copy_row(src: &[f32], seg: &mut [f32], ow0: usize, s: usize, off: isize) {
     }
 }
 
-/// The same convolution as candle ops: zero frames and cache concatenated, one conv2d per tap.
-fn composite(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// The same convolution as unfold + one batched matrix product, built only from ops whose
+/// backward is itself a gather or a matrix product: the input's shifted views for every tap are
+/// stacked into `[To, Cin·K, Ho·Wo]` columns and multiplied by the weight as `[Cout, Cin·K]`.
+fn unfold_matmul(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let p = *plan;
+    let frames = padded_frames(&p, src)?;
+    let dev = src.x.device();
+    let s = p.geo.stride_hw;
+    let rows = |d: usize, n: usize| Tensor::from_vec((0..n).map(|i| (d + i * s) as u32).collect::<Vec<_>>(), n, dev);
+    let mut taps = Vec::with_capacity(p.kt * p.kh * p.kw);
+    for dt in 0..p.kt {
+        let idx: Vec<u32> = (0..p.frames_out).map(|t| (t * p.geo.stride_t + dt) as u32).collect();
+        let input = frames.index_select(&Tensor::from_vec(idx, p.frames_out, dev)?, 0)?;
+        for dy in 0..p.kh {
+            let band = if s == 1 { input.narrow(2, dy, p.ho)? } else { input.index_select(&rows(dy, p.ho)?, 2)? };
+            for dx in 0..p.kw {
+                taps.push(if s == 1 { band.narrow(3, dx, p.wo)? } else { band.index_select(&rows(dx, p.wo)?, 3)? });
+            }
+        }
+    }
+    let k = taps.len();
+    // [To, Cin, K, Ho, Wo]: channel-major then tap, the order of the weight's [Cin, kt, kh, kw].
+    let cols = Tensor::stack(&taps, 2)?.reshape((p.frames_out, p.cin * k, p.ho * p.wo))?;
+    let w2 = w.reshape((p.cout, p.cin * k))?;
+    let mut out = w2.broadcast_matmul(&cols)?.reshape((p.frames_out, p.cout, p.ho, p.wo))?;
+    if let Some(b) = bias {
+        out = out.broadcast_add(&b.reshape((1, p.cout, 1, 1))?)?;
+    }
+    Ok(out)
+}
+
+/// Zero frames, cache and input back to back, spatially zero-padded.
+fn padded_frames(p: &ConvPlan, src: &FrameSource<'_>) -> Result<Tensor> {
     let mut parts = Vec::new();
     if src.lead_zeros > 0 {
         parts.push(Tensor::zeros((src.lead_zeros, p.cin, p.h, p.w), src.x.dtype(), src.x.device())?);
@@ -436,7 +474,13 @@ fn composite(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
     parts.push(src.x.clone());
     let frames = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 0)? };
     let pad = p.geo.pad;
-    let frames = frames.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?;
+    Ok(frames.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?)
+}
+
+/// The same convolution as candle ops: zero frames and cache concatenated, one conv2d per tap.
+fn composite(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let p = *plan;
+    let frames = padded_frames(&p, src)?;
     let mut acc: Option<Tensor> = None;
     for dt in 0..p.kt {
         let idx: Vec<u32> = (0..p.frames_out).map(|t| (t * p.geo.stride_t + dt) as u32).collect();
@@ -500,6 +544,43 @@ mod tests {
             let nob = fused_cpu(&plan, &src, &wt, None).unwrap();
             let nob_slow = composite(&plan, &src, &wt, None).unwrap();
             assert!(max_diff(&nob, &nob_slow) < 1e-4, "case {i} without bias");
+            let unfold = unfold_matmul(&plan, &src, &wt, Some(&b)).unwrap();
+            assert!(max_diff(&unfold, &slow) < 1e-4, "case {i}: unfold {}", max_diff(&unfold, &slow));
+        }
+    }
+
+    /// Training's unfold path gives candle's own conv gradients, for input, cache and weights.
+    #[test]
+    fn unfold_gradients_match_composite() {
+        use candle_core::Var;
+        let cases = [
+            (2, 3, 4, 6, 7, 3, 3, 3, 1, 1, 1, 1, Padding2d::same(1)),
+            (4, 3, 2, 8, 8, 1, 3, 3, 0, 0, 1, 2, Padding2d { top: 0, bottom: 1, left: 0, right: 1 }),
+            (4, 2, 3, 5, 5, 3, 1, 1, 0, 1, 2, 1, Padding2d::default()),
+        ];
+        for (i, &(t, cin, cout, h, w, kt, kh, kw, lead, cache_t, st, sh, pad)) in cases.iter().enumerate() {
+            let x = Var::from_tensor(&rand(&[t, cin, h, w], i as u64)).unwrap();
+            let cache = (cache_t > 0).then(|| Var::from_tensor(&rand(&[cache_t, cin, h, w], 10 + i as u64)).unwrap());
+            let wt = Var::from_tensor(&rand(&[cout, cin, kt, kh, kw], 20 + i as u64)).unwrap();
+            let b = Var::from_tensor(&rand(&[cout], 30 + i as u64)).unwrap();
+            let src = FrameSource { lead_zeros: lead, cache: cache.as_ref().map(|c| c.as_tensor()), x: x.as_tensor() };
+            let geo = ConvGeometry { stride_t: st, stride_hw: sh, pad };
+            // The public entry point picks the unfold path for tracked CPU tensors.
+            let y = conv3d(&src, &wt, Some(&b), geo).unwrap();
+            let plan = ConvPlan::new(&src, &wt, Some(&b), geo).unwrap();
+            let y_ref = composite(&plan, &src, &wt, Some(&b)).unwrap();
+            assert!(max_diff(&y, &y_ref) < 1e-4, "case {i}");
+            let probe = rand(y.dims(), 40 + i as u64);
+            let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (&y_ref * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut checked = vec![(x.as_tensor(), "input"), (wt.as_tensor(), "weight"), (b.as_tensor(), "bias")];
+            if let Some(c) = cache.as_ref() {
+                checked.push((c.as_tensor(), "cache"));
+            }
+            for (v, name) in checked {
+                let (a, r) = (g.get(v).unwrap(), g_ref.get(v).unwrap());
+                assert!(max_diff(a, r) < 1e-3, "case {i}: {name} gradient differs by {}", max_diff(a, r));
+            }
         }
     }
 
