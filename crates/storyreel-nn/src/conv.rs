@@ -436,7 +436,8 @@ fn copy_row(src: &[f32], seg: &mut [f32], ow0: usize, s: usize, off: isize) {
 /// stacked into `[To, Cin·K, Ho·Wo]` columns and multiplied by the weight as `[Cout, Cin·K]`.
 fn unfold_matmul(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let p = *plan;
-    let frames = padded_frames(&p, src)?;
+    // index_select needs a contiguous source; an unpadded input can be a strided view.
+    let frames = padded_frames(&p, src)?.contiguous()?;
     let dev = src.x.device();
     let s = p.geo.stride_hw;
     let rows = |d: usize, n: usize| Tensor::from_vec((0..n).map(|i| (d + i * s) as u32).collect::<Vec<_>>(), n, dev);

@@ -11,6 +11,7 @@ mod eval_cmd;
 mod frames_out;
 mod generate_latents;
 mod testcase;
+mod train_cmd;
 mod world_cmd;
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ enum Command {
     },
     /// Score generated videos against their stories (cuts, consistency, adherence, motion, quality).
     Eval(eval_cmd::EvalArgs),
+    /// Train a model stage (resumes from the stage's checkpoints).
+    Train {
+        #[command(subcommand)]
+        stage: train_cmd::TrainStage,
+    },
     /// The synthetic story world: datasets, the held-out benchmark, story renders, the shot detector.
     World {
         #[command(subcommand)]
@@ -69,6 +75,7 @@ fn main() {
         Command::Testcase(args) => testcase::run(&args),
         Command::Bench { what } => bench::run(&what),
         Command::Eval(args) => eval_cmd::run(&args),
+        Command::Train { stage } => train_cmd::run(&stage),
         Command::World { what } => world_cmd::run(&what),
     };
     if let Err(e) = result {

@@ -1,0 +1,319 @@
+//! Stage `vae`: trains the toy VAE (the Wan VAE code at a small width) on world clips, scores
+//! held-out PSNR as it goes, and writes a model folder the rest of storyreel loads
+//! (`vae.safetensors` + `vae_config.json` with measured latent statistics).
+//!
+//! Shape choices for 64×64 world frames: Wan's temporal compression is kept (4×, the first
+//! frame alone), so every later stage runs the real pipeline; spatial compression is 4× (two
+//! down-sampling levels, not Wan's three), giving 16×16 latents — 8×8 would leave a character in
+//! a wide shot (15 px tall) about two latent pixels; 8 latent channels instead of 16 because
+//! the world has far fewer textures than real video.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use storyreel_nn::vae::{VaeConfig, WanVae};
+use storyreel_world::StoryOptions;
+
+use crate::data::{frames_to_tensor, ClipSource, DatasetClips, RenderedClips};
+use crate::error::{Result, TrainError};
+use crate::trainer::{TrainConfig, Trainer};
+use crate::vae::{latent_statistics, psnr_from_mse, trainable_vae, vae_loss};
+
+/// Widths and depths of the toy VAE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToyVaeShape {
+    /// Latent channels.
+    pub z_dim: usize,
+    /// Width of the first level.
+    pub base_dim: usize,
+    /// Width multipliers per level (its length − 1 is the number of 2× spatial steps).
+    pub dim_mult: Vec<usize>,
+    /// Residual blocks per encoder level.
+    pub num_res_blocks: usize,
+    /// Per level transition, whether time is halved (two `true`s = Wan's 4×).
+    pub temporal_downsample: Vec<bool>,
+}
+
+impl Default for ToyVaeShape {
+    fn default() -> Self {
+        Self {
+            z_dim: 8,
+            base_dim: 16,
+            dim_mult: vec![1, 2, 4],
+            num_res_blocks: 1,
+            temporal_downsample: vec![true, true],
+        }
+    }
+}
+
+impl ToyVaeShape {
+    /// The VAE config with identity latent statistics (training's).
+    pub fn config(&self) -> VaeConfig {
+        VaeConfig {
+            z_dim: self.z_dim,
+            base_dim: self.base_dim,
+            dim_mult: self.dim_mult.clone(),
+            num_res_blocks: self.num_res_blocks,
+            temporal_downsample: self.temporal_downsample.clone(),
+            latents_mean: vec![0.0; self.z_dim],
+            latents_std: vec![1.0; self.z_dim],
+        }
+    }
+}
+
+/// Where the clips come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClipData {
+    /// A dataset folder from `storyreel world generate`; without one, clips are rendered.
+    pub dataset: Option<PathBuf>,
+    /// First story seed of rendered training clips.
+    pub first_seed: u64,
+    /// Number of story seeds to draw from.
+    pub stories: u64,
+    /// Frames per clip (1 + 4k).
+    pub clip_frames: usize,
+    /// Frame width of rendered clips.
+    pub width: u32,
+    /// Frame height of rendered clips.
+    pub height: u32,
+}
+
+impl Default for ClipData {
+    fn default() -> Self {
+        Self { dataset: None, first_seed: 0, stories: 1_000_000, clip_frames: 5, width: 64, height: 64 }
+    }
+}
+
+/// Held-out scoring during training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeldOut {
+    /// First story seed of the held-out clips (apart from training seeds and the benchmark).
+    pub first_seed: u64,
+    /// Held-out clips scored.
+    pub clips: usize,
+    /// Score every this many steps (and at the end).
+    pub every: u64,
+}
+
+impl Default for HeldOut {
+    fn default() -> Self {
+        Self { first_seed: 8_000_000_000, clips: 16, every: 250 }
+    }
+}
+
+/// Everything `storyreel train vae --config FILE` reads (JSON or TOML; unknown keys are errors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaeStageConfig {
+    /// The VAE's shape.
+    pub vae: ToyVaeShape,
+    /// Training clips.
+    pub data: ClipData,
+    /// Held-out PSNR.
+    pub held_out: HeldOut,
+    /// Weight of the KL term.
+    pub kl_weight: f64,
+    /// Optimisation steps.
+    pub steps: u64,
+    /// Seed of the initial weights.
+    pub init_seed: u64,
+    /// Optimiser, schedule, accumulation, checkpoints, output folder.
+    pub train: TrainConfig,
+}
+
+impl Default for VaeStageConfig {
+    fn default() -> Self {
+        let mut train =
+            TrainConfig { out_dir: PathBuf::from("runs/toy-vae"), checkpoint_every: 250, ..Default::default() };
+        train.schedule.base_lr = 1e-3;
+        train.schedule.min_lr = 1e-5;
+        train.schedule.warmup_steps = 100;
+        train.schedule.kind = crate::schedule::ScheduleKind::Cosine;
+        train.clip_norm = Some(1.0);
+        train.optimizer.weight_decay = 0.0;
+        Self {
+            vae: ToyVaeShape::default(),
+            data: ClipData::default(),
+            held_out: HeldOut::default(),
+            kl_weight: 1e-6,
+            steps: 3000,
+            init_seed: 1,
+            train,
+        }
+    }
+}
+
+impl VaeStageConfig {
+    /// Reads a `.json` or `.toml` config.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?;
+        let cfg: Self = if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?
+        } else {
+            serde_json::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?
+        };
+        Ok(cfg)
+    }
+
+    /// Checks the settings (the trainer's own included).
+    pub fn validate(&self) -> Result<()> {
+        self.vae.config().validate()?;
+        self.train.validate()?;
+        if self.steps == 0 {
+            return Err(TrainError::out_of_range("steps", 0, "at least 1"));
+        }
+        if !(self.kl_weight.is_finite() && self.kl_weight >= 0.0) {
+            return Err(TrainError::out_of_range("kl_weight", self.kl_weight, "a finite weight >= 0"));
+        }
+        if self.held_out.clips == 0 || self.held_out.every == 0 {
+            return Err(TrainError::out_of_range("held_out", format!("{:?}", self.held_out), "clips and every >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// How a VAE run ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VaeStageReport {
+    /// Steps done in total (resumed ones included).
+    pub steps: u64,
+    /// Mean held-out PSNR at the end, dB.
+    pub held_out_psnr: f64,
+    /// Held-out PSNR after each scoring, `(step, dB)`.
+    pub psnr_curve: Vec<(u64, f64)>,
+    /// Seconds this invocation ran.
+    pub wall_seconds: f64,
+    /// Parameters of the VAE.
+    pub parameters: usize,
+    /// Where the model folder was written.
+    pub model_dir: PathBuf,
+}
+
+fn clip_source(cfg: &VaeStageConfig) -> Result<Box<dyn ClipSource>> {
+    Ok(match &cfg.data.dataset {
+        Some(dir) => Box::new(DatasetClips::open(dir, cfg.data.clip_frames)?),
+        None => {
+            let mut options = StoryOptions::default();
+            options.format.width = cfg.data.width;
+            options.format.height = cfg.data.height;
+            Box::new(RenderedClips::new(options, cfg.data.first_seed, cfg.data.stories, cfg.data.clip_frames)?)
+        }
+    })
+}
+
+/// Mean PSNR of mean-latent reconstructions of the held-out clips.
+pub fn held_out_psnr(vae: &WanVae, clips: &[Tensor]) -> Result<f64> {
+    let mut total = 0.0;
+    for x in clips {
+        let (mu, _) = vae.encode_moments(x)?;
+        let recon = vae.decode_raw(&mu)?.clamp(-1f32, 1f32)?;
+        let mse = (recon - x)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+        total += psnr_from_mse(mse);
+    }
+    Ok(total / clips.len().max(1) as f64)
+}
+
+/// Drops held-out scores after `step` (a resumed run scores those steps again).
+fn keep_scores_up_to(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
+}
+
+/// Trains (or resumes) the toy VAE and writes `train.out_dir/model`.
+pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let source = clip_source(cfg)?;
+    let mut eval_options = StoryOptions::default();
+    eval_options.format.width = cfg.data.width;
+    eval_options.format.height = cfg.data.height;
+    let eval_source = RenderedClips::new(eval_options, cfg.held_out.first_seed, 1_000, cfg.data.clip_frames)?;
+    let eval_clips: Vec<Tensor> = (0..cfg.held_out.clips as u64)
+        .map(|i| eval_source.clip(i).and_then(|c| frames_to_tensor(&c.frames, &device)))
+        .collect::<Result<_>>()?;
+
+    let varmap = VarMap::new();
+    let vae = trainable_vae(&cfg.vae.config(), &varmap, cfg.init_seed, &device)?;
+    let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut train = cfg.train.clone();
+    train.schedule.total_steps = cfg.steps;
+    let out_dir = train.out_dir.clone();
+    let mut trainer = Trainer::new(&varmap, train)?;
+    trainer.resume_latest(&out_dir)?;
+    std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::File(format!("{}: {e}", out_dir.display())))?;
+    let eval_path = out_dir.join("held_out.jsonl");
+    keep_scores_up_to(&eval_path, trainer.step_count())?;
+    let mut eval_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&eval_path)
+        .map_err(|e| TrainError::File(format!("{}: {e}", eval_path.display())))?;
+    let accumulate = cfg.train.accumulate as u64;
+    let mut curve = Vec::new();
+    while trainer.step_count() < cfg.steps {
+        let step = trainer.step_count();
+        trainer.step(|micro| {
+            let index = step * accumulate + micro as u64;
+            let clip = source.clip(index)?;
+            let x = frames_to_tensor(&clip.frames, &device)?;
+            let loss = vae_loss(&vae, &x, cfg.kl_weight, index ^ 0x5eed)?;
+            Ok((loss.total, vec![("l1".into(), loss.l1), ("kl".into(), loss.kl), ("psnr".into(), loss.psnr)]))
+        })?;
+        let done = trainer.step_count();
+        if done % cfg.held_out.every == 0 || done == cfg.steps {
+            let psnr = held_out_psnr(&vae, &eval_clips)?;
+            curve.push((done, psnr));
+            let line = serde_json::json!({ "step": done, "held_out_psnr": psnr });
+            writeln!(eval_log, "{line}").map_err(|e| TrainError::File(format!("held_out.jsonl: {e}")))?;
+        }
+    }
+    trainer.finish();
+    let held_out = match curve.last() {
+        Some(&(_, p)) => p,
+        None => held_out_psnr(&vae, &eval_clips)?,
+    };
+
+    // Measure the latent statistics, then write a VAE that normalises with them.
+    let (mean, std) = latent_statistics(&vae, &eval_clips)?;
+    let mut final_cfg = cfg.vae.config();
+    final_cfg.latents_mean = mean;
+    final_cfg.latents_std = std;
+    let tensors = vae
+        .tensors()
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.detach().copy()?)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    let model = WanVae::from_tensors(final_cfg, tensors)?;
+    let model_dir = out_dir.join("model");
+    model.save(&model_dir)?;
+    let report = VaeStageReport {
+        steps: trainer.step_count(),
+        held_out_psnr: held_out,
+        psnr_curve: curve,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        parameters,
+        model_dir: model_dir.clone(),
+    };
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    std::fs::write(model_dir.join("training.json"), text + "\n")
+        .map_err(|e| TrainError::File(format!("{}: {e}", model_dir.join("training.json").display())))?;
+    Ok(report)
+}
