@@ -604,6 +604,13 @@ impl CutScore {
 /// earlier true cut, then the earlier prediction); each true cut and each prediction is used at
 /// most once, so duplicated predictions count as false positives.
 pub fn score_cuts(predicted: &[usize], truth: &[usize], tolerance: usize) -> CutScore {
+    let (truth_used, _) = match_cuts(predicted, truth, tolerance);
+    let tp = truth_used.iter().filter(|&&m| m).count();
+    CutScore::from_counts(tp, predicted.len() - tp, truth.len() - tp)
+}
+
+/// The matching [`score_cuts`] scores: whether each true cut and each prediction was matched.
+pub fn match_cuts(predicted: &[usize], truth: &[usize], tolerance: usize) -> (Vec<bool>, Vec<bool>) {
     let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
     for (ti, &t) in truth.iter().enumerate() {
         for (pi, &p) in predicted.iter().enumerate() {
@@ -616,13 +623,11 @@ pub fn score_cuts(predicted: &[usize], truth: &[usize], tolerance: usize) -> Cut
     pairs.sort_unstable_by_key(|&(d, ti, pi)| (d, truth[ti], ti, predicted[pi], pi));
     let mut truth_used = vec![false; truth.len()];
     let mut pred_used = vec![false; predicted.len()];
-    let mut tp = 0;
     for (_, ti, pi) in pairs {
         if !truth_used[ti] && !pred_used[pi] {
             truth_used[ti] = true;
             pred_used[pi] = true;
-            tp += 1;
         }
     }
-    CutScore::from_counts(tp, predicted.len() - tp, truth.len() - tp)
+    (truth_used, pred_used)
 }

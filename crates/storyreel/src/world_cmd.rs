@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use storyreel_media::{read_mp4, write_mp4, ContactSheet, ContactSheetOptions, EncodeOptions, RgbFrame};
 use storyreel_world::dataset::{write_vocabulary, Manifest};
-use storyreel_world::detect::{detect_cuts, score_cuts, CutScore, DetectorConfig};
+use storyreel_world::detect::{detect_cuts, match_cuts, score_cuts, CutScore, DetectorConfig};
 use storyreel_world::{
     benchmark_spec, generate_dataset, render_story, DatasetSpec, Story, StoryOptions, StoryPattern, VideoFormat,
 };
@@ -479,7 +479,7 @@ fn print_bench(args: &DetectBenchArgs, results: &[BenchStory], wall: f64, render
             r.truth,
             r.predicted
         );
-        let (truth_matched, pred_matched) = matching(&r.predicted, &r.truth);
+        let (truth_matched, pred_matched) = match_cuts(&r.predicted, &r.truth, CUT_TOLERANCE);
         for (t, _) in r.truth.iter().zip(&truth_matched).filter(|(_, m)| !**m) {
             println!("    missed cut at {t}: {}", describe_cut(&r.story, *t));
         }
@@ -522,7 +522,7 @@ fn subset_of(story: &Story, pick: impl Fn(usize) -> bool, cut_based: bool) -> Su
 
 /// Counts of one story restricted to a subset, with the same matching as `score_cuts`.
 fn subset_score(r: &BenchStory, subset: &Subset) -> CutScore {
-    let (truth_matched, pred_matched) = matching(&r.predicted, &r.truth);
+    let (truth_matched, pred_matched) = match_cuts(&r.predicted, &r.truth, CUT_TOLERANCE);
     let mut tp = 0;
     let mut fn_ = 0;
     for (t, matched) in r.truth.iter().zip(&truth_matched) {
@@ -541,29 +541,6 @@ fn subset_score(r: &BenchStory, subset: &Subset) -> CutScore {
         .filter(|(p, matched)| !**matched && subset.regions.iter().any(|&(s, e)| (s..e).contains(*p)))
         .count();
     CutScore::from_counts(tp, fp, fn_)
-}
-
-/// Which true cuts and which predictions are matched, greedily by distance like `score_cuts`.
-fn matching(predicted: &[usize], truth: &[usize]) -> (Vec<bool>, Vec<bool>) {
-    let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
-    for (ti, &t) in truth.iter().enumerate() {
-        for (pi, &p) in predicted.iter().enumerate() {
-            let d = t.abs_diff(p);
-            if d <= CUT_TOLERANCE {
-                pairs.push((d, ti, pi));
-            }
-        }
-    }
-    pairs.sort_unstable_by_key(|&(d, ti, pi)| (d, truth[ti], ti, predicted[pi], pi));
-    let mut truth_used = vec![false; truth.len()];
-    let mut pred_used = vec![false; predicted.len()];
-    for (_, ti, pi) in pairs {
-        if !truth_used[ti] && !pred_used[pi] {
-            truth_used[ti] = true;
-            pred_used[pi] = true;
-        }
-    }
-    (truth_used, pred_used)
 }
 
 /// What changes at the cut starting at frame `at`.
