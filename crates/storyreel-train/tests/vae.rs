@@ -5,19 +5,12 @@ use candle_core::Device;
 use candle_nn::{Optimizer, VarMap};
 use storyreel_nn::vae::VaeConfig;
 use storyreel_train::data::{frames_to_tensor, ClipSource, RenderedClips};
+use storyreel_train::stage_vae::ToyVaeShape;
 use storyreel_train::vae::{gaussian, latent_statistics, psnr_from_mse, trainable_vae, vae_loss};
 use storyreel_world::StoryOptions;
 
 fn toy_config() -> VaeConfig {
-    VaeConfig {
-        z_dim: 4,
-        base_dim: 8,
-        dim_mult: vec![1, 2, 2],
-        num_res_blocks: 1,
-        temporal_downsample: vec![true, true],
-        latents_mean: vec![0.0; 4],
-        latents_std: vec![1.0; 4],
-    }
+    ToyVaeShape { z_dim: 4, base_dim: 8, dim_mult: vec![1, 2, 2], ..ToyVaeShape::default() }.config()
 }
 
 #[test]
