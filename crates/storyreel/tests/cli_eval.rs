@@ -87,4 +87,13 @@ fn evaluate_one_a_folder_and_compare() {
     assert!(!ok && err.contains("--video"), "{err}");
     let (ok, _, err) = storyreel(&["eval", "--dir", s(tmp.path())]);
     assert!(!ok && err.contains("stories"), "{err}");
+    let (ok, _, err) = storyreel(&["eval", "table", "--dir", s(&tmp.path().join("none"))]);
+    assert!(!ok && err.contains("none"), "{err}");
+    let (ok, _, err) = storyreel(&["eval", "--video", s(&video), "--story", s(&story), "--fps", "0"]);
+    assert!(!ok && err.contains("fps"), "{err}");
+    let (ok, _, err) =
+        storyreel(&["eval", "--video", s(&video), "--story", s(&story), "--probe", s(&tmp.path().join("np"))]);
+    assert!(!ok && err.contains("no probe weights"), "{err}");
+    let (ok, _, err) = storyreel(&["eval", "fit-probe", "--out", s(&tmp.path().join("p")), "--stories", "0"]);
+    assert!(!ok && err.contains("probe samples"), "{err}");
 }
