@@ -10,7 +10,9 @@ pub mod sampler;
 pub mod schedule;
 pub mod session;
 pub mod shot_plan;
+pub mod story_model;
 pub mod teacher;
+pub mod teacher_story;
 
 pub use context::{ContextMemory, ContextPick, DynamicSampling, NoContext};
 pub use error::{EngineError, Result};
@@ -20,3 +22,5 @@ pub use sampler::{EulerSampler, FewStepSampler};
 pub use schedule::FlowSchedule;
 pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig, ShotRun};
 pub use shot_plan::ShotPlan;
+pub use story_model::{ModelCard, ModelKind, StoryModel, TeacherSampling};
+pub use teacher_story::{generate_teacher_story, GeneratedShot, ShotRequest, TeacherStoryOptions};

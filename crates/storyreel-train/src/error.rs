@@ -25,6 +25,9 @@ pub enum TrainError {
     /// Model code failed.
     #[error(transparent)]
     Nn(#[from] storyreel_nn::NnError),
+    /// Sampling or conditioning code shared with inference failed.
+    #[error(transparent)]
+    Engine(#[from] storyreel_engine::EngineError),
 }
 
 impl TrainError {

@@ -9,6 +9,7 @@ mod device;
 mod encode_text;
 mod eval_cmd;
 mod frames_out;
+mod generate_cmd;
 mod generate_latents;
 mod testcase;
 mod train_cmd;
@@ -34,6 +35,8 @@ enum Command {
         /// Weights file (.safetensors, .pt, .pth), shard index, or model folder.
         path: PathBuf,
     },
+    /// Generate a story (or a folder of stories) with a story model, shot by shot.
+    Generate(generate_cmd::Args),
     /// Run one shot of the streaming loop from given inputs (for comparison with the reference).
     GenerateLatents(generate_latents::Args),
     /// Decode latents to video (MP4, PNG folder, contact sheet, GIF) or to a frames tensor.
@@ -68,6 +71,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Inspect { path } => inspect(&path),
+        Command::Generate(args) => generate_cmd::run(&args),
         Command::GenerateLatents(args) => generate_latents::run(&args),
         Command::Decode(args) => decode::run_decode(&args),
         Command::EncodeFrames(args) => decode::run_encode(&args),

@@ -253,6 +253,12 @@ impl ToyTextEncoder {
         })
     }
 
+    /// A trainable encoder whose weights live under `vb` (e.g. a prefix of a larger model's
+    /// variables, so that it trains jointly with the DiT).
+    pub fn trainable_in(cfg: ToyTextConfig, tokenizer: ToyTokenizer, vb: &VarBuilder) -> Result<Self> {
+        Self::build(cfg, tokenizer, vb, "toy-text:trainable".into())
+    }
+
     /// A trainable encoder whose weights live in `varmap` (fresh ones are initialised there).
     pub fn trainable(cfg: ToyTextConfig, tokenizer: ToyTokenizer, varmap: &VarMap, device: &Device) -> Result<Self> {
         let vb = VarBuilder::from_varmap(varmap, DType::F32, device);

@@ -1,0 +1,191 @@
+//! A story model folder: the DiT, its VAE and its text encoder in one place, with a card saying
+//! what the model is and how to sample it.
+//!
+//! Layout (every part is also loadable on its own by the lower-level commands):
+//! ```text
+//! MODEL/storyreel_model.json   the card (kind, format, sampler defaults)
+//! MODEL/dit/config.json        Wan's DiT config
+//! MODEL/dit/model.safetensors  DiT weights (canonical Wan names)
+//! MODEL/vae/                   vae.safetensors + vae_config.json (latent statistics)
+//! MODEL/text/                  toy_text.safetensors + toy_text_config.json + vocab.txt
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use storyreel_nn::text::toy::{ToyTextEncoder, UnknownWords};
+use storyreel_nn::vae::WanVae;
+use storyreel_nn::{RopeConfig, WanConfig, WanModel};
+
+use crate::error::{EngineError, Result};
+
+/// File name of the card inside a model folder.
+pub const CARD_FILE: &str = "storyreel_model.json";
+/// Sub-folder of the DiT.
+pub const DIT_DIR: &str = "dit";
+/// Sub-folder of the VAE.
+pub const VAE_DIR: &str = "vae";
+/// Sub-folder of the text encoder.
+pub const TEXT_DIR: &str = "text";
+/// File name of the DiT weights inside [`DIT_DIR`].
+pub const DIT_WEIGHTS: &str = "model.safetensors";
+
+/// Which sampling procedure a model was trained for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Bidirectional next-shot teacher: multi-step Euler with CFG over [context ‖ shot].
+    Teacher,
+}
+
+/// Multi-step Euler sampling defaults of a teacher.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSampling {
+    /// Euler steps.
+    pub steps: usize,
+    /// Schedule shift.
+    pub shift: f32,
+    /// Classifier-free guidance scale (1 = off).
+    pub guidance: f32,
+}
+
+/// What a model folder holds and how to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    /// The sampling procedure.
+    pub kind: ModelKind,
+    /// Frame width the model was trained at.
+    pub width: u32,
+    /// Frame height the model was trained at.
+    pub height: u32,
+    /// Frames per second of its training videos.
+    pub fps: f64,
+    /// Context latents in front of every shot (6 in ShotStream).
+    pub context_frames: usize,
+    /// Whether the RoPE shot-phase indicator was on in training.
+    pub shot_phase: bool,
+    /// Whether the model was trained with context (false for the no-context ablation).
+    pub uses_context: bool,
+    /// Sampling defaults.
+    pub sampler: TeacherSampling,
+    /// One line on where the model comes from.
+    pub description: String,
+}
+
+impl ModelCard {
+    /// Reads `dir/storyreel_model.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(CARD_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            EngineError::Config(format!(
+                "{}: {e} (a story model folder needs its card {CARD_FILE}; see README, Models)",
+                path.display()
+            ))
+        })?;
+        let card: Self =
+            serde_json::from_str(&text).map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+        card.validate().map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+        Ok(card)
+    }
+
+    /// Writes `dir/storyreel_model.json`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        self.validate().map_err(EngineError::Config)?;
+        std::fs::create_dir_all(dir).map_err(|e| EngineError::Config(format!("{}: {e}", dir.display())))?;
+        let path = dir.join(CARD_FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|e| EngineError::Config(e.to_string()))?;
+        std::fs::write(&path, text + "\n").map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.width == 0 || self.height == 0 || self.width > 4096 || self.height > 4096 {
+            return Err(format!("frame size {}×{} must be within 1..=4096", self.width, self.height));
+        }
+        if !(self.fps > 0.0 && self.fps <= 240.0) {
+            return Err(format!("fps {} must be in (0, 240]", self.fps));
+        }
+        if self.context_frames == 0 || self.context_frames > 64 {
+            return Err(format!("context_frames {} must be in 1..=64", self.context_frames));
+        }
+        let s = &self.sampler;
+        if s.steps == 0 || s.steps > 1000 || !(s.shift > 0.0 && s.shift.is_finite()) || !s.guidance.is_finite() {
+            return Err(format!("sampler {s:?}: steps must be 1..=1000, shift positive, guidance finite"));
+        }
+        Ok(())
+    }
+}
+
+/// A loaded story model.
+pub struct StoryModel {
+    /// The card.
+    pub card: ModelCard,
+    /// The DiT.
+    pub dit: WanModel,
+    /// The VAE (encoder and decoder).
+    pub vae: Arc<WanVae>,
+    /// The text encoder.
+    pub text: ToyTextEncoder,
+    /// Where it was loaded from.
+    pub dir: PathBuf,
+}
+
+impl StoryModel {
+    /// Loads every part of a model folder onto `device` in f32.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(EngineError::Config(format!(
+                "model folder {} does not exist or is not a folder",
+                dir.display()
+            )));
+        }
+        let card = ModelCard::read(dir)?;
+        let dit_dir = dir.join(DIT_DIR);
+        let cfg = WanConfig::from_json_file(&dit_dir.join("config.json"))?;
+        let loaded = storyreel_nn::checkpoint::load_dit_checkpoint(&dit_dir, &cfg, DType::F32, device)?;
+        let rope = RopeConfig { shot_phase: card.shot_phase.then_some(1.0 / 6.0), ..RopeConfig::default() };
+        let dit = WanModel::from_tensors(loaded.tensors, &cfg, rope, DType::F32, device)?;
+        let vae = WanVae::load(&dir.join(VAE_DIR), DType::F32, device)?;
+        if !vae.has_encoder() {
+            return Err(EngineError::Config(format!(
+                "{}: the VAE has no encoder, which the context round trip needs",
+                dir.join(VAE_DIR).display()
+            )));
+        }
+        let text = ToyTextEncoder::load(&dir.join(TEXT_DIR), device)?.with_unknown_words(UnknownWords::Reject);
+        check_parts(&card, &cfg, &vae, &text)?;
+        Ok(Self { card, dit, vae: Arc::new(vae), text, dir: dir.to_path_buf() })
+    }
+}
+
+/// The parts must agree on latent channels, spatial scale and text width.
+fn check_parts(card: &ModelCard, cfg: &WanConfig, vae: &WanVae, text: &ToyTextEncoder) -> Result<()> {
+    use storyreel_nn::codec::VideoCodec;
+    let z = vae.latent_channels();
+    if cfg.in_dim != z || cfg.out_dim != z {
+        return Err(EngineError::Config(format!(
+            "the DiT takes {} / gives {} latent channels but the VAE has {z}",
+            cfg.in_dim, cfg.out_dim
+        )));
+    }
+    let scale = vae.spatial_scale() as u32 * cfg.patch_size[1] as u32;
+    if !card.width.is_multiple_of(scale) || !card.height.is_multiple_of(scale) {
+        return Err(EngineError::Config(format!(
+            "frames {}×{} are not a multiple of {scale} (VAE scale × patch)",
+            card.width, card.height
+        )));
+    }
+    if cfg.text_dim != text.config().dim || cfg.text_len != text.config().text_len {
+        return Err(EngineError::Config(format!(
+            "the DiT expects text [{}, {}] but the text encoder gives [{}, {}]",
+            cfg.text_len,
+            cfg.text_dim,
+            text.config().text_len,
+            text.config().dim
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! A whole story from the bidirectional teacher, shot by shot: each shot is conditioned on
+//! context frames picked from the story's own earlier decoded shots (the pixel round trip of
+//! shotstream.md §2.2), sampled with multi-step Euler + CFG, and decoded before the next starts.
+//!
+//! The conditioning pieces ([`encode_context`], [`caption_embeddings`]) are shared with the
+//! teacher's training so that training and sampling build the same inputs.
+
+use candle_core::{DType, Device, Tensor};
+use storyreel_nn::codec::VideoCodec;
+use storyreel_nn::kv_cache::CaptionCache;
+use storyreel_nn::text::toy::ToyTextEncoder;
+use storyreel_nn::WanModel;
+
+use crate::context::{ContextMemory, ContextPick};
+use crate::error::{EngineError, Result};
+use crate::noise::{NoiseSource, SeededNoise};
+use crate::prompt::story_prompts;
+use crate::sampler::EulerSampler;
+use crate::shot_plan::ShotPlan;
+use crate::story_model::StoryModel;
+use crate::teacher::{sample_shot, TeacherInputs};
+
+/// Context latents `[n, C, h, w]` and their shot flags for the frames `picks` of `shots`
+/// (each `[F, 3, H, W]` in [−1, 1]), every frame encoded on its own. No picks give `n` zero
+/// latents with flag 0 (the first shot, or dropped context); fewer than `n` picks are preceded
+/// by zero latents with flag 0.
+pub fn encode_context(
+    codec: &dyn VideoCodec,
+    shots: &[Tensor],
+    picks: &[ContextPick],
+    n: usize,
+    latent_hw: (usize, usize),
+    device: &Device,
+) -> Result<(Tensor, Vec<i64>)> {
+    if picks.len() > n {
+        return Err(EngineError::Input(format!("{} context frames picked; the model takes {n}", picks.len())));
+    }
+    let c = codec.latent_channels();
+    let pad = n - picks.len();
+    let mut latents = Vec::with_capacity(n);
+    if pad > 0 {
+        latents.push(Tensor::zeros((pad, c, latent_hw.0, latent_hw.1), DType::F32, device)?);
+    }
+    let mut flags = vec![0i64; pad];
+    for p in picks {
+        let frames = shots.get(p.shot).ok_or_else(|| EngineError::Input(format!("no finished shot {}", p.shot)))?;
+        let len = frames.dim(0)?;
+        if p.frame >= len {
+            return Err(EngineError::Input(format!("shot {} has {len} frames; frame {} was picked", p.shot, p.frame)));
+        }
+        let z = codec.encode(&frames.narrow(0, p.frame, 1)?)?;
+        latents.push(z.to_device(device)?.to_dtype(DType::F32)?);
+        flags.push(p.shot as i64);
+    }
+    Ok((Tensor::cat(&latents, 0)?, flags))
+}
+
+/// Embeddings `[N, text_len, dim]` of the prompts of shots 0..=k (global caption + `shot{i}:` +
+/// caption), differentiable when the encoder is trainable.
+pub fn caption_embeddings<S: AsRef<str>>(text: &ToyTextEncoder, global: &str, captions: &[S]) -> Result<Tensor> {
+    let prompts = story_prompts(global, captions);
+    let rows = prompts
+        .iter()
+        .map(|p| {
+            let tokens = text.tokenizer().tokenize(p, text.config().text_len);
+            if !tokens.unknown.is_empty() {
+                return Err(EngineError::Input(format!(
+                    "the text encoder does not know the word(s) {} in {p:?}",
+                    tokens.unknown.iter().map(|w| format!("{w:?}")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            Ok(text.forward_ids(&tokens.ids)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// The unconditional caption of CFG: one all-zero embedding, the input caption dropout trains.
+pub fn unconditional_caption(model: &WanModel, device: &Device) -> Result<CaptionCache> {
+    let cfg = model.config();
+    Ok(model.embed_captions(&Tensor::zeros((1, cfg.text_len, cfg.text_dim), DType::F32, device)?)?)
+}
+
+/// Latent frames of a shot of `frames` pixel frames (Wan's 4× temporal compression, first alone).
+pub fn latent_frames(frames: usize) -> Result<usize> {
+    if frames == 0 || !(frames - 1).is_multiple_of(4) {
+        return Err(EngineError::Input(format!("a shot of {frames} frames is not 4k+1 frames long")));
+    }
+    Ok((frames - 1) / 4 + 1)
+}
+
+/// One shot to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShotRequest {
+    /// The shot's caption (without the global caption).
+    pub caption: String,
+    /// Pixel frames, 4k+1.
+    pub frames: usize,
+}
+
+/// How to sample a story.
+pub struct TeacherStoryOptions {
+    /// Seed of every shot's noise.
+    pub seed: u64,
+    /// The Euler + CFG sampler.
+    pub sampler: EulerSampler,
+    /// Which earlier frames become context.
+    pub memory: Box<dyn ContextMemory>,
+}
+
+/// A finished shot.
+pub struct GeneratedShot {
+    /// Shot index.
+    pub shot: usize,
+    /// Decoded frames `[F, 3, H, W]` in [−1, 1].
+    pub frames: Tensor,
+    /// The earlier frames it was conditioned on.
+    pub context: Vec<ContextPick>,
+}
+
+/// Generates every shot of a story with a teacher; `on_shot` sees each shot as soon as it is
+/// decoded (an error from it stops generation), `on_step(shot, step)` each Euler step.
+pub fn generate_teacher_story(
+    model: &StoryModel,
+    global: &str,
+    shots: &[ShotRequest],
+    options: &TeacherStoryOptions,
+    on_shot: &mut dyn FnMut(&GeneratedShot) -> Result<()>,
+    on_step: &mut dyn FnMut(usize, usize),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<()> {
+    let device = model.dit.device().clone();
+    let card = &model.card;
+    let scale = {
+        use storyreel_nn::codec::VideoCodec;
+        model.vae.spatial_scale()
+    };
+    let (h, w) = (card.height as usize / scale, card.width as usize / scale);
+    let c = model.dit.config().in_dim;
+    let uncond = unconditional_caption(&model.dit, &device)?;
+    let mut noise = SeededNoise::new(options.seed);
+    let mut history: Vec<Tensor> = Vec::with_capacity(shots.len());
+    let captions: Vec<&str> = shots.iter().map(|s| s.caption.as_str()).collect();
+    for (k, request) in shots.iter().enumerate() {
+        let f = latent_frames(request.frames)?;
+        let lens: Vec<usize> = history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
+        let picks = options.memory.select(&lens);
+        let (context, flags) =
+            encode_context(model.vae.as_ref(), &history, &picks, card.context_frames, (h, w), &device)?;
+        let embeddings = caption_embeddings(&model.text, global, &captions[..=k])?;
+        let caption_cache = model.dit.embed_captions(&embeddings)?;
+        let plan = ShotPlan::new(k, &flags, k + 1)?;
+        let inputs = TeacherInputs { plan: &plan, captions: &caption_cache, uncond: Some(&uncond), context: &context };
+        let x = noise.noise(k, 0, 0, &[f, c, h, w], &device)?;
+        let mut step = 0usize;
+        let mut step_seen = |_: usize, _: &Tensor| -> Result<()> {
+            on_step(k, step);
+            step += 1;
+            Ok(())
+        };
+        let latents = sample_shot(&model.dit, &inputs, &options.sampler, x, &mut step_seen, cancelled)?;
+        let frames = model.vae.clone().decode(&latents)?.clamp(-1f32, 1f32)?;
+        let shot = GeneratedShot { shot: k, frames, context: picks };
+        on_shot(&shot)?;
+        history.push(shot.frames);
+    }
+    Ok(())
+}

@@ -1,0 +1,712 @@
+//! Stage 1 of ShotStream (shotstream.md §5.1): the bidirectional next-shot teacher, trained on
+//! the story world with the toy text encoder alongside it.
+//!
+//! Each sample is one target shot k of a story: its latents are noised at a timestep drawn
+//! uniformly from the shifted 1000-entry table, the 6 context latents (dynamic sampling over
+//! shots 0..k, each frame encoded on its own) go in front, every frame cross-attends to its own
+//! shot's prompt, and the loss is the flow-matching MSE on the target frames weighted by
+//! ShotStream's w(t). Captions are dropped (all zero) and context is dropped (zero latents,
+//! flags 0) with 10% probability each.
+//!
+//! The training stories are rendered and encoded once, before the first step, into
+//! `OUT/latents/` (reused on resume when the VAE and data settings are unchanged).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use storyreel_engine::context::{ContextMemory, DynamicSampling};
+use storyreel_engine::shot_plan::ShotPlan;
+use storyreel_engine::story_model::{self, ModelCard, ModelKind, TeacherSampling};
+use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
+use storyreel_engine::teacher_story::{caption_embeddings, encode_context};
+use storyreel_engine::{FlowSchedule, NoiseSource, SeededNoise};
+use storyreel_nn::checkpoint::save_safetensors;
+use storyreel_nn::codec::VideoCodec;
+use storyreel_nn::text::toy::{ToyTextConfig, ToyTextEncoder, ToyTokenizer};
+use storyreel_nn::vae::WanVae;
+use storyreel_nn::{RopeConfig, WanConfig, WanModel};
+use storyreel_world::rng::{mix64, WorldRng};
+use storyreel_world::{caption_vocabulary, generate_story, is_benchmark_seed, render_story, Story, StoryOptions};
+
+use crate::data::frames_to_tensor;
+use crate::error::{Result, TrainError};
+use crate::log::Progress;
+use crate::trainer::{TrainConfig, Trainer};
+
+/// Variable-name prefix of the DiT inside the stage's variables.
+pub const DIT_PREFIX: &str = "dit";
+/// Variable-name prefix of the text encoder inside the stage's variables.
+pub const TEXT_PREFIX: &str = "text";
+
+/// Shape of the toy DiT (the Wan2.1 DiT at a small width; latent channels and text width come
+/// from the VAE and the text encoder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToyDitShape {
+    /// Hidden width.
+    pub dim: usize,
+    /// FFN width.
+    pub ffn_dim: usize,
+    /// Sinusoidal timestep features.
+    pub freq_dim: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Blocks.
+    pub num_layers: usize,
+}
+
+impl Default for ToyDitShape {
+    fn default() -> Self {
+        Self { dim: 128, ffn_dim: 384, freq_dim: 64, num_heads: 4, num_layers: 4 }
+    }
+}
+
+impl ToyDitShape {
+    /// The full Wan config for latents of `z` channels and text `[text_len, text_dim]`.
+    pub fn config(&self, z: usize, text: &ToyTextConfig) -> WanConfig {
+        WanConfig {
+            dim: self.dim,
+            ffn_dim: self.ffn_dim,
+            freq_dim: self.freq_dim,
+            in_dim: z,
+            out_dim: z,
+            num_heads: self.num_heads,
+            num_layers: self.num_layers,
+            text_len: text.text_len,
+            text_dim: text.dim,
+            patch_size: [1, 2, 2],
+            eps: 1e-6,
+            model_type: "t2v".into(),
+        }
+    }
+}
+
+/// Where the training stories come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherData {
+    /// Seed of the first training story (the held-out benchmark's seeds are refused).
+    pub first_seed: u64,
+    /// Stories rendered and encoded before training.
+    pub stories: u64,
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+}
+
+impl Default for TeacherData {
+    fn default() -> Self {
+        Self { first_seed: 0, stories: 1000, width: 64, height: 64 }
+    }
+}
+
+/// Everything `storyreel train teacher --config FILE` reads (JSON or TOML; unknown keys are errors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherStageConfig {
+    /// The trained toy VAE's folder (`vae.safetensors` + `vae_config.json`).
+    pub vae: PathBuf,
+    /// The DiT's shape.
+    pub dit: ToyDitShape,
+    /// The toy text encoder's shape (trained jointly; vocabulary from the world's captions).
+    pub text: ToyTextConfig,
+    /// Training stories.
+    pub data: TeacherData,
+    /// Context latents in front of the target (6 in ShotStream).
+    pub context_frames: usize,
+    /// Train with context at all (false: the no-context ablation, context always zero).
+    pub use_context: bool,
+    /// The RoPE shot-phase indicator (θ = 1/6 per shot flag).
+    pub shot_phase: bool,
+    /// Probability of zeroing every caption embedding of a sample.
+    pub caption_dropout: f64,
+    /// Probability of zeroing the context latents and flags of a sample.
+    pub context_dropout: f64,
+    /// Shift of the training timestep table.
+    pub shift: f32,
+    /// Sampling defaults written to the model card.
+    pub sampler: TeacherSampling,
+    /// Optimisation steps.
+    pub steps: u64,
+    /// Seed of the initial weights.
+    pub init_seed: u64,
+    /// Optimiser, schedule, accumulation, checkpoints, output folder.
+    pub train: TrainConfig,
+}
+
+impl Default for TeacherStageConfig {
+    fn default() -> Self {
+        let mut train =
+            TrainConfig { out_dir: PathBuf::from("runs/toy-teacher"), checkpoint_every: 500, ..Default::default() };
+        train.schedule.base_lr = 1e-3;
+        train.schedule.min_lr = 2e-5;
+        train.schedule.warmup_steps = 200;
+        train.schedule.kind = crate::schedule::ScheduleKind::Cosine;
+        train.clip_norm = Some(1.0);
+        train.optimizer.beta1 = 0.9;
+        train.optimizer.weight_decay = 0.01;
+        Self {
+            vae: PathBuf::from("assets/models/toy-vae"),
+            dit: ToyDitShape::default(),
+            text: ToyTextConfig { text_len: 64, ..ToyTextConfig::default() },
+            data: TeacherData::default(),
+            context_frames: 6,
+            use_context: true,
+            shot_phase: true,
+            caption_dropout: 0.1,
+            context_dropout: 0.1,
+            shift: 8.0,
+            sampler: TeacherSampling { steps: 20, shift: 8.0, guidance: 3.0 },
+            steps: 4000,
+            init_seed: 1,
+            train,
+        }
+    }
+}
+
+impl TeacherStageConfig {
+    /// Reads a `.json` or `.toml` config.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?;
+        if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
+        } else {
+            serde_json::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
+        }
+    }
+
+    /// Checks the settings (the trainer's own included).
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        self.text.validate()?;
+        if self.steps == 0 {
+            return Err(TrainError::out_of_range("steps", 0, "at least 1"));
+        }
+        for (name, p) in [("caption_dropout", self.caption_dropout), ("context_dropout", self.context_dropout)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(TrainError::out_of_range(name, p, "a probability in [0, 1]"));
+            }
+        }
+        if self.context_frames == 0 || self.context_frames > 32 {
+            return Err(TrainError::out_of_range("context_frames", self.context_frames, "1..=32"));
+        }
+        if !(self.shift > 0.0 && self.shift.is_finite()) {
+            return Err(TrainError::out_of_range("shift", self.shift, "a positive number"));
+        }
+        if self.data.stories == 0 || self.data.stories > 1_000_000 {
+            return Err(TrainError::out_of_range("data.stories", self.data.stories, "1..=1000000"));
+        }
+        let last = self.data.first_seed.checked_add(self.data.stories - 1);
+        let bench = storyreel_world::BENCHMARK_SEED_BASE;
+        match last {
+            Some(last)
+                if !(is_benchmark_seed(self.data.first_seed)
+                    || is_benchmark_seed(last)
+                    || (self.data.first_seed < bench && last > bench)) => {}
+            _ => {
+                return Err(TrainError::out_of_range(
+                    "data seed range",
+                    self.data.first_seed,
+                    "a range clear of the held-out benchmark's seeds",
+                ))
+            }
+        }
+        let cfg = self.dit.config(8, &self.text);
+        cfg.validate()?;
+        if self.dit.dim / self.dit.num_heads.max(1) < 8 {
+            return Err(TrainError::out_of_range(
+                "dit head width",
+                self.dit.dim / self.dit.num_heads.max(1),
+                "at least 8",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// ShotStream's timestep weights over the table: exp(−2((t−500)/1000)²), minus the table's
+/// minimum, normalised to mean 1.
+pub fn timestep_weights(timesteps: &[f32]) -> Vec<f32> {
+    let raw: Vec<f64> = timesteps.iter().map(|&t| (-2.0 * ((t as f64 - 500.0) / 1000.0).powi(2)).exp()).collect();
+    let min = raw.iter().cloned().fold(f64::INFINITY, f64::min);
+    let shifted: Vec<f64> = raw.iter().map(|w| w - min).collect();
+    let mean = shifted.iter().sum::<f64>() / shifted.len().max(1) as f64;
+    shifted.iter().map(|w| (w / mean.max(1e-12)) as f32).collect()
+}
+
+/// One training story, rendered and encoded.
+pub struct EncodedStory {
+    /// Global caption.
+    pub global: String,
+    /// Per-shot captions.
+    pub captions: Vec<String>,
+    /// Latents of every shot `[f, C, h, w]`.
+    pub shots: Vec<Tensor>,
+    /// Context latents and flags for target shot k (index k; `None` for shot 0).
+    pub contexts: Vec<Option<(Tensor, Vec<i64>)>>,
+}
+
+/// The training stories of a run, encoded with the stage's VAE.
+pub struct TeacherCorpus {
+    /// The stories.
+    pub stories: Vec<EncodedStory>,
+}
+
+/// Draws the training sample of micro-batch `index`: (story, target shot, table index, caption
+/// dropped, context dropped). Pure in `(seed, index)` so that a resumed run sees the same data.
+pub fn draw_sample(
+    seed: u64,
+    index: u64,
+    shots_per_story: &[usize],
+    table: usize,
+    caption_dropout: f64,
+    context_dropout: f64,
+) -> (usize, usize, usize, bool, bool) {
+    let mut rng = WorldRng::derived(mix64(seed ^ 0x7eac_4e12), index);
+    // `range` is inclusive at both ends.
+    let story = rng.range(0, shots_per_story.len() - 1);
+    let shot = rng.range(0, shots_per_story[story].saturating_sub(1));
+    let t = rng.range(0, table - 1);
+    let caption_dropped = rng.chance(caption_dropout);
+    let context_dropped = rng.chance(context_dropout);
+    (story, shot, t, caption_dropped, context_dropped)
+}
+
+impl TeacherCorpus {
+    /// Renders and encodes `data`'s stories with `vae`, `context_frames` dynamic context per shot.
+    pub fn encode(vae: &WanVae, data: &TeacherData, context_frames: usize, progress: bool) -> Result<Self> {
+        let device = Device::Cpu;
+        let mut options = StoryOptions::default();
+        options.format.width = data.width;
+        options.format.height = data.height;
+        let scale = vae.spatial_scale();
+        let hw = (data.height as usize / scale, data.width as usize / scale);
+        let memory = DynamicSampling { max_frames: context_frames };
+        let bar = Progress::new(data.stories, 0, progress);
+        let mut stories = Vec::with_capacity(data.stories as usize);
+        for i in 0..data.stories {
+            let story = generate_story(data.first_seed + i, &options)?;
+            stories.push(encode_story(vae, &story, &memory, context_frames, hw, &device)?);
+            bar.update(i + 1, f64::NAN);
+        }
+        bar.finish();
+        Ok(Self { stories })
+    }
+
+    /// Shots of each story.
+    pub fn shots_per_story(&self) -> Vec<usize> {
+        self.stories.iter().map(|s| s.shots.len()).collect()
+    }
+
+    /// Writes the corpus as one safetensors file plus captions (JSON).
+    pub fn save(&self, dir: &Path, key: &str) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::File(format!("{}: {e}", dir.display())))?;
+        let mut tensors = HashMap::new();
+        let mut meta = Vec::new();
+        for (i, s) in self.stories.iter().enumerate() {
+            for (k, z) in s.shots.iter().enumerate() {
+                tensors.insert(format!("{i}.shot.{k}"), z.clone());
+            }
+            let mut flags = Vec::new();
+            for (k, c) in s.contexts.iter().enumerate() {
+                if let Some((z, f)) = c {
+                    tensors.insert(format!("{i}.context.{k}"), z.clone());
+                    flags.push(f.clone());
+                } else {
+                    flags.push(Vec::new());
+                }
+            }
+            meta.push(serde_json::json!({ "global": s.global, "captions": s.captions, "flags": flags }));
+        }
+        save_safetensors(&dir.join("latents.safetensors"), &tensors)?;
+        let index = serde_json::json!({ "key": key, "stories": meta });
+        write_text(&dir.join("latents.json"), &index.to_string())
+    }
+
+    /// Reads a corpus written by [`TeacherCorpus::save`] if its key matches.
+    pub fn load(dir: &Path, key: &str) -> Result<Option<Self>> {
+        let index_path = dir.join("latents.json");
+        let Ok(text) = std::fs::read_to_string(&index_path) else { return Ok(None) };
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", index_path.display())))?;
+        if index.get("key").and_then(|k| k.as_str()) != Some(key) {
+            return Ok(None);
+        }
+        let tensors = candle_core::safetensors::load(dir.join("latents.safetensors"), &Device::Cpu)?;
+        let bad = |what: &str| TrainError::File(format!("{}: {what}", index_path.display()));
+        let metas = index.get("stories").and_then(|s| s.as_array()).ok_or_else(|| bad("no stories"))?;
+        let mut stories = Vec::with_capacity(metas.len());
+        for (i, m) in metas.iter().enumerate() {
+            let global =
+                m.get("global").and_then(|g| g.as_str()).ok_or_else(|| bad("story without a global caption"))?;
+            let captions: Vec<String> = serde_json::from_value(m.get("captions").cloned().unwrap_or_default())
+                .map_err(|e| bad(&e.to_string()))?;
+            let flags: Vec<Vec<i64>> =
+                serde_json::from_value(m.get("flags").cloned().unwrap_or_default()).map_err(|e| bad(&e.to_string()))?;
+            let mut shots = Vec::new();
+            let mut contexts = Vec::new();
+            for (k, f) in flags.into_iter().enumerate().take(captions.len()) {
+                let z = tensors.get(&format!("{i}.shot.{k}")).ok_or_else(|| bad("missing shot latents"))?;
+                shots.push(z.clone());
+                contexts.push(tensors.get(&format!("{i}.context.{k}")).map(|c| (c.clone(), f)));
+            }
+            stories.push(EncodedStory { global: global.to_string(), captions, shots, contexts });
+        }
+        Ok(Some(Self { stories }))
+    }
+}
+
+fn encode_story(
+    vae: &WanVae,
+    story: &Story,
+    memory: &DynamicSampling,
+    context_frames: usize,
+    hw: (usize, usize),
+    device: &Device,
+) -> Result<EncodedStory> {
+    let rendered = render_story(story)?;
+    let mut shot_pixels = Vec::with_capacity(story.shots.len());
+    for (start, end) in story.shot_ranges() {
+        shot_pixels.push(frames_to_tensor(&rendered.frames[start..end], device)?);
+    }
+    let mut shots = Vec::with_capacity(shot_pixels.len());
+    let mut contexts = Vec::with_capacity(shot_pixels.len());
+    for (k, pixels) in shot_pixels.iter().enumerate() {
+        shots.push(vae.encode(pixels)?);
+        if k == 0 {
+            contexts.push(None);
+            continue;
+        }
+        let lens: Vec<usize> = story.shots[..k].iter().map(|s| s.frames).collect();
+        let picks = memory.select(&lens);
+        let (z, flags) = encode_context(vae, &shot_pixels[..k], &picks, context_frames, hw, device)
+            .map_err(|e| TrainError::File(format!("encoding the context of story {} shot {k}: {e}", story.seed)))?;
+        contexts.push(Some((z, flags)));
+    }
+    Ok(EncodedStory {
+        global: story.global_caption.clone(),
+        captions: story.shots.iter().map(|s| s.caption.clone()).collect(),
+        shots,
+        contexts,
+    })
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    storyreel_media::write_atomic(path, text.as_bytes())
+        .map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
+}
+
+/// The teacher and its text encoder, built on one set of trainable variables.
+pub struct TeacherNetworks {
+    /// The DiT.
+    pub dit: WanModel,
+    /// The text encoder.
+    pub text: ToyTextEncoder,
+}
+
+impl TeacherNetworks {
+    /// Builds (or, for variables already in `varmap`, reuses) the networks for `cfg` and a VAE
+    /// with `z` latent channels; fresh weights come from `cfg.init_seed`.
+    pub fn trainable(cfg: &TeacherStageConfig, z: usize, varmap: &VarMap, device: &Device) -> Result<Self> {
+        let wan = cfg.dit.config(z, &cfg.text);
+        let words =
+            storyreel_nn::text::toy::SPECIALS.iter().map(|s| s.to_string()).chain(caption_vocabulary()).collect();
+        let tokenizer = ToyTokenizer::new(words)?;
+        init_variables(varmap, &wan, &cfg.text, &tokenizer, cfg.init_seed, device)?;
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
+        let text = ToyTextEncoder::trainable_in(cfg.text.clone(), tokenizer, &vb.pp(TEXT_PREFIX))?;
+        let rope = RopeConfig { shot_phase: cfg.shot_phase.then_some(1.0 / 6.0), ..RopeConfig::default() };
+        let dit = WanModel::load(vb.pp(DIT_PREFIX), &wan, rope)?;
+        Ok(Self { dit, text })
+    }
+}
+
+/// Seeded initial weights (candle's own initialisers draw from an unseeded generator):
+/// linear and conv weights N(0, 1/fan_in), biases 0, norm gains 1, modulation tables
+/// N(0, 0.02²), and the output head zero so that training starts from a zero flow. Variables
+/// already present (a resumed run) are left alone.
+fn init_variables(
+    varmap: &VarMap,
+    wan: &WanConfig,
+    text: &ToyTextConfig,
+    tokenizer: &ToyTokenizer,
+    seed: u64,
+    device: &Device,
+) -> Result<()> {
+    let mut rng = WorldRng::new(seed);
+    let mut normal = move |std: f64| -> f32 {
+        let u1 = rng.uniform().max(1e-12);
+        let u2 = rng.uniform();
+        (std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    };
+    let mut fresh: Vec<(String, Tensor)> = Vec::new();
+    for (name, shape) in storyreel_nn::checkpoint::dit_tensor_shapes(wan) {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = if name.starts_with("head.head.") || name.ends_with(".bias") {
+            vec![0.0; n]
+        } else if name.contains("norm") && name.ends_with(".weight") {
+            vec![1.0; n]
+        } else if name.ends_with("modulation") {
+            (0..n).map(|_| normal(0.02)).collect()
+        } else {
+            let fan_in: usize = if shape.len() > 1 { shape[1..].iter().product() } else { shape[0] };
+            let std = 1.0 / (fan_in as f64).sqrt();
+            (0..n).map(|_| normal(std)).collect()
+        };
+        fresh.push((format!("{DIT_PREFIX}.{name}"), Tensor::from_vec(values, shape, device)?));
+    }
+    let text_init = ToyTextEncoder::random(text.clone(), tokenizer.clone(), mix64(seed ^ 0x7e47), device)?;
+    for (name, t) in text_init.tensors() {
+        fresh.push((format!("{TEXT_PREFIX}.{name}"), t));
+    }
+    let data = varmap.data();
+    let mut vars = data.lock().map_err(|_| TrainError::File("the variable map's lock is poisoned".into()))?;
+    for (name, t) in fresh {
+        if let std::collections::hash_map::Entry::Vacant(slot) = vars.entry(name) {
+            slot.insert(candle_core::Var::from_tensor(&t)?);
+        }
+    }
+    Ok(())
+}
+
+/// Loss terms of one sample.
+pub struct TeacherLoss {
+    /// Weighted flow-matching loss (what is optimised).
+    pub total: Tensor,
+    /// Unweighted MSE.
+    pub mse: f64,
+    /// The timestep.
+    pub t: f32,
+}
+
+/// Everything a sample needs besides the networks.
+pub struct TeacherSample<'a> {
+    /// The story.
+    pub story: &'a EncodedStory,
+    /// Target shot.
+    pub shot: usize,
+    /// Index into the timestep table.
+    pub table_index: usize,
+    /// Zero every caption embedding.
+    pub caption_dropped: bool,
+    /// Zero the context latents and flags.
+    pub context_dropped: bool,
+    /// Noise seed.
+    pub noise_seed: u64,
+}
+
+/// The flow-matching loss of one sample (shotstream.md §5.1).
+pub fn teacher_loss(
+    nets: &TeacherNetworks,
+    sample: &TeacherSample<'_>,
+    schedule: &FlowSchedule,
+    weights: &[f32],
+    context_frames: usize,
+) -> Result<TeacherLoss> {
+    let device = nets.dit.device().clone();
+    let x0 = &sample.story.shots[sample.shot];
+    let (_, c, h, w) = x0.dims4()?;
+    let sigma = schedule.sigmas()[sample.table_index];
+    let t = schedule.timesteps()[sample.table_index];
+    let eps = SeededNoise::new(sample.noise_seed).noise(sample.shot, 0, 0, x0.dims(), &device)?;
+    let x_t = ((x0 * (1.0 - sigma) as f64)? + (&eps * sigma as f64)?)?;
+    let target = (&eps - x0)?;
+    let (context, flags) = match (&sample.story.contexts[sample.shot], sample.context_dropped) {
+        (Some((z, f)), false) => (z.clone(), f.clone()),
+        _ => (Tensor::zeros((context_frames, c, h, w), DType::F32, &device)?, vec![0; context_frames]),
+    };
+    let mut embeddings = caption_embeddings(&nets.text, &sample.story.global, &sample.story.captions[..=sample.shot])?;
+    if sample.caption_dropped {
+        embeddings = embeddings.zeros_like()?;
+    }
+    let captions = nets.dit.embed_captions(&embeddings)?;
+    let plan = ShotPlan::new(sample.shot, &flags, sample.shot + 1)?;
+    let inputs = TeacherInputs { plan: &plan, captions: &captions, uncond: None, context: &context };
+    let v = teacher_flow(&nets.dit, &inputs, &x_t, t, true)?;
+    let mse = (v - target)?.sqr()?.mean_all()?;
+    let mse_value = mse.to_scalar::<f32>()? as f64;
+    let total = (mse * weights[sample.table_index] as f64)?;
+    Ok(TeacherLoss { total, mse: mse_value, t })
+}
+
+/// What a finished teacher stage reports (also `OUT/model/training.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TeacherStageReport {
+    /// Steps trained.
+    pub steps: u64,
+    /// Mean weighted loss over the last 100 steps.
+    pub final_loss: f64,
+    /// Wall time of this invocation (encoding included).
+    pub wall_seconds: f64,
+    /// Seconds spent rendering and encoding the training stories.
+    pub encode_seconds: f64,
+    /// Trainable parameters (DiT + text encoder).
+    pub parameters: usize,
+    /// Training stories.
+    pub stories: u64,
+    /// The model folder written.
+    pub model_dir: PathBuf,
+}
+
+/// Trains (or resumes) the teacher and writes `train.out_dir/model`, a story model folder.
+pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let device = Device::Cpu;
+    let vae = WanVae::load(&cfg.vae, DType::F32, &device)
+        .map_err(|e| TrainError::File(format!("loading the toy VAE from {}: {e}", cfg.vae.display())))?;
+    if !vae.has_encoder() {
+        return Err(TrainError::File(format!("{}: the VAE has no encoder", cfg.vae.display())));
+    }
+    let z = vae.latent_channels();
+    let scale = vae.spatial_scale() * 2;
+    if !(cfg.data.width as usize).is_multiple_of(scale) || !(cfg.data.height as usize).is_multiple_of(scale) {
+        return Err(TrainError::out_of_range(
+            "data size",
+            format!("{}x{}", cfg.data.width, cfg.data.height),
+            format!("multiples of {scale} (VAE scale x patch)"),
+        ));
+    }
+    let out_dir = cfg.train.out_dir.clone();
+    std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::File(format!("{}: {e}", out_dir.display())))?;
+
+    // Encode once; reuse on resume when nothing that shapes the latents changed.
+    let encode_started = Instant::now();
+    let key = corpus_key(&cfg.vae, &cfg.data, cfg.context_frames)?;
+    let corpus_dir = out_dir.join("latents");
+    let corpus = match TeacherCorpus::load(&corpus_dir, &key)? {
+        Some(c) => c,
+        None => {
+            if cfg.train.progress {
+                eprintln!("rendering and encoding {} training stories", cfg.data.stories);
+            }
+            let c = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, cfg.train.progress)?;
+            c.save(&corpus_dir, &key)?;
+            c
+        }
+    };
+    let encode_seconds = encode_started.elapsed().as_secs_f64();
+    let shots_per_story = corpus.shots_per_story();
+
+    let varmap = VarMap::new();
+    let nets = TeacherNetworks::trainable(cfg, z, &varmap, &device)?;
+    let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut train = cfg.train.clone();
+    train.schedule.total_steps = cfg.steps;
+    // A short run (a smoke test, `--steps 5`) keeps its warm-up inside the run.
+    train.schedule.warmup_steps = train.schedule.warmup_steps.min(cfg.steps);
+    let mut trainer = Trainer::new(&varmap, train)?;
+    trainer.resume_latest(&out_dir)?;
+    let schedule = FlowSchedule::new(1000, cfg.shift);
+    let weights = timestep_weights(schedule.timesteps());
+    let accumulate = cfg.train.accumulate as u64;
+    let mut recent: Vec<f64> = Vec::new();
+    while trainer.step_count() < cfg.steps {
+        let step = trainer.step_count();
+        let report = trainer.step(|micro| {
+            let index = step * accumulate + micro as u64;
+            let (story, shot, table_index, caption_dropped, context_dropped) = draw_sample(
+                cfg.train.seed,
+                index,
+                &shots_per_story,
+                weights.len(),
+                cfg.caption_dropout,
+                cfg.context_dropout,
+            );
+            let sample = TeacherSample {
+                story: &corpus.stories[story],
+                shot,
+                table_index,
+                caption_dropped,
+                context_dropped: context_dropped || !cfg.use_context,
+                noise_seed: mix64(cfg.train.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            };
+            let loss = teacher_loss(&nets, &sample, &schedule, &weights, cfg.context_frames)?;
+            Ok((loss.total, vec![("mse".into(), loss.mse), ("t".into(), loss.t as f64)]))
+        })?;
+        recent.push(report.loss);
+        if recent.len() > 100 {
+            recent.remove(0);
+        }
+    }
+    trainer.finish();
+    let final_loss = recent.iter().sum::<f64>() / recent.len().max(1) as f64;
+
+    let model_dir = out_dir.join("model");
+    write_model(cfg, &nets, &vae, &varmap, &model_dir)?;
+    let report = TeacherStageReport {
+        steps: trainer.step_count(),
+        final_loss,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        encode_seconds,
+        parameters,
+        stories: cfg.data.stories,
+        model_dir: model_dir.clone(),
+    };
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    write_text(&model_dir.join("training.json"), &(text + "\n"))?;
+    Ok(report)
+}
+
+/// Identifies the encoded corpus: the VAE's weights and config, the data settings and the
+/// context size.
+fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usize) -> Result<String> {
+    let file = storyreel_nn::vae::find_vae_file(vae_dir)?;
+    let mut h = 0u64;
+    for path in [file.clone(), file.with_file_name("vae_config.json")] {
+        if let Ok(bytes) = std::fs::read(&path) {
+            for chunk in bytes.chunks(8) {
+                let mut v = [0u8; 8];
+                v[..chunk.len()].copy_from_slice(chunk);
+                h = mix64(h ^ u64::from_le_bytes(v));
+            }
+        }
+    }
+    Ok(format!("vae:{h:016x} data:{} context:{context_frames}", serde_json::to_string(data).unwrap_or_default()))
+}
+
+/// Writes the story model folder: card, DiT, VAE and text encoder.
+fn write_model(
+    cfg: &TeacherStageConfig,
+    nets: &TeacherNetworks,
+    vae: &WanVae,
+    varmap: &VarMap,
+    dir: &Path,
+) -> Result<()> {
+    let dit_dir = dir.join(story_model::DIT_DIR);
+    std::fs::create_dir_all(&dit_dir).map_err(|e| TrainError::File(format!("{}: {e}", dit_dir.display())))?;
+    let prefix = format!("{DIT_PREFIX}.");
+    let data = varmap.data().lock().map_err(|_| TrainError::File("variable map lock poisoned".into()))?;
+    let dit_tensors: HashMap<String, Tensor> = data
+        .iter()
+        .filter_map(|(name, var)| name.strip_prefix(&prefix).map(|n| (n.to_string(), var.as_tensor().detach())))
+        .collect();
+    drop(data);
+    save_safetensors(&dit_dir.join(story_model::DIT_WEIGHTS), &dit_tensors)?;
+    let config = serde_json::to_string_pretty(nets.dit.config()).map_err(|e| TrainError::File(e.to_string()))?;
+    write_text(&dit_dir.join("config.json"), &(config + "\n"))?;
+    nets.text.save(&dir.join(story_model::TEXT_DIR))?;
+    vae.save(&dir.join(story_model::VAE_DIR))?;
+    let card = ModelCard {
+        kind: ModelKind::Teacher,
+        width: cfg.data.width,
+        height: cfg.data.height,
+        fps: 16.0,
+        context_frames: cfg.context_frames,
+        shot_phase: cfg.shot_phase,
+        uses_context: cfg.use_context,
+        sampler: cfg.sampler,
+        description: format!(
+            "toy next-shot teacher trained {} steps on {} world stories ({})",
+            cfg.steps,
+            cfg.data.stories,
+            if cfg.use_context { "with context" } else { "without context: ablation" }
+        ),
+    };
+    Ok(card.write(dir)?)
+}

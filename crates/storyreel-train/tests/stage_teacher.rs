@@ -1,0 +1,182 @@
+//! Stage `teacher` at a tiny size: the loss falls on a fixed sample, dropout rates are what the
+//! config says, a run writes a story model folder that generates a story, and resuming from a
+//! checkpoint reproduces the uninterrupted run exactly.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use storyreel_engine::context::NoContext;
+use storyreel_engine::FlowSchedule;
+use storyreel_engine::{generate_teacher_story, EulerSampler, ShotRequest, StoryModel, TeacherStoryOptions};
+use storyreel_nn::text::toy::ToyTextConfig;
+use storyreel_nn::vae::WanVae;
+use storyreel_train::stage_teacher::{
+    draw_sample, run_teacher_stage, teacher_loss, timestep_weights, TeacherCorpus, TeacherData, TeacherNetworks,
+    TeacherSample, TeacherStageConfig, ToyDitShape,
+};
+use storyreel_train::stage_vae::ToyVaeShape;
+use storyreel_train::{AdamW, AdamWConfig, NamedParams};
+
+/// A random toy VAE (4 latent channels, 4× spatial) saved under `dir`.
+fn write_vae(dir: &Path) -> WanVae {
+    let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
+    let vae = WanVae::random(&cfg, true, 3, DType::F32, &Device::Cpu).unwrap();
+    vae.save(dir).unwrap();
+    vae
+}
+
+fn tiny(vae: &Path, out: &Path, steps: u64) -> TeacherStageConfig {
+    let mut cfg = TeacherStageConfig {
+        vae: vae.to_path_buf(),
+        dit: ToyDitShape { dim: 32, ffn_dim: 64, freq_dim: 32, num_heads: 2, num_layers: 1 },
+        text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
+        data: TeacherData { first_seed: 11, stories: 3, width: 32, height: 32 },
+        steps,
+        ..TeacherStageConfig::default()
+    };
+    cfg.sampler.steps = 2;
+    cfg.train.out_dir = out.to_path_buf();
+    cfg.train.checkpoint_every = 2;
+    cfg.train.progress = false;
+    cfg.train.schedule.warmup_steps = 1;
+    cfg
+}
+
+#[test]
+fn timestep_weights_follow_the_recipe() {
+    let schedule = FlowSchedule::new(1000, 8.0);
+    let w = timestep_weights(schedule.timesteps());
+    let mean = w.iter().map(|&x| x as f64).sum::<f64>() / w.len() as f64;
+    assert!((mean - 1.0).abs() < 1e-4, "mean {mean}");
+    assert!(w.iter().cloned().fold(f32::INFINITY, f32::min).abs() < 1e-6, "the minimum is subtracted");
+    let peak = schedule.timesteps().iter().zip(&w).max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    assert!((peak - 500.0).abs() < 5.0, "weights peak at t = 500, found {peak}");
+}
+
+#[test]
+fn dropout_rates_are_respected() {
+    let shots = [2usize, 5, 8, 3];
+    let n = 20_000u64;
+    let (mut caption, mut context) = (0usize, 0usize);
+    let mut seen_shot = [false; 8];
+    for i in 0..n {
+        let (story, shot, t, c, x) = draw_sample(7, i, &shots, 1000, 0.1, 0.25);
+        assert!(story < shots.len() && shot < shots[story] && t < 1000);
+        seen_shot[shot] = true;
+        caption += c as usize;
+        context += x as usize;
+    }
+    let (pc, px) = (caption as f64 / n as f64, context as f64 / n as f64);
+    // Three standard deviations of a binomial at n = 20 000 are under 0.01.
+    assert!((pc - 0.1).abs() < 0.01, "caption dropout {pc}");
+    assert!((px - 0.25).abs() < 0.01, "context dropout {px}");
+    assert!(seen_shot.iter().all(|&s| s), "every target shot index is drawn");
+    assert_eq!(draw_sample(7, 123, &shots, 1000, 0.1, 0.1), draw_sample(7, 123, &shots, 1000, 0.1, 0.1));
+    for i in 0..1000 {
+        let (_, _, _, c, x) = draw_sample(7, i, &shots, 1000, 0.0, 0.0);
+        assert!(!c && !x, "zero rates never drop");
+    }
+}
+
+#[test]
+fn a_few_steps_reduce_the_loss_on_a_fixed_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let vae = write_vae(&dir.path().join("vae"));
+    let cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
+    let corpus = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, false).unwrap();
+    let varmap = VarMap::new();
+    let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
+    let schedule = FlowSchedule::new(1000, 8.0);
+    let weights = timestep_weights(schedule.timesteps());
+    let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
+    let sample = TeacherSample {
+        story,
+        shot: 1,
+        table_index: 400,
+        caption_dropped: false,
+        context_dropped: false,
+        noise_seed: 5,
+    };
+    let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
+    let first = teacher_loss(&nets, &sample, &schedule, &weights, 6).unwrap();
+    let mut last = first.mse;
+    for _ in 0..15 {
+        let loss = teacher_loss(&nets, &sample, &schedule, &weights, 6).unwrap();
+        last = loss.mse;
+        let grads = loss.total.backward().unwrap();
+        opt.step(&grads, 3e-3).unwrap();
+    }
+    assert!(last < first.mse * 0.8, "loss {} -> {last}", first.mse);
+}
+
+#[test]
+fn a_run_writes_a_story_model_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let out = dir.path().join("run");
+    let report = run_teacher_stage(&tiny(&dir.path().join("vae"), &out, 4)).unwrap();
+    assert_eq!(report.steps, 4);
+    assert!(report.final_loss.is_finite());
+    let log = std::fs::read_to_string(out.join("train.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 4);
+
+    // The folder is a story model that generates a two-shot story from its own context.
+    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    assert!(model.card.uses_context && model.card.shot_phase);
+    let shots = vec![
+        ShotRequest { caption: "a red fox walks in a meadow".into(), frames: 5 },
+        ShotRequest { caption: "the same red fox jumps".into(), frames: 9 },
+    ];
+    let options =
+        TeacherStoryOptions { seed: 1, sampler: EulerSampler::new(2, 8.0, 2.0).unwrap(), memory: Box::new(NoContext) };
+    let mut got = Vec::new();
+    generate_teacher_story(
+        &model,
+        "",
+        &shots,
+        &options,
+        &mut |s| {
+            got.push(s.frames.dims().to_vec());
+            Ok(())
+        },
+        &mut |_, _| {},
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(got, vec![vec![5, 3, 32, 32], vec![9, 3, 32, 32]]);
+
+    // Interrupted after the step-2 checkpoint, the run resumes there and ends bit-identical.
+    let weights = std::fs::read(report.model_dir.join("dit/model.safetensors")).unwrap();
+    let text = std::fs::read(report.model_dir.join("text/toy_text.safetensors")).unwrap();
+    std::fs::remove_dir_all(out.join("checkpoints/step-4")).unwrap();
+    std::fs::remove_dir_all(&report.model_dir).unwrap();
+    let resumed = run_teacher_stage(&tiny(&dir.path().join("vae"), &out, 4)).unwrap();
+    assert_eq!(resumed.steps, 4);
+    assert_eq!(std::fs::read(resumed.model_dir.join("dit/model.safetensors")).unwrap(), weights, "DiT differs");
+    assert_eq!(std::fs::read(resumed.model_dir.join("text/toy_text.safetensors")).unwrap(), text, "text differs");
+    let log: Vec<String> =
+        std::fs::read_to_string(out.join("train.jsonl")).unwrap().lines().map(String::from).collect();
+    assert_eq!(log.len(), 4, "{log:?}");
+}
+
+#[test]
+fn bad_settings_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = tiny(&dir.path().join("no-vae"), &dir.path().join("run"), 2);
+    let err = run_teacher_stage(&missing).unwrap_err().to_string();
+    assert!(err.contains("no-vae"), "{err}");
+    let mut bench = tiny(&dir.path().join("vae"), &dir.path().join("run"), 2);
+    bench.data.first_seed = storyreel_world::BENCHMARK_SEED_BASE + 3;
+    assert!(bench.validate().unwrap_err().to_string().contains("benchmark"));
+    let mut p = tiny(&dir.path().join("vae"), &dir.path().join("run"), 2);
+    p.caption_dropout = 1.5;
+    assert!(p.validate().unwrap_err().to_string().contains("caption_dropout"));
+    let typo = dir.path().join("t.json");
+    std::fs::write(&typo, r#"{"context_dropuot": 0.2}"#).unwrap();
+    assert!(TeacherStageConfig::read(&typo).unwrap_err().to_string().contains("context_dropuot"));
+    let toml = dir.path().join("t.toml");
+    std::fs::write(&toml, "steps = 7\ncaption_dropout = 0.2\n[data]\nstories = 5\n").unwrap();
+    let cfg = TeacherStageConfig::read(&toml).unwrap();
+    assert_eq!((cfg.steps, cfg.caption_dropout, cfg.data.stories), (7, 0.2, 5));
+}

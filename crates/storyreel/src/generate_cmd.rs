@@ -1,0 +1,242 @@
+//! `storyreel generate`: a whole story from a story model folder, shot by shot, each shot
+//! conditioned on frames picked from the story's own earlier output and written to the video as
+//! soon as it is decoded.
+//!
+//! Story input: our native story JSON (`global_caption`, `shots[].caption`, optional
+//! `shots[].frames` and `seed`; a `storyreel world` story is one). `--story` may also be a folder
+//! (a world dataset or a folder of story JSON files); then `-o` is a folder that receives
+//! `stories/<id>.json` and `videos/<id>.mp4`, the layout `storyreel eval --dir` reads.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use storyreel_engine::context::policy_by_name;
+use storyreel_engine::{generate_teacher_story, EulerSampler, ShotRequest, StoryModel, TeacherStoryOptions};
+
+use crate::device::parse_device;
+use crate::frames_out::sink_for;
+
+/// Flags of `generate`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Story model folder (storyreel_model.json + dit/ + vae/ + text/), e.g. assets/models/toy-teacher.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Story JSON file, or a folder of stories (a world dataset, or *.json files).
+    #[arg(long)]
+    pub story: PathBuf,
+    /// Output: an .mp4 / .png contact sheet / .gif / PNG folder for one story; a folder for many.
+    #[arg(short = 'o', long)]
+    pub out: PathBuf,
+    /// Seed of the noise (default: the story's own seed, else 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Euler steps (default: the model card's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: the model card's; 1 turns CFG off).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Context memory: dynamic (ShotStream's sampling) or none (default: the card's).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Frames of shots whose story gives none (4k+1).
+    #[arg(long, default_value_t = 25)]
+    pub frames: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print one JSON event per line on stdout (shot done, story done) instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A story as `generate` reads it.
+#[derive(Debug, Deserialize)]
+struct StoryScript {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    global_caption: String,
+    shots: Vec<ScriptShot>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ScriptShot {
+    caption: String,
+    #[serde(default)]
+    frames: Option<usize>,
+}
+
+/// Longest story and shot `generate` accepts (a guard against absurd inputs).
+const MAX_SHOTS: usize = 64;
+const MAX_SHOT_FRAMES: usize = 1001;
+
+fn read_script(path: &Path) -> Result<StoryScript> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading story {}", path.display()))?;
+    let script: StoryScript =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a story JSON", path.display()))?;
+    if script.shots.is_empty() {
+        bail!("{}: the story has no shots", path.display());
+    }
+    if script.shots.len() > MAX_SHOTS {
+        bail!("{}: {} shots; at most {MAX_SHOTS} are supported", path.display(), script.shots.len());
+    }
+    for (i, s) in script.shots.iter().enumerate() {
+        if s.caption.trim().is_empty() {
+            bail!("{}: shot {i} has an empty caption", path.display());
+        }
+        if let Some(f) = s.frames {
+            if f == 0 || !(f - 1).is_multiple_of(4) || f > MAX_SHOT_FRAMES {
+                bail!("{}: shot {i} has {f} frames; shots are 4k+1 frames, at most {MAX_SHOT_FRAMES}", path.display());
+            }
+        }
+    }
+    Ok(script)
+}
+
+/// Story files under a folder: a dataset's `stories/`, else the folder's own `*.json`.
+fn story_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let stories = if dir.join("stories").is_dir() { dir.join("stories") } else { dir.to_path_buf() };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&stories)
+        .with_context(|| format!("listing {}", stories.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no story JSON files found", stories.display());
+    }
+    Ok(files)
+}
+
+/// Runs `storyreel generate`.
+pub fn run(args: &Args) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let model = StoryModel::load(&args.model, &device)
+        .with_context(|| format!("loading the story model {}", args.model.display()))?;
+    if args.frames == 0 || !(args.frames - 1).is_multiple_of(4) || args.frames > MAX_SHOT_FRAMES {
+        bail!("--frames {} must be 4k+1 and at most {MAX_SHOT_FRAMES}", args.frames);
+    }
+    if args.story.is_dir() {
+        let files = story_files(&args.story)?;
+        std::fs::create_dir_all(args.out.join("videos"))
+            .with_context(|| format!("creating {}", args.out.join("videos").display()))?;
+        std::fs::create_dir_all(args.out.join("stories"))
+            .with_context(|| format!("creating {}", args.out.join("stories").display()))?;
+        let started = Instant::now();
+        let mut frames = 0usize;
+        for (i, file) in files.iter().enumerate() {
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("story").to_string();
+            let video = args.out.join("videos").join(format!("{stem}.mp4"));
+            if !args.json {
+                eprintln!("[{}/{}] {stem}", i + 1, files.len());
+            }
+            frames += generate_one(&model, args, file, &video)?;
+            std::fs::copy(file, args.out.join("stories").join(format!("{stem}.json")))
+                .with_context(|| format!("copying {}", file.display()))?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let line = serde_json::json!({
+            "event": "batch_done", "stories": files.len(), "frames": frames,
+            "seconds": secs, "frames_per_second": frames as f64 / secs.max(1e-9),
+            "out": args.out.display().to_string(),
+        });
+        println!("{line}");
+        Ok(())
+    } else {
+        generate_one(&model, args, &args.story, &args.out)?;
+        Ok(())
+    }
+}
+
+/// Generates one story into `out`; returns the frames written.
+fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) -> Result<usize> {
+    let script = read_script(story_path)?;
+    let card = &model.card;
+    let memory_name = args.context.clone().unwrap_or_else(|| if card.uses_context { "dynamic" } else { "none" }.into());
+    let memory = policy_by_name(&memory_name, card.context_frames)
+        .with_context(|| format!("--context {memory_name:?}: choose dynamic or none"))?;
+    let sampler = EulerSampler::new(
+        args.steps.unwrap_or(card.sampler.steps),
+        card.sampler.shift,
+        args.guidance.unwrap_or(card.sampler.guidance),
+    )?;
+    let seed = args.seed.or(script.seed).unwrap_or(0);
+    let shots: Vec<ShotRequest> = script
+        .shots
+        .iter()
+        .map(|s| ShotRequest { caption: s.caption.clone(), frames: s.frames.unwrap_or(args.frames) })
+        .collect();
+    let total_steps = (shots.len() * sampler.timesteps().len()) as u64;
+    let options = TeacherStoryOptions { seed, sampler, memory };
+    let fps = card.fps.round().max(1.0) as u32;
+    let mut sink = sink_for(out, fps)?
+        .with_context(|| format!("{}: use .mp4, .png, .gif or a folder for a story's frames", out.display()))?;
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(total_steps);
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let started = Instant::now();
+    let mut written = 0usize;
+    let id = script.id.clone().unwrap_or_else(|| story_path.display().to_string());
+    let mut on_shot = |shot: &storyreel_engine::GeneratedShot| -> storyreel_engine::Result<()> {
+        let rgb = storyreel_engine::pixels::to_rgb_frames(&shot.frames)?;
+        let caption = &script.shots[shot.shot].caption;
+        let media = |e: storyreel_media::MediaError| {
+            storyreel_engine::EngineError::Input(format!("writing {}: {e}", out.display()))
+        };
+        sink.begin_shot(shot.shot, caption).map_err(media)?;
+        sink.push_frames(&rgb).map_err(media)?;
+        sink.end_shot().map_err(media)?;
+        sink.flush().map_err(media)?;
+        written += rgb.len();
+        if args.json {
+            let picks: Vec<[usize; 2]> = shot.context.iter().map(|p| [p.shot, p.frame]).collect();
+            let line = serde_json::json!({
+                "event": "shot_done", "story": id, "shot": shot.shot, "frames": rgb.len(),
+                "context": picks, "seconds": started.elapsed().as_secs_f64(),
+            });
+            println!("{line}");
+        }
+        Ok(())
+    };
+    let mut on_step = |shot: usize, _step: usize| {
+        bar.set_message(format!("shot {}/{}", shot + 1, script.shots.len()));
+        bar.inc(1);
+    };
+    generate_teacher_story(model, &script.global_caption, &shots, &options, &mut on_shot, &mut on_step, &|| false)
+        .with_context(|| format!("generating {}", story_path.display()))?;
+    bar.finish_and_clear();
+    let report = sink.finish().with_context(|| format!("finishing {}", out.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    let line = serde_json::json!({
+        "event": "story_done", "story": id, "shots": shots.len(), "frames": report.frames,
+        "seconds": secs, "frames_per_second": report.frames as f64 / secs.max(1e-9),
+        "out": out.display().to_string(),
+    });
+    if args.json {
+        println!("{line}");
+    } else {
+        eprintln!(
+            "wrote {} ({} shots, {} frames, {:.1} s, {:.1} frames/s)",
+            out.display(),
+            shots.len(),
+            report.frames,
+            secs,
+            report.frames as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(written)
+}

@@ -1,0 +1,127 @@
+//! The teacher path from the command line, at a tiny size (the CI smoke run of issue 6): a VAE
+//! and a teacher are trained for a few steps, `storyreel generate` writes a story video from the
+//! model folder (one story and a folder of them), and bad stories and models are clear errors.
+
+use std::path::Path;
+use std::process::Command;
+
+fn storyreel(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_storyreel")).args(args).output().expect("runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn train_tiny_models(dir: &Path) -> std::path::PathBuf {
+    let vae_cfg = dir.join("vae.toml");
+    std::fs::write(
+        &vae_cfg,
+        "[vae]\nz_dim = 4\nbase_dim = 4\n[data]\nwidth = 32\nheight = 32\n[held_out]\nclips = 1\nevery = 2\n\
+         [train]\nprogress = false\ncheckpoint_every = 0\n",
+    )
+    .unwrap();
+    let vae_run = dir.join("vae-run");
+    let (ok, _, err) = storyreel(&["train", "vae", "--config", p(&vae_cfg), "--steps", "2", "--out", p(&vae_run)]);
+    assert!(ok, "{err}");
+    let teacher_cfg = dir.join("teacher.json");
+    std::fs::write(
+        &teacher_cfg,
+        r#"{"dit": {"dim": 32, "ffn_dim": 64, "freq_dim": 32, "num_heads": 2, "num_layers": 1},
+            "text": {"dim": 16, "text_len": 64, "layers": 1, "heads": 2, "ffn_dim": 32},
+            "data": {"first_seed": 5, "stories": 2, "width": 32, "height": 32},
+            "sampler": {"steps": 2, "shift": 8.0, "guidance": 2.0},
+            "train": {"progress": false, "checkpoint_every": 0}}"#,
+    )
+    .unwrap();
+    let run = dir.join("teacher-run");
+    let (ok, stdout, err) = storyreel(&[
+        "train",
+        "teacher",
+        "--config",
+        p(&teacher_cfg),
+        "--vae",
+        p(&vae_run.join("model")),
+        "--steps",
+        "3",
+        "--out",
+        p(&run),
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["steps"], 3);
+    run.join("model")
+}
+
+#[test]
+fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = train_tiny_models(dir.path());
+    for part in
+        ["storyreel_model.json", "dit/config.json", "dit/model.safetensors", "vae/vae.safetensors", "text/vocab.txt"]
+    {
+        assert!(model.join(part).is_file(), "{part} missing");
+    }
+
+    let story = dir.path().join("story.json");
+    std::fs::write(
+        &story,
+        r#"{"global_caption": "a red fox in a meadow.", "seed": 4,
+            "shots": [{"caption": "a red fox walks", "frames": 5}, {"caption": "the same red fox jumps", "frames": 9}]}"#,
+    )
+    .unwrap();
+    let video = dir.path().join("story.mp4");
+    let (ok, stdout, err) =
+        storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video), "--json"]);
+    assert!(ok, "{err}");
+    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.iter().filter(|e| e["event"] == "shot_done").count(), 2, "{stdout}");
+    assert_eq!(events[1]["context"].as_array().unwrap().len(), 6, "shot 1 is conditioned on 6 frames of shot 0");
+    let done = events.last().unwrap();
+    assert_eq!((done["event"].as_str(), done["frames"].as_u64()), (Some("story_done"), Some(14)));
+    let (_, frames) = storyreel_media::read_mp4(&video).unwrap();
+    assert_eq!((frames.len(), frames[0].width, frames[0].height), (14, 32, 32));
+
+    // The same story with the same seed gives the same video; a folder of stories gives the
+    // layout `storyreel eval --dir` reads.
+    let again = dir.path().join("again.mp4");
+    assert!(storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&again)]).0);
+    assert_eq!(std::fs::read(&video).unwrap(), std::fs::read(&again).unwrap());
+    let stories = dir.path().join("stories");
+    std::fs::create_dir_all(&stories).unwrap();
+    std::fs::copy(&story, stories.join("a.json")).unwrap();
+    std::fs::copy(&story, stories.join("b.json")).unwrap();
+    let batch = dir.path().join("batch");
+    let (ok, stdout, err) = storyreel(&["generate", "--model", p(&model), "--story", p(&stories), "-o", p(&batch)]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("batch_done"), "{stdout}");
+    for id in ["a", "b"] {
+        assert!(batch.join(format!("videos/{id}.mp4")).is_file() && batch.join(format!("stories/{id}.json")).is_file());
+    }
+
+    // Bad stories, flags and models are errors that name the problem.
+    let bad = |json: &str| {
+        std::fs::write(&story, json).unwrap();
+        let (ok, _, err) = storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video)]);
+        assert!(!ok);
+        err
+    };
+    assert!(bad(r#"{"shots": []}"#).contains("no shots"));
+    assert!(bad(r#"{"shots": [{"caption": "a fox", "frames": 6}]}"#).contains("4k+1"));
+    assert!(bad(r#"{"shots": [{"caption": "a zorblax"}]}"#).contains("zorblax"));
+    assert!(bad(r#"{"shots": [{"caption": "#).contains("not a story JSON"));
+    std::fs::write(&story, r#"{"shots": [{"caption": "a red fox"}]}"#).unwrap();
+    let (ok, _, err) =
+        storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video), "--context", "magic"]);
+    assert!(!ok && err.contains("magic"), "{err}");
+    let (ok, _, err) =
+        storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video), "--frames", "8"]);
+    assert!(!ok && err.contains("--frames 8"), "{err}");
+    std::fs::remove_file(model.join("storyreel_model.json")).unwrap();
+    let (ok, _, err) = storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video)]);
+    assert!(!ok && err.contains("storyreel_model.json"), "{err}");
+    let (ok, _, err) =
+        storyreel(&["generate", "--model", p(&dir.path().join("nowhere")), "--story", p(&story), "-o", p(&video)]);
+    assert!(!ok && err.contains("nowhere"), "{err}");
+}
