@@ -9,6 +9,7 @@ pub mod log;
 pub mod optim;
 pub mod params;
 pub mod schedule;
+pub mod stage_config;
 pub mod stage_teacher;
 pub mod stage_vae;
 pub mod state;

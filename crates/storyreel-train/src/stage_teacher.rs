@@ -172,12 +172,7 @@ impl Default for TeacherStageConfig {
 impl TeacherStageConfig {
     /// Reads a `.json` or `.toml` config.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?;
-        if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
-        } else {
-            serde_json::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
-        }
+        crate::stage_config::read_over_defaults(path, &Self::default())
     }
 
     /// Checks the settings (the trainer's own included).

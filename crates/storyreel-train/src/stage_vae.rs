@@ -153,13 +153,7 @@ impl Default for VaeStageConfig {
 impl VaeStageConfig {
     /// Reads a `.json` or `.toml` config.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?;
-        let cfg: Self = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?
-        } else {
-            serde_json::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?
-        };
-        Ok(cfg)
+        crate::stage_config::read_over_defaults(path, &Self::default())
     }
 
     /// Checks the settings (the trainer's own included).
@@ -255,6 +249,8 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let mut train = cfg.train.clone();
     train.schedule.total_steps = cfg.steps;
+    // A short run (a smoke test, `--steps 2`) keeps its warm-up inside the run.
+    train.schedule.warmup_steps = train.schedule.warmup_steps.min(cfg.steps);
     let out_dir = train.out_dir.clone();
     let mut trainer = Trainer::new(&varmap, train)?;
     trainer.resume_latest(&out_dir)?;

@@ -179,4 +179,9 @@ fn bad_settings_are_clear_errors() {
     std::fs::write(&toml, "steps = 7\ncaption_dropout = 0.2\n[data]\nstories = 5\n").unwrap();
     let cfg = TeacherStageConfig::read(&toml).unwrap();
     assert_eq!((cfg.steps, cfg.caption_dropout, cfg.data.stories), (7, 0.2, 5));
+    // Keys left out keep the stage's defaults, also inside a table the file only partly sets.
+    std::fs::write(&toml, "[train]\nprogress = false\n").unwrap();
+    let cfg = TeacherStageConfig::read(&toml).unwrap();
+    assert!(!cfg.train.progress);
+    assert_eq!(cfg.train.schedule, TeacherStageConfig::default().train.schedule);
 }
