@@ -40,6 +40,10 @@ pub enum WorldCommand {
         /// Output .mp4 or .png.
         #[arg(long)]
         out: PathBuf,
+        /// Round-trip every shot through this VAE (folder or file) before writing: the best a
+        /// generator decoding through that VAE can show (a reference row for `storyreel eval`).
+        #[arg(long)]
+        vae: Option<PathBuf>,
     },
     /// Write the toy text encoder's vocabulary (<pad>, </s>, <unk>, then every caption word).
     Vocab {
@@ -146,7 +150,7 @@ pub fn run(command: &WorldCommand) -> Result<()> {
             let spec = DatasetSpec { overwrite: *force, ..benchmark_spec() };
             write_dataset(out, &spec)
         }
-        WorldCommand::Render { story, out } => render(story, out),
+        WorldCommand::Render { story, out, vae } => render(story, out, vae.as_deref()),
         WorldCommand::Vocab { out } => {
             write_vocabulary(out)
                 .map_err(flat)
@@ -235,13 +239,35 @@ fn read_story(path: &Path) -> Result<Story> {
     Story::read(path).map_err(flat).with_context(|| format!("reading the story file {}", path.display()))
 }
 
-fn render(story_path: &Path, out: &Path) -> Result<()> {
+/// Encodes and decodes every shot of `frames` with the VAE at `path`.
+fn through_vae(path: &Path, story: &Story, frames: &[RgbFrame]) -> Result<Vec<RgbFrame>> {
+    use storyreel_nn::codec::VideoCodec;
+    let device = candle_core::Device::Cpu;
+    let vae = std::sync::Arc::new(
+        storyreel_nn::vae::WanVae::load(path, candle_core::DType::F32, &device)
+            .with_context(|| format!("loading the VAE {}", path.display()))?,
+    );
+    let mut out = Vec::with_capacity(frames.len());
+    for (start, end) in story.shot_ranges() {
+        let x = storyreel_train::data::frames_to_tensor(&frames[start..end], &device)?;
+        let z = vae.encode(&x).with_context(|| format!("encoding frames {start}..{end}"))?;
+        let y = vae.clone().decode(&z)?.clamp(-1f32, 1f32)?;
+        out.extend(storyreel_engine::pixels::to_rgb_frames(&y)?);
+    }
+    Ok(out)
+}
+
+fn render(story_path: &Path, out: &Path, vae: Option<&Path>) -> Result<()> {
     let story = read_story(story_path)?;
     let ext = out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if ext != "mp4" && ext != "png" {
         bail!("{}: the output must end in .mp4 or .png", out.display());
     }
-    let rendered = render_story(&story).map_err(flat).with_context(|| format!("rendering {}", story_path.display()))?;
+    let mut rendered =
+        render_story(&story).map_err(flat).with_context(|| format!("rendering {}", story_path.display()))?;
+    if let Some(vae) = vae {
+        rendered.frames = through_vae(vae, &story, &rendered.frames)?;
+    }
     if ext == "mp4" {
         write_mp4(out, &rendered.frames, EncodeOptions::default().with_fps(story.format.fps))
             .map_err(flat)

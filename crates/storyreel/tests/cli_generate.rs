@@ -14,7 +14,7 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-fn train_tiny_models(dir: &Path) -> std::path::PathBuf {
+fn train_tiny_models(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let vae_cfg = dir.join("vae.toml");
     std::fs::write(
         &vae_cfg,
@@ -51,13 +51,13 @@ fn train_tiny_models(dir: &Path) -> std::path::PathBuf {
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["steps"], 3);
-    run.join("model")
+    (run.join("model"), vae_run.join("model"))
 }
 
 #[test]
 fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let model = train_tiny_models(dir.path());
+    let (model, vae) = train_tiny_models(dir.path());
     for part in
         ["storyreel_model.json", "dit/config.json", "dit/model.safetensors", "vae/vae.safetensors", "text/vocab.txt"]
     {
@@ -99,6 +99,27 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     for id in ["a", "b"] {
         assert!(batch.join(format!("videos/{id}.mp4")).is_file() && batch.join(format!("stories/{id}.json")).is_file());
     }
+
+    // A world story's ground truth through the VAE, shot by shot (the reference row).
+    let world = dir.path().join("world");
+    assert!(storyreel(&["world", "generate", "--stories", "1", "--out", p(&world), "--no-videos"]).0);
+    let world_story = std::fs::read_dir(world.join("stories")).unwrap().next().unwrap().unwrap().path();
+    let through = dir.path().join("through.mp4");
+    let (ok, _, err) =
+        storyreel(&["world", "render", "--story", p(&world_story), "--out", p(&through), "--vae", p(&vae)]);
+    assert!(ok, "{err}");
+    let frames: usize = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&world_story).unwrap())
+        .unwrap()["shots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["frames"].as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(storyreel_media::read_mp4(&through).unwrap().1.len(), frames);
+    let not_a_vae = model.join("text");
+    let (ok, _, err) =
+        storyreel(&["world", "render", "--story", p(&world_story), "--out", p(&through), "--vae", p(&not_a_vae)]);
+    assert!(!ok && err.contains("VAE") && err.contains("text"), "{err}");
 
     // Bad stories, flags and models are errors that name the problem.
     let bad = |json: &str| {
