@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use storyreel_nn::vae::{VaeConfig, WanVae};
@@ -124,6 +124,9 @@ pub struct VaeStageConfig {
     pub steps: u64,
     /// Seed of the initial weights.
     pub init_seed: u64,
+    /// Start from this trained VAE (folder or file; same shape) instead of random weights, e.g.
+    /// to continue a short-clip run on whole shots. A resumed run ignores it.
+    pub init_from: Option<PathBuf>,
     /// Optimiser, schedule, accumulation, checkpoints, output folder.
     pub train: TrainConfig,
 }
@@ -145,6 +148,7 @@ impl Default for VaeStageConfig {
             kl_weight: 1e-6,
             steps: 3000,
             init_seed: 1,
+            init_from: None,
             train,
         }
     }
@@ -230,6 +234,29 @@ fn keep_scores_up_to(path: &Path, step: u64) -> Result<()> {
     std::fs::write(path, kept).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
 }
 
+/// Copies a trained VAE's weights into the stage's variables (every variable must be present
+/// with the same shape).
+fn load_initial_weights(varmap: &VarMap, from: &Path, device: &Device) -> Result<()> {
+    let trained = WanVae::load(from, DType::F32, device)
+        .map_err(|e| TrainError::File(format!("init_from {}: {e}", from.display())))?;
+    let data = varmap.data().lock().map_err(|_| TrainError::File("the variable map's lock is poisoned".into()))?;
+    for (name, var) in data.iter() {
+        let t = trained.tensors().get(name).ok_or_else(|| {
+            TrainError::File(format!("init_from {}: no tensor `{name}` (a VAE of another shape?)", from.display()))
+        })?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::File(format!(
+                "init_from {}: `{name}` is {:?}, the stage's VAE needs {:?}",
+                from.display(),
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(t)?;
+    }
+    Ok(())
+}
+
 /// Trains (or resumes) the toy VAE and writes `train.out_dir/model`.
 pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     cfg.validate()?;
@@ -246,6 +273,9 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
 
     let varmap = VarMap::new();
     let vae = trainable_vae(&cfg.vae.config(), &varmap, cfg.init_seed, &device)?;
+    if let Some(from) = &cfg.init_from {
+        load_initial_weights(&varmap, from, &device)?;
+    }
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let mut train = cfg.train.clone();
     train.schedule.total_steps = cfg.steps;

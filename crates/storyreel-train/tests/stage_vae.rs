@@ -72,3 +72,27 @@ fn configs_read_from_json_and_toml_and_reject_typos() {
     let bad = VaeStageConfig { steps: 0, ..VaeStageConfig::default() };
     assert!(bad.validate().unwrap_err().to_string().contains("steps"));
 }
+
+#[test]
+fn init_from_starts_from_a_trained_vae_of_the_same_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = run_vae_stage(&tiny(&dir.path().join("a"), 2)).unwrap();
+    let mut cfg = tiny(&dir.path().join("b"), 1);
+    // A vanishing rate: one step cannot move a weight by more than ~1e-30.
+    cfg.train.schedule.base_lr = 1e-30;
+    cfg.train.schedule.min_lr = 0.0;
+    cfg.init_from = Some(first.model_dir.clone());
+    let second = run_vae_stage(&cfg).unwrap();
+    let a = WanVae::load(&first.model_dir, DType::F32, &Device::Cpu).unwrap();
+    let b = WanVae::load(&second.model_dir, DType::F32, &Device::Cpu).unwrap();
+    for (name, t) in a.tensors() {
+        let diff = (t - b.tensors().get(name).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-20, "{name} differs from the init_from weights");
+    }
+
+    let mut wrong = tiny(&dir.path().join("c"), 1);
+    wrong.vae.base_dim = 8;
+    wrong.init_from = Some(first.model_dir.clone());
+    let err = run_vae_stage(&wrong).unwrap_err().to_string();
+    assert!(err.contains("init_from") && err.contains("needs"), "{err}");
+}
