@@ -55,7 +55,7 @@ pub fn run(stage: &TrainStage) -> Result<()> {
     match stage {
         TrainStage::Vae(args) => {
             let mut cfg = match &args.config {
-                Some(path) => VaeStageConfig::read(path).with_context(|| format!("reading {}", path.display()))?,
+                Some(path) => VaeStageConfig::read(path).context("reading the stage config")?,
                 None => VaeStageConfig::default(),
             };
             if let Some(steps) = args.steps {
@@ -72,7 +72,7 @@ pub fn run(stage: &TrainStage) -> Result<()> {
         }
         TrainStage::Teacher(args) => {
             let mut cfg = match &args.common.config {
-                Some(path) => TeacherStageConfig::read(path).with_context(|| format!("reading {}", path.display()))?,
+                Some(path) => TeacherStageConfig::read(path).context("reading the stage config")?,
                 None => TeacherStageConfig::default(),
             };
             if let Some(steps) = args.common.steps {
