@@ -17,6 +17,9 @@ pub enum EngineError {
     /// The session configuration is inconsistent.
     #[error("invalid session config: {0}")]
     Config(String),
+    /// Writing generated frames out failed (file, stream or sink).
+    #[error("output failed: {0}")]
+    Output(String),
     /// Generation was cancelled.
     #[error("generation cancelled")]
     Cancelled,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
+use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::text::toy::{ToyTextEncoder, UnknownWords};
 use storyreel_nn::vae::WanVae;
 use storyreel_nn::{RopeConfig, WanConfig, WanModel};
@@ -163,7 +164,6 @@ impl StoryModel {
 
 /// The parts must agree on latent channels, spatial scale and text width.
 fn check_parts(card: &ModelCard, cfg: &WanConfig, vae: &WanVae, text: &ToyTextEncoder) -> Result<()> {
-    use storyreel_nn::codec::VideoCodec;
     let z = vae.latent_channels();
     if cfg.in_dim != z || cfg.out_dim != z {
         return Err(EngineError::Config(format!(

@@ -56,21 +56,12 @@ pub fn encode_context(
 }
 
 /// Embeddings `[N, text_len, dim]` of the prompts of shots 0..=k (global caption + `shot{i}:` +
-/// caption), differentiable when the encoder is trainable.
+/// caption), differentiable when the encoder is trainable; unknown words follow the encoder's
+/// policy (an error naming them, by default).
 pub fn caption_embeddings<S: AsRef<str>>(text: &ToyTextEncoder, global: &str, captions: &[S]) -> Result<Tensor> {
-    let prompts = story_prompts(global, captions);
-    let rows = prompts
+    let rows = story_prompts(global, captions)
         .iter()
-        .map(|p| {
-            let tokens = text.tokenizer().tokenize(p, text.config().text_len);
-            if !tokens.unknown.is_empty() {
-                return Err(EngineError::Input(format!(
-                    "the text encoder does not know the word(s) {} in {p:?}",
-                    tokens.unknown.iter().map(|w| format!("{w:?}")).collect::<Vec<_>>().join(", ")
-                )));
-            }
-            Ok(text.forward_ids(&tokens.ids)?)
-        })
+        .map(|p| Ok(text.encode_one(p)?.embeddings))
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::stack(&rows, 0)?)
 }
@@ -131,10 +122,7 @@ pub fn generate_teacher_story(
 ) -> Result<()> {
     let device = model.dit.device().clone();
     let card = &model.card;
-    let scale = {
-        use storyreel_nn::codec::VideoCodec;
-        model.vae.spatial_scale()
-    };
+    let scale = model.vae.spatial_scale();
     let (h, w) = (card.height as usize / scale, card.width as usize / scale);
     let c = model.dit.config().in_dim;
     let uncond = unconditional_caption(&model.dit, &device)?;

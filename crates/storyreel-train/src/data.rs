@@ -64,27 +64,34 @@ pub struct RenderedClips {
     clip_frames: usize,
 }
 
+/// Refuses an empty seed range, one that overflows, and one that touches the held-out
+/// benchmark's seeds (which are never trained on).
+pub fn check_training_seeds(first_seed: u64, stories: u64) -> Result<()> {
+    if stories == 0 {
+        return Err(TrainError::out_of_range("stories", 0, "at least 1"));
+    }
+    let last = first_seed
+        .checked_add(stories - 1)
+        .ok_or_else(|| TrainError::out_of_range("seed range", first_seed, "a range that fits in u64"))?;
+    let bench = storyreel_world::BENCHMARK_SEED_BASE;
+    let bench_last = bench + storyreel_world::BENCHMARK_STORIES as u64 - 1;
+    if is_benchmark_seed(first_seed) || is_benchmark_seed(last) || (first_seed < bench && last > bench_last) {
+        return Err(TrainError::out_of_range(
+            "seed range",
+            format!("{first_seed}..={last}"),
+            format!("seeds outside the held-out benchmark's {bench}..={bench_last}"),
+        ));
+    }
+    Ok(())
+}
+
 impl RenderedClips {
     /// A source over `stories` seeds; refuses seed ranges that touch the held-out benchmark and
     /// clips longer than the shortest shot.
     pub fn new(options: StoryOptions, first_seed: u64, stories: u64, clip_frames: usize) -> Result<Self> {
         options.validate()?;
         check_clip_frames(clip_frames)?;
-        if stories == 0 {
-            return Err(TrainError::out_of_range("stories", 0, "at least 1"));
-        }
-        let last = first_seed
-            .checked_add(stories - 1)
-            .ok_or_else(|| TrainError::out_of_range("seed range", first_seed, "a range that fits in u64"))?;
-        let bench = storyreel_world::BENCHMARK_SEED_BASE;
-        let bench_last = bench + storyreel_world::BENCHMARK_STORIES as u64 - 1;
-        if is_benchmark_seed(first_seed) || is_benchmark_seed(last) || (first_seed < bench && last > bench_last) {
-            return Err(TrainError::out_of_range(
-                "seed range",
-                format!("{first_seed}..={last}"),
-                format!("seeds outside the held-out benchmark's {bench}..={bench_last}"),
-            ));
-        }
+        check_training_seeds(first_seed, stories)?;
         if clip_frames > options.min_shot_frames {
             return Err(TrainError::out_of_range(
                 "clip frames",

@@ -40,6 +40,12 @@ impl Default for LrSchedule {
 }
 
 impl LrSchedule {
+    /// Linear warm-up to `base_lr`, then half a cosine down to `min_lr` (the stages set
+    /// `total_steps` to their step count).
+    pub fn warmup_cosine(base_lr: f64, min_lr: f64, warmup_steps: u64) -> Self {
+        Self { kind: ScheduleKind::Cosine, warmup_steps, base_lr, min_lr, ..Self::default() }
+    }
+
     /// The rate for optimiser step `step` (0-based). Warm-up uses `(step + 1) / warmup_steps` so
     /// that the first step already moves the weights.
     pub fn lr_at(&self, step: u64) -> f64 {

@@ -30,7 +30,7 @@ use storyreel_nn::text::toy::{ToyTextConfig, ToyTextEncoder, ToyTokenizer};
 use storyreel_nn::vae::WanVae;
 use storyreel_nn::{RopeConfig, WanConfig, WanModel};
 use storyreel_world::rng::{mix64, WorldRng};
-use storyreel_world::{caption_vocabulary, generate_story, is_benchmark_seed, render_story, Story, StoryOptions};
+use storyreel_world::{caption_vocabulary, generate_story, render_story, Story, StoryOptions};
 
 use crate::data::frames_to_tensor;
 use crate::error::{Result, TrainError};
@@ -109,7 +109,8 @@ impl Default for TeacherData {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TeacherStageConfig {
-    /// The trained toy VAE's folder (`vae.safetensors` + `vae_config.json`).
+    /// The trained toy VAE's folder (`vae.safetensors` + `vae_config.json`; default: the `vae`
+    /// stage's default output).
     pub vae: PathBuf,
     /// The DiT's shape.
     pub dit: ToyDitShape,
@@ -141,17 +142,17 @@ pub struct TeacherStageConfig {
 
 impl Default for TeacherStageConfig {
     fn default() -> Self {
-        let mut train =
-            TrainConfig { out_dir: PathBuf::from("runs/toy-teacher"), checkpoint_every: 500, ..Default::default() };
-        train.schedule.base_lr = 1e-3;
-        train.schedule.min_lr = 2e-5;
-        train.schedule.warmup_steps = 200;
-        train.schedule.kind = crate::schedule::ScheduleKind::Cosine;
-        train.clip_norm = Some(1.0);
-        train.optimizer.beta1 = 0.9;
+        let mut train = TrainConfig {
+            out_dir: PathBuf::from("runs/toy-teacher"),
+            checkpoint_every: 500,
+            schedule: crate::schedule::LrSchedule::warmup_cosine(1e-3, 2e-5, 200),
+            clip_norm: Some(1.0),
+            ..Default::default()
+        };
         train.optimizer.weight_decay = 0.01;
         Self {
-            vae: PathBuf::from("assets/models/toy-vae"),
+            // Where `storyreel train vae` with its defaults writes its model.
+            vae: PathBuf::from("runs/toy-vae/model"),
             dit: ToyDitShape::default(),
             text: ToyTextConfig { text_len: 64, ..ToyTextConfig::default() },
             data: TeacherData::default(),
@@ -193,24 +194,10 @@ impl TeacherStageConfig {
         if !(self.shift > 0.0 && self.shift.is_finite()) {
             return Err(TrainError::out_of_range("shift", self.shift, "a positive number"));
         }
-        if self.data.stories == 0 || self.data.stories > 1_000_000 {
-            return Err(TrainError::out_of_range("data.stories", self.data.stories, "1..=1000000"));
+        if self.data.stories > 1_000_000 {
+            return Err(TrainError::out_of_range("data.stories", self.data.stories, "at most 1000000"));
         }
-        let last = self.data.first_seed.checked_add(self.data.stories - 1);
-        let bench = storyreel_world::BENCHMARK_SEED_BASE;
-        match last {
-            Some(last)
-                if !(is_benchmark_seed(self.data.first_seed)
-                    || is_benchmark_seed(last)
-                    || (self.data.first_seed < bench && last > bench)) => {}
-            _ => {
-                return Err(TrainError::out_of_range(
-                    "data seed range",
-                    self.data.first_seed,
-                    "a range clear of the held-out benchmark's seeds",
-                ))
-            }
-        }
+        crate::data::check_training_seeds(self.data.first_seed, self.data.stories)?;
         let cfg = self.dit.config(8, &self.text);
         cfg.validate()?;
         if self.dit.dim / self.dit.num_heads.max(1) < 8 {

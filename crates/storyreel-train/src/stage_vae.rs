@@ -133,13 +133,13 @@ pub struct VaeStageConfig {
 
 impl Default for VaeStageConfig {
     fn default() -> Self {
-        let mut train =
-            TrainConfig { out_dir: PathBuf::from("runs/toy-vae"), checkpoint_every: 250, ..Default::default() };
-        train.schedule.base_lr = 1e-3;
-        train.schedule.min_lr = 1e-5;
-        train.schedule.warmup_steps = 100;
-        train.schedule.kind = crate::schedule::ScheduleKind::Cosine;
-        train.clip_norm = Some(1.0);
+        let mut train = TrainConfig {
+            out_dir: PathBuf::from("runs/toy-vae"),
+            checkpoint_every: 250,
+            schedule: crate::schedule::LrSchedule::warmup_cosine(1e-3, 1e-5, 100),
+            clip_norm: Some(1.0),
+            ..Default::default()
+        };
         train.optimizer.weight_decay = 0.0;
         Self {
             vae: ToyVaeShape::default(),

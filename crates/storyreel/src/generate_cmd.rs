@@ -195,7 +195,7 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
         let rgb = storyreel_engine::pixels::to_rgb_frames(&shot.frames)?;
         let caption = &script.shots[shot.shot].caption;
         let media = |e: storyreel_media::MediaError| {
-            storyreel_engine::EngineError::Input(format!("writing {}: {e}", out.display()))
+            storyreel_engine::EngineError::Output(format!("writing {}: {e}", out.display()))
         };
         sink.begin_shot(shot.shot, caption).map_err(media)?;
         sink.push_frames(&rgb).map_err(media)?;

@@ -139,6 +139,10 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     let (ok, _, err) =
         storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video), "--frames", "8"]);
     assert!(!ok && err.contains("--frames 8"), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (ok, _, err) = storyreel(&["generate", "--model", p(&model), "--story", p(&empty), "-o", p(&batch)]);
+    assert!(!ok && err.contains("no story JSON"), "{err}");
     std::fs::remove_file(model.join("storyreel_model.json")).unwrap();
     let (ok, _, err) = storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video)]);
     assert!(!ok && err.contains("storyreel_model.json"), "{err}");
