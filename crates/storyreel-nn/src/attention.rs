@@ -368,6 +368,16 @@ fn exp_nonpositive_impl<const FMA: bool>(x: f32) -> f32 {
     p * f32::from_bits(bits)
 }
 
+/// Softmax over the last dimension that gradients flow through: candle's fused kernel is
+/// registered without a backward pass (`apply_op1_no_bwd`), so while autograd is tracking it would
+/// silently cut every gradient to the queries and keys; then the same maths runs as plain ops.
+pub fn softmax_last_dim(scores: &Tensor) -> Result<Tensor> {
+    if scores.track_op() {
+        return Ok(candle_nn::ops::softmax(scores, candle_core::D::Minus1)?);
+    }
+    Ok(candle_nn::ops::softmax_last_dim(scores)?)
+}
+
 /// Rows of queries handled per composite step, to bound the score matrix.
 const COMPOSITE_BLOCK: usize = 2048;
 
@@ -396,7 +406,7 @@ fn composite(q: &Tensor, segments: &[QuerySegment<'_>], scale: f64) -> Result<Te
                 .map(|(k, _)| Ok((qb.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?))
                 .collect::<Result<Vec<_>>>()?;
             let scores = if scores.len() == 1 { scores.remove(0) } else { Tensor::cat(&scores, 2)? };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = softmax_last_dim(&scores)?;
             let mut o: Option<Tensor> = None;
             let mut col = 0;
             for (_, v) in &spans {
@@ -461,6 +471,41 @@ mod tests {
         assert!(max_rel(&fused, &want) < 1e-5);
         let comp = composite(&q, &seg, 0.3).unwrap();
         assert!(max_rel(&comp, &want) < 1e-5);
+    }
+
+    #[test]
+    fn gradients_reach_queries_and_keys() {
+        // Regression: candle's softmax kernel has no backward, which once froze every q/k weight
+        // of every model trained here. Check dL/dq and dL/dk against central differences.
+        let dev = Device::Cpu;
+        let q0 = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
+        let k0 = Tensor::randn(0f32, 1.0, (2, 6, 4), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 6, 4), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
+        let loss = |q: &Tensor, k: &Tensor| {
+            let seg = [QuerySegment { rows: 0..5, spans: vec![KvSpan { k, v: &v, rows: 0..6 }] }];
+            (attention(q, &seg, 0.5).unwrap() * &w).unwrap().sum_all().unwrap()
+        };
+        let qv = candle_core::Var::from_tensor(&q0).unwrap();
+        let kv = candle_core::Var::from_tensor(&k0).unwrap();
+        let grads = loss(qv.as_tensor(), kv.as_tensor()).backward().unwrap();
+        for (var, is_q) in [(&qv, true), (&kv, false)] {
+            let g = grads.get(var.as_tensor()).expect("a gradient").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(g.iter().any(|x| x.abs() > 1e-3), "gradient is zero");
+            let base = if is_q { &q0 } else { &k0 };
+            let flat = base.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for i in [0, 7, flat.len() - 1] {
+                let nudged = |d: f32| {
+                    let mut x = flat.clone();
+                    x[i] += d;
+                    let t = Tensor::from_vec(x, base.dims(), &dev).unwrap();
+                    let l = if is_q { loss(&t, &k0) } else { loss(&q0, &t) };
+                    l.to_scalar::<f32>().unwrap()
+                };
+                let numeric = (nudged(1e-2) - nudged(-1e-2)) / 2e-2;
+                assert!((numeric - g[i]).abs() < 2e-2 * (1.0 + numeric.abs()), "{i}: {numeric} vs {}", g[i]);
+            }
+        }
     }
 
     #[test]

@@ -185,3 +185,49 @@ fn bad_settings_are_clear_errors() {
     assert!(!cfg.train.progress);
     assert_eq!(cfg.train.schedule, TeacherStageConfig::default().train.schedule);
 }
+
+#[test]
+fn every_teacher_weight_receives_a_gradient() {
+    // Regression: a fused softmax without a backward once cut the gradient to every query and
+    // key weight, and the loss still fell (values and FFNs trained), so only this check shows it.
+    let dir = tempfile::tempdir().unwrap();
+    let vae = write_vae(&dir.path().join("vae"));
+    let cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
+    let corpus = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, false).unwrap();
+    let varmap = VarMap::new();
+    let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
+    // A non-zero head so that gradients below it are not all zero.
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.contains("head.head.weight") {
+            var.set(&(var.as_tensor().ones_like().unwrap() * 0.05).unwrap()).unwrap();
+        }
+    }
+    let schedule = FlowSchedule::new(1000, 8.0);
+    let weights = vec![1.0; 1000];
+    let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
+    let sample = TeacherSample {
+        story,
+        shot: 1,
+        table_index: 500,
+        caption_dropped: false,
+        context_dropped: false,
+        noise_seed: 2,
+    };
+    let grads = teacher_loss(&nets, &sample, &schedule, &weights, 6).unwrap().total.backward().unwrap();
+    let mut dead = Vec::new();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        // Key biases shift every score of a query alike, so softmax makes their gradient zero.
+        if name.ends_with("k.bias") || name.contains("qkv.bias") {
+            continue;
+        }
+        let moved = grads
+            .get(var.as_tensor())
+            .map(|g| g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0)
+            .unwrap_or(false);
+        if !moved {
+            dead.push(name.clone());
+        }
+    }
+    dead.sort();
+    assert!(dead.is_empty(), "weights without a gradient: {dead:?}");
+}

@@ -96,3 +96,29 @@ fn init_from_starts_from_a_trained_vae_of_the_same_shape() {
     let err = run_vae_stage(&wrong).unwrap_err().to_string();
     assert!(err.contains("init_from") && err.contains("needs"), "{err}");
 }
+
+#[test]
+fn every_vae_weight_receives_a_gradient() {
+    // Regression: the middle block's attention once had no gradient to its queries and keys.
+    use storyreel_train::vae::{trainable_vae, vae_loss};
+    let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
+    let varmap = candle_nn::VarMap::new();
+    let vae = trainable_vae(&cfg, &varmap, 3, &Device::Cpu).unwrap();
+    let frames = candle_core::Tensor::randn(0f32, 0.5, (5, 3, 16, 16), &Device::Cpu).unwrap();
+    let grads = vae_loss(&vae, &frames, 1e-3, 1).unwrap().total.backward().unwrap();
+    let mut dead: Vec<String> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, var)| {
+            !grads
+                .get(var.as_tensor())
+                .map(|g| g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0)
+                .unwrap_or(false)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    dead.sort();
+    assert!(dead.is_empty(), "weights without a gradient: {dead:?}");
+}

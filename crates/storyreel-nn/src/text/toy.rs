@@ -380,7 +380,7 @@ impl ToyTextEncoder {
             let qkv = y.apply(&b.qkv)?.reshape((n, 3, h, hd))?.permute((1, 2, 0, 3))?; // [3, H, n, hd]
             let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
             let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-            let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?; // [H, n, hd]
+            let attn = crate::attention::softmax_last_dim(&scores)?.matmul(&v)?; // [H, n, hd]
             let attn = attn.transpose(0, 1)?.reshape((n, d))?;
             x = (x + attn.apply(&b.out)?)?;
             let y = rms_norm(&x, &b.norm2, 1e-6)?;

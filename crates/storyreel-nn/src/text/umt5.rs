@@ -817,7 +817,7 @@ impl Umt5Encoder {
             let (qg, kg, vg) = (q.narrow(1, h0, hs)?, k.narrow(1, h0, hs)?, v.narrow(1, h0, hs)?);
             let scores = qg.matmul(&kg.t()?)?.broadcast_add(&bias)?; // no 1/√d scaling in T5
             drop(bias);
-            let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(cd)?;
+            let p = crate::attention::softmax_last_dim(&scores.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(cd)?;
             drop(scores);
             outs.push(p.matmul(&vg)?);
         }
