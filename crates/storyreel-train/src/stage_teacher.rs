@@ -105,6 +105,26 @@ impl Default for TeacherData {
     }
 }
 
+/// The loss weight over the timestep table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestepWeighting {
+    /// ShotStream's w(t) ∝ exp(−2((t−500)/1000)²), minus its minimum, mean 1 ([`timestep_weights`]).
+    Shotstream,
+    /// Every timestep alike.
+    Uniform,
+}
+
+impl TimestepWeighting {
+    /// The weight of each entry of `timesteps`.
+    pub fn weights(self, timesteps: &[f32]) -> Vec<f32> {
+        match self {
+            Self::Shotstream => timestep_weights(timesteps),
+            Self::Uniform => vec![1.0; timesteps.len()],
+        }
+    }
+}
+
 /// Everything `storyreel train teacher --config FILE` reads (JSON or TOML; unknown keys are errors).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -130,6 +150,10 @@ pub struct TeacherStageConfig {
     pub context_dropout: f64,
     /// Shift of the training timestep table.
     pub shift: f32,
+    /// How the loss is weighted over timesteps. Uniform by default: ShotStream's weighting
+    /// fine-tunes a base that already follows text, and from scratch it starves the high-noise
+    /// steps where only the caption can tell what to draw (docs/BENCHMARKS.md, "the teacher").
+    pub timestep_weighting: TimestepWeighting,
     /// Sampling defaults written to the model card.
     pub sampler: TeacherSampling,
     /// Optimisation steps.
@@ -162,6 +186,7 @@ impl Default for TeacherStageConfig {
             caption_dropout: 0.1,
             context_dropout: 0.1,
             shift: 8.0,
+            timestep_weighting: TimestepWeighting::Uniform,
             sampler: TeacherSampling { steps: 20, shift: 8.0, guidance: 3.0 },
             steps: 4000,
             init_seed: 1,
@@ -585,7 +610,7 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
     let mut trainer = Trainer::new(&varmap, train)?;
     trainer.resume_latest(&out_dir)?;
     let schedule = FlowSchedule::new(1000, cfg.shift);
-    let weights = timestep_weights(schedule.timesteps());
+    let weights = cfg.timestep_weighting.weights(schedule.timesteps());
     let accumulate = cfg.train.accumulate as u64;
     let mut recent: Vec<f64> = Vec::new();
     while trainer.step_count() < cfg.steps {

@@ -13,7 +13,7 @@ use storyreel_nn::text::toy::ToyTextConfig;
 use storyreel_nn::vae::WanVae;
 use storyreel_train::stage_teacher::{
     draw_sample, run_teacher_stage, teacher_loss, timestep_weights, TeacherCorpus, TeacherData, TeacherNetworks,
-    TeacherSample, TeacherStageConfig, ToyDitShape,
+    TeacherSample, TeacherStageConfig, TimestepWeighting, ToyDitShape,
 };
 use storyreel_train::stage_vae::ToyVaeShape;
 use storyreel_train::{AdamW, AdamWConfig, NamedParams};
@@ -52,6 +52,8 @@ fn timestep_weights_follow_the_recipe() {
     assert!(w.iter().cloned().fold(f32::INFINITY, f32::min).abs() < 1e-6, "the minimum is subtracted");
     let peak = schedule.timesteps().iter().zip(&w).max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
     assert!((peak - 500.0).abs() < 5.0, "weights peak at t = 500, found {peak}");
+    assert_eq!(TimestepWeighting::Shotstream.weights(schedule.timesteps()), w);
+    assert!(TimestepWeighting::Uniform.weights(schedule.timesteps()).iter().all(|&x| x == 1.0));
 }
 
 #[test]
@@ -184,6 +186,10 @@ fn bad_settings_are_clear_errors() {
     let cfg = TeacherStageConfig::read(&toml).unwrap();
     assert!(!cfg.train.progress);
     assert_eq!(cfg.train.schedule, TeacherStageConfig::default().train.schedule);
+    std::fs::write(&toml, "timestep_weighting = \"shotstream\"\n").unwrap();
+    assert_eq!(TeacherStageConfig::read(&toml).unwrap().timestep_weighting, TimestepWeighting::Shotstream);
+    std::fs::write(&toml, "timestep_weighting = \"sigmoid\"\n").unwrap();
+    assert!(TeacherStageConfig::read(&toml).unwrap_err().to_string().contains("sigmoid"));
 }
 
 #[test]
