@@ -2,6 +2,7 @@
 //! needs (AdamW, clipping, warm-up and schedules, EMA, accumulation, freezing by name), exact
 //! checkpoint/resume, JSONL logs, and batches drawn from the story world.
 
+pub mod caption_check;
 pub mod data;
 pub mod ema;
 pub mod error;

@@ -4,8 +4,8 @@
 //! Each sample is one target shot k of a story: its latents are noised at a timestep drawn
 //! uniformly from the shifted 1000-entry table, the 6 context latents (dynamic sampling over
 //! shots 0..k, each frame encoded on its own) go in front, every frame cross-attends to its own
-//! shot's prompt, and the loss is the flow-matching MSE on the target frames weighted by
-//! ShotStream's w(t). Captions are dropped (all zero) and context is dropped (zero latents,
+//! shot's prompt, and the loss is the flow-matching MSE on the target frames (uniform over the
+//! table by default, ShotStream's w(t) on request: [`TimestepWeighting`]). Captions are dropped (all zero) and context is dropped (zero latents,
 //! flags 0) with 10% probability each.
 //!
 //! The training stories are rendered and encoded once, before the first step, into
@@ -368,7 +368,7 @@ impl TeacherCorpus {
     }
 }
 
-fn encode_story(
+pub(crate) fn encode_story(
     vae: &WanVae,
     story: &Story,
     memory: &DynamicSampling,

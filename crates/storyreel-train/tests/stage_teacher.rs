@@ -237,3 +237,35 @@ fn every_teacher_weight_receives_a_gradient() {
     dead.sort();
     assert!(dead.is_empty(), "weights without a gradient: {dead:?}");
 }
+
+#[test]
+fn the_caption_check_tells_a_text_blind_model_from_a_reading_one() {
+    use storyreel_train::caption_check::{caption_check, CaptionCheckOptions};
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let report = run_teacher_stage(&tiny(&dir.path().join("vae"), &dir.path().join("run"), 4)).unwrap();
+    let options =
+        CaptionCheckOptions { stories: 2, timesteps: vec![990.0, 500.0], progress: false, ..Default::default() };
+    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    let reading = caption_check(&model, &options).unwrap();
+    assert_eq!(reading.rows.len(), 2);
+    assert!(reading.rows.iter().any(|r| r.own != r.other), "prompts change the flow: {reading:?}");
+
+    // Zero every cross-attention output: the text can no longer reach the flow.
+    let weights = report.model_dir.join("dit/model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name.contains("cross_attn.o.") {
+            *t = t.zeros_like().unwrap();
+        }
+    }
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let blind = caption_check(&StoryModel::load(&report.model_dir, &Device::Cpu).unwrap(), &options).unwrap();
+    assert!(blind.rows.iter().all(|r| r.own == r.other && r.own == r.unconditional), "{blind:?}");
+    assert_eq!(blind.caption_gain, 0.0);
+
+    let one = CaptionCheckOptions { stories: 1, ..options.clone() };
+    assert!(caption_check(&model, &one).unwrap_err().to_string().contains("stories"));
+    let bad_t = CaptionCheckOptions { timesteps: vec![1500.0], ..options };
+    assert!(caption_check(&model, &bad_t).unwrap_err().to_string().contains("timestep"));
+}

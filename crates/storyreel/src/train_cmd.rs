@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use storyreel_train::caption_check::{caption_check, CaptionCheckOptions};
 use storyreel_train::stage_teacher::{run_teacher_stage, TeacherStageConfig};
 use storyreel_train::stage_vae::{run_vae_stage, VaeStageConfig};
 
@@ -16,6 +17,9 @@ pub enum TrainStage {
     /// The bidirectional next-shot teacher and the toy text encoder on world stories (needs a
     /// trained VAE: `vae` in the config; writes OUT/model, a story model folder).
     Teacher(TeacherArgs),
+    /// Check whether a trained teacher reads its captions: flow loss on held-out stories with
+    /// their own prompts, another story's prompts and the zero caption, at a few timesteps.
+    CheckCaptions(CheckCaptionsArgs),
     /// Print a stage's full default config as JSON (a starting point for --config).
     DefaultConfig {
         /// The stage: vae or teacher.
@@ -48,6 +52,23 @@ pub struct TeacherArgs {
     /// Train the no-context ablation (context always zero).
     #[arg(long)]
     no_context: bool,
+}
+
+/// Arguments of `storyreel train check-captions`.
+#[derive(Args)]
+pub struct CheckCaptionsArgs {
+    /// The story model folder (a teacher).
+    #[arg(long)]
+    model: PathBuf,
+    /// Held-out stories to measure.
+    #[arg(long, default_value_t = 16)]
+    stories: u64,
+    /// First story seed (default: the toy VAE's held-out range).
+    #[arg(long, default_value_t = storyreel_train::caption_check::DEFAULT_FIRST_SEED)]
+    first_seed: u64,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `storyreel train`.
@@ -98,6 +119,7 @@ pub fn run(stage: &TrainStage) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        TrainStage::CheckCaptions(args) => check_captions(args),
         TrainStage::DefaultConfig { stage } => match stage.as_str() {
             "vae" => {
                 println!("{}", serde_json::to_string_pretty(&VaeStageConfig::default())?);
@@ -110,4 +132,28 @@ pub fn run(stage: &TrainStage) -> Result<()> {
             other => anyhow::bail!("unknown stage {other:?}; stages: vae, teacher"),
         },
     }
+}
+
+fn check_captions(args: &CheckCaptionsArgs) -> Result<()> {
+    let model = storyreel_engine::StoryModel::load(&args.model, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading the model {}", args.model.display()))?;
+    let options = CaptionCheckOptions {
+        first_seed: args.first_seed,
+        stories: args.stories,
+        progress: !args.json,
+        ..CaptionCheckOptions::default()
+    };
+    let report = caption_check(&model, &options).context("checking caption use")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("flow MSE of the last shot of {} held-out stories", report.stories);
+    println!("{:>6}  {:>8}  {:>8}  {:>8}", "t", "own", "other", "none");
+    for r in &report.rows {
+        println!("{:>6.0}  {:>8.4}  {:>8.4}  {:>8.4}", r.t, r.own, r.other, r.unconditional);
+    }
+    let top = report.rows.iter().map(|r| r.t).fold(0.0, f32::max);
+    println!("caption gain at t = {top:.0}: {:.1}%", 100.0 * report.caption_gain);
+    Ok(())
 }
