@@ -43,6 +43,17 @@ fn tiny(vae: &Path, out: &Path, steps: u64) -> TeacherStageConfig {
     cfg
 }
 
+/// The tiny stage's encoded corpus and fresh networks (z = 4) on one set of variables.
+fn tiny_networks() -> (TeacherCorpus, VarMap, TeacherNetworks) {
+    let dir = tempfile::tempdir().unwrap();
+    let vae = write_vae(&dir.path().join("vae"));
+    let cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
+    let corpus = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, false).unwrap();
+    let varmap = VarMap::new();
+    let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
+    (corpus, varmap, nets)
+}
+
 #[test]
 fn timestep_weights_follow_the_recipe() {
     let schedule = FlowSchedule::new(1000, 8.0);
@@ -83,12 +94,7 @@ fn dropout_rates_are_respected() {
 
 #[test]
 fn a_few_steps_reduce_the_loss_on_a_fixed_sample() {
-    let dir = tempfile::tempdir().unwrap();
-    let vae = write_vae(&dir.path().join("vae"));
-    let cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
-    let corpus = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, false).unwrap();
-    let varmap = VarMap::new();
-    let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
+    let (corpus, varmap, nets) = tiny_networks();
     let schedule = FlowSchedule::new(1000, 8.0);
     let weights = timestep_weights(schedule.timesteps());
     let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
@@ -196,12 +202,7 @@ fn bad_settings_are_clear_errors() {
 fn every_teacher_weight_receives_a_gradient() {
     // Regression: a fused softmax without a backward once cut the gradient to every query and
     // key weight, and the loss still fell (values and FFNs trained), so only this check shows it.
-    let dir = tempfile::tempdir().unwrap();
-    let vae = write_vae(&dir.path().join("vae"));
-    let cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
-    let corpus = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, false).unwrap();
-    let varmap = VarMap::new();
-    let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
+    let (corpus, varmap, nets) = tiny_networks();
     // A non-zero head so that gradients below it are not all zero.
     for (name, var) in varmap.data().lock().unwrap().iter() {
         if name.contains("head.head.weight") {

@@ -143,6 +143,17 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     std::fs::create_dir_all(&empty).unwrap();
     let (ok, _, err) = storyreel(&["generate", "--model", p(&model), "--story", p(&empty), "-o", p(&batch)]);
     assert!(!ok && err.contains("no story JSON"), "{err}");
+    // check-captions: one JSON report; bad counts and missing models are named errors.
+    let (ok, stdout, err) = storyreel(&["train", "check-captions", "--model", p(&model), "--stories", "2", "--json"]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["stories"], 2);
+    assert_eq!(report["rows"].as_array().map(|r| r.len()), Some(5));
+    assert!(report["caption_gain"].as_f64().is_some_and(f64::is_finite));
+    let (ok, _, err) = storyreel(&["train", "check-captions", "--model", p(&model), "--stories", "1"]);
+    assert!(!ok && err.contains("stories"), "{err}");
+    let (ok, _, err) = storyreel(&["train", "check-captions", "--model", p(&dir.path().join("nowhere"))]);
+    assert!(!ok && err.contains("nowhere"), "{err}");
     std::fs::remove_file(model.join("storyreel_model.json")).unwrap();
     let (ok, _, err) = storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video)]);
     assert!(!ok && err.contains("storyreel_model.json"), "{err}");
