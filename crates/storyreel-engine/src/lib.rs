@@ -11,6 +11,7 @@ pub mod schedule;
 pub mod session;
 pub mod shot_plan;
 pub mod story_model;
+pub mod student_story;
 pub mod teacher;
 pub mod teacher_story;
 
@@ -22,5 +23,6 @@ pub use sampler::{EulerSampler, FewStepSampler};
 pub use schedule::FlowSchedule;
 pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig, ShotRun};
 pub use shot_plan::ShotPlan;
-pub use story_model::{ModelCard, ModelKind, StoryModel, TeacherSampling};
+pub use story_model::{ModelCard, ModelKind, StoryModel, StudentSampling, TeacherSampling};
+pub use student_story::{generate_student_story, StudentStoryOptions};
 pub use teacher_story::{generate_teacher_story, GeneratedShot, ShotRequest, TeacherStoryOptions};

@@ -39,6 +39,20 @@ pub const DIT_WEIGHTS: &str = "model.safetensors";
 pub enum ModelKind {
     /// Bidirectional next-shot teacher: multi-step Euler with CFG over [context ‖ shot].
     Teacher,
+    /// Causal few-step student: chunk by chunk through the context and local KV caches.
+    Student,
+}
+
+/// Few-step causal sampling of a student (shotstream.md §4.2–4.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudentSampling {
+    /// Denoising steps before warping ([1000, 740, 500, 260]).
+    pub steps: Vec<u32>,
+    /// Shift of the table the steps are warped on.
+    pub shift: f32,
+    /// Latent frames per chunk (3).
+    pub chunk_frames: usize,
 }
 
 /// Multi-step Euler sampling defaults of a teacher.
@@ -71,8 +85,11 @@ pub struct ModelCard {
     pub shot_phase: bool,
     /// Whether the model was trained with context (false for the no-context ablation).
     pub uses_context: bool,
-    /// Sampling defaults.
+    /// Sampling defaults (of the multi-step teacher: for a student, of the teacher it learned from).
     pub sampler: TeacherSampling,
+    /// The few-step sampler of a student (absent for a teacher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student: Option<StudentSampling>,
     /// One line on where the model comes from.
     pub description: String,
 }
@@ -115,6 +132,21 @@ impl ModelCard {
         let s = &self.sampler;
         if s.steps == 0 || s.steps > 1000 || !(s.shift > 0.0 && s.shift.is_finite()) || !s.guidance.is_finite() {
             return Err(format!("sampler {s:?}: steps must be 1..=1000, shift positive, guidance finite"));
+        }
+        match (self.kind, &self.student) {
+            (ModelKind::Student, None) => return Err("a student's card needs its `student` sampler".into()),
+            (ModelKind::Teacher, Some(_)) => return Err("a teacher's card has no `student` sampler".into()),
+            (_, Some(st)) => {
+                if st.chunk_frames == 0 || st.chunk_frames > 64 {
+                    return Err(format!("student chunk_frames {} must be in 1..=64", st.chunk_frames));
+                }
+                if !(st.shift > 0.0 && st.shift.is_finite()) {
+                    return Err(format!("student shift {} must be positive", st.shift));
+                }
+                crate::sampler::FewStepSampler::new(&st.steps, st.shift)
+                    .map_err(|e| format!("student steps {:?}: {e}", st.steps))?;
+            }
+            (ModelKind::Teacher, None) => {}
         }
         Ok(())
     }

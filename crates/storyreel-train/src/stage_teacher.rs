@@ -711,6 +711,7 @@ fn write_model(
         shot_phase: cfg.shot_phase,
         uses_context: cfg.use_context,
         sampler: cfg.sampler,
+        student: None,
         description: format!(
             "toy next-shot teacher trained {} steps on {} world stories ({})",
             cfg.steps,

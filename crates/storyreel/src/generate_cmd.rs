@@ -14,7 +14,10 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use storyreel_engine::context::policy_by_name;
-use storyreel_engine::{generate_teacher_story, EulerSampler, ShotRequest, StoryModel, TeacherStoryOptions};
+use storyreel_engine::{
+    generate_student_story, generate_teacher_story, EulerSampler, ModelKind, ShotRequest, StoryModel,
+    StudentStoryOptions, TeacherStoryOptions,
+};
 
 use crate::device::parse_device;
 use crate::frames_out::sink_for;
@@ -34,10 +37,10 @@ pub struct Args {
     /// Seed of the noise (default: the story's own seed, else 0).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Euler steps (default: the model card's).
+    /// Euler steps of a teacher (default: the model card's; a student always uses its own few steps).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale (default: the model card's; 1 turns CFG off).
+    /// Classifier-free guidance scale of a teacher (default: the model card's; 1 turns CFG off).
     #[arg(long)]
     pub guidance: Option<f32>,
     /// Context memory: dynamic (ShotStream's sampling) or none (default: the card's).
@@ -162,6 +165,9 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
     let memory_name = args.context.clone().unwrap_or_else(|| if card.uses_context { "dynamic" } else { "none" }.into());
     let memory = policy_by_name(&memory_name, card.context_frames)
         .with_context(|| format!("--context {memory_name:?}: choose dynamic or none"))?;
+    if card.kind == ModelKind::Student && (args.steps.is_some() || args.guidance.is_some()) {
+        bail!("--steps and --guidance set a teacher's sampler; {} is a few-step student", model.dir.display());
+    }
     let sampler = EulerSampler::new(
         args.steps.unwrap_or(card.sampler.steps),
         card.sampler.shift,
@@ -173,8 +179,13 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
         .iter()
         .map(|s| ShotRequest { caption: s.caption.clone(), frames: s.frames.unwrap_or(args.frames) })
         .collect();
-    let total_steps = (shots.len() * sampler.timesteps().len()) as u64;
-    let options = TeacherStoryOptions { seed, sampler, memory };
+    let total_steps = match (&card.kind, &card.student) {
+        (ModelKind::Student, Some(st)) => {
+            shots.iter().map(|s| ((s.frames.saturating_sub(1) / 4 + 1).div_ceil(st.chunk_frames.max(1))) as u64).sum()
+        }
+        _ => (shots.len() * sampler.timesteps().len()) as u64,
+    };
+    let unit = if card.kind == ModelKind::Student { "chunks" } else { "steps" };
     let fps = card.fps.round().max(1.0) as u32;
     let mut sink = sink_for(out, fps)?
         .with_context(|| format!("{}: use .mp4, .png, .gif or a folder for a story's frames", out.display()))?;
@@ -183,8 +194,10 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
     } else {
         let bar = ProgressBar::new(total_steps);
         bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(&format!(
+                "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     };
@@ -216,8 +229,28 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
         bar.set_message(format!("shot {}/{}", shot + 1, script.shots.len()));
         bar.inc(1);
     };
-    generate_teacher_story(model, &script.global_caption, &shots, &options, &mut on_shot, &mut on_step, &|| false)
-        .with_context(|| format!("generating {}", story_path.display()))?;
+    match card.kind {
+        ModelKind::Teacher => {
+            let options = TeacherStoryOptions { seed, sampler, memory };
+            generate_teacher_story(model, &script.global_caption, &shots, &options, &mut on_shot, &mut on_step, &|| {
+                false
+            })
+        }
+        ModelKind::Student => {
+            let options = StudentStoryOptions { seed, memory };
+            let mut on_chunk = |shot: usize, chunk: usize, _chunks: usize| on_step(shot, chunk);
+            generate_student_story(
+                model,
+                &script.global_caption,
+                &shots,
+                &options,
+                &mut on_shot,
+                &mut on_chunk,
+                &|| false,
+            )
+        }
+    }
+    .with_context(|| format!("generating {}", story_path.display()))?;
     bar.finish_and_clear();
     let report = sink.finish().with_context(|| format!("finishing {}", out.display()))?;
     let secs = started.elapsed().as_secs_f64();

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use storyreel_train::caption_check::{caption_check, CaptionCheckOptions};
+use storyreel_train::ode_pairs::{make_ode_pairs, OdePairsConfig};
+use storyreel_train::stage_ode_init::{run_ode_init_stage, OdeInitConfig};
 use storyreel_train::stage_teacher::{run_teacher_stage, TeacherStageConfig};
 use storyreel_train::stage_vae::{run_vae_stage, VaeStageConfig};
 
@@ -17,12 +19,18 @@ pub enum TrainStage {
     /// The bidirectional next-shot teacher and the toy text encoder on world stories (needs a
     /// trained VAE: `vae` in the config; writes OUT/model, a story model folder).
     Teacher(TeacherArgs),
+    /// ODE pairs from a trained teacher (multi-step Euler + CFG, states kept at the student's
+    /// timesteps); writes shards to OUT and resumes after the last finished one.
+    OdePairs(OdePairsArgs),
+    /// ODE-regression init of the causal student from the teacher and its ODE pairs (writes
+    /// OUT/model, a student story model folder).
+    OdeInit(OdeInitArgs),
     /// Check whether a trained teacher reads its captions: flow loss on held-out stories with
     /// their own prompts, another story's prompts and the zero caption, at a few timesteps.
     CheckCaptions(CheckCaptionsArgs),
     /// Print a stage's full default config as JSON (a starting point for --config).
     DefaultConfig {
-        /// The stage: vae or teacher.
+        /// The stage: vae, teacher, ode-pairs or ode-init.
         stage: String,
     },
 }
@@ -52,6 +60,36 @@ pub struct TeacherArgs {
     /// Train the no-context ablation (context always zero).
     #[arg(long)]
     no_context: bool,
+}
+
+/// Arguments of `storyreel train ode-pairs`.
+#[derive(Args)]
+pub struct OdePairsArgs {
+    /// Config file (.json or .toml); keys left out take their defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the teacher's model folder.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Override the number of training stories (every shot of each is one pair).
+    #[arg(long)]
+    stories: Option<u64>,
+    /// Override the output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Arguments of `storyreel train ode-init`.
+#[derive(Args)]
+pub struct OdeInitArgs {
+    #[command(flatten)]
+    common: StageArgs,
+    /// Override the teacher's model folder.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Override the folder of ODE pairs.
+    #[arg(long)]
+    pairs: Option<PathBuf>,
 }
 
 /// Arguments of `storyreel train check-captions`.
@@ -119,6 +157,54 @@ pub fn run(stage: &TrainStage) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        TrainStage::OdePairs(args) => {
+            let mut cfg = match &args.config {
+                Some(path) => OdePairsConfig::read(path).context("reading the stage config")?,
+                None => OdePairsConfig::default(),
+            };
+            if let Some(teacher) = &args.teacher {
+                cfg.teacher = teacher.clone();
+            }
+            if let Some(stories) = args.stories {
+                cfg.data.stories = stories;
+            }
+            if let Some(out) = &args.out {
+                cfg.out_dir = out.clone();
+            }
+            cfg.validate().context("checking the ode-pairs config")?;
+            eprintln!(
+                "sampling ODE pairs of {} stories with the teacher {} into {}",
+                cfg.data.stories,
+                cfg.teacher.display(),
+                cfg.out_dir.display()
+            );
+            let report = make_ode_pairs(&cfg).context("making ODE pairs")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        TrainStage::OdeInit(args) => {
+            let mut cfg = match &args.common.config {
+                Some(path) => OdeInitConfig::read(path).context("reading the stage config")?,
+                None => OdeInitConfig::default(),
+            };
+            if let Some(steps) = args.common.steps {
+                cfg.steps = steps;
+            }
+            if let Some(out) = &args.common.out {
+                cfg.train.out_dir = out.clone();
+            }
+            if let Some(teacher) = &args.teacher {
+                cfg.teacher = teacher.clone();
+            }
+            if let Some(pairs) = &args.pairs {
+                cfg.pairs = pairs.clone();
+            }
+            cfg.validate().context("checking the ode-init config")?;
+            eprintln!("ODE init of the student for {} steps into {}", cfg.steps, cfg.train.out_dir.display());
+            let report = run_ode_init_stage(&cfg).context("training the ODE init")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         TrainStage::CheckCaptions(args) => check_captions(args),
         TrainStage::DefaultConfig { stage } => match stage.as_str() {
             "vae" => {
@@ -129,7 +215,15 @@ pub fn run(stage: &TrainStage) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&TeacherStageConfig::default())?);
                 Ok(())
             }
-            other => anyhow::bail!("unknown stage {other:?}; stages: vae, teacher"),
+            "ode-pairs" => {
+                println!("{}", serde_json::to_string_pretty(&OdePairsConfig::default())?);
+                Ok(())
+            }
+            "ode-init" => {
+                println!("{}", serde_json::to_string_pretty(&OdeInitConfig::default())?);
+                Ok(())
+            }
+            other => anyhow::bail!("unknown stage {other:?}; stages: vae, teacher, ode-pairs, ode-init"),
         },
     }
 }

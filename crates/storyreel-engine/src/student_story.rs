@@ -1,0 +1,91 @@
+//! A whole story from a causal few-step student, shot by shot: each shot's context is picked
+//! from the story's own earlier decoded shots and encoded one frame at a time (§2.2), the
+//! context cache is filled at t = 0, and the shot's chunks are denoised in order through the
+//! KV caches with the few-step sampler (§3.2, §4.3). A shot whose latent length is not whole
+//! chunks is generated to the next whole chunk and trimmed.
+
+use candle_core::Tensor;
+use storyreel_nn::codec::VideoCodec;
+use storyreel_nn::kv_cache::LocalWindow;
+
+use crate::context::ContextMemory;
+use crate::error::{EngineError, Result};
+use crate::noise::SeededNoise;
+use crate::sampler::FewStepSampler;
+use crate::session::{SessionConfig, ShotRun};
+use crate::story_model::{ModelKind, StoryModel};
+use crate::teacher_story::{caption_embeddings, encode_context, latent_frames, GeneratedShot, ShotRequest};
+
+/// How to sample a story with a student.
+pub struct StudentStoryOptions {
+    /// Seed of every chunk's noise.
+    pub seed: u64,
+    /// Which earlier frames become context.
+    pub memory: Box<dyn ContextMemory>,
+}
+
+/// Progress of a student story: shot, chunk within it, chunks in the shot.
+pub type ChunkProgress<'a> = &'a mut dyn FnMut(usize, usize, usize);
+
+/// Generates every shot of a story with a student model; `on_shot` sees each shot as soon as it
+/// is decoded (an error from it stops generation), `on_chunk` each denoised chunk.
+pub fn generate_student_story(
+    model: &StoryModel,
+    global: &str,
+    shots: &[ShotRequest],
+    options: &StudentStoryOptions,
+    on_shot: &mut dyn FnMut(&GeneratedShot) -> Result<()>,
+    on_chunk: ChunkProgress<'_>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<()> {
+    let card = &model.card;
+    let student = match (card.kind, &card.student) {
+        (ModelKind::Student, Some(s)) => s,
+        _ => {
+            return Err(EngineError::Config(format!(
+                "{} is not a student model (its card says {:?})",
+                model.dir.display(),
+                card.kind
+            )))
+        }
+    };
+    let device = model.dit.device().clone();
+    let scale = model.vae.spatial_scale();
+    let latent_size = (card.height as usize / scale, card.width as usize / scale);
+    let sampler = FewStepSampler::new(&student.steps, student.shift)?;
+    let cf = student.chunk_frames;
+    let mut noise = SeededNoise::new(options.seed);
+    let mut history: Vec<Tensor> = Vec::with_capacity(shots.len());
+    let captions: Vec<&str> = shots.iter().map(|s| s.caption.as_str()).collect();
+    for (k, request) in shots.iter().enumerate() {
+        let f = latent_frames(request.frames)?;
+        let padded = f.div_ceil(cf) * cf;
+        let cfg = SessionConfig {
+            frames_per_shot: padded,
+            chunk_frames: cf,
+            context_frames: card.context_frames,
+            latent_size,
+            sampler: sampler.clone(),
+            refresh_t: 0.0,
+            window: LocalWindow { capacity_frames: padded, sink_frames: 0 },
+        };
+        let lens: Vec<usize> = history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
+        let picks = options.memory.select(&lens);
+        let (context, flags) =
+            encode_context(model.vae.as_ref(), &history, &picks, card.context_frames, latent_size, &device)?;
+        let embeddings = caption_embeddings(&model.text, global, &captions[..=k])?;
+        let mut run = ShotRun::start(&model.dit, &cfg, k, &embeddings, &context, &flags)?;
+        let chunks = padded / cf;
+        while !run.is_done() {
+            let chunk = run.next_chunk(&mut noise, cancelled)?;
+            on_chunk(k, chunk.chunk, chunks);
+        }
+        let latents = run.latents()?.narrow(0, 0, f)?;
+        drop(run);
+        let frames = model.vae.clone().decode(&latents)?.clamp(-1f32, 1f32)?;
+        let shot = GeneratedShot { shot: k, frames, context: picks };
+        on_shot(&shot)?;
+        history.push(shot.frames);
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Stages `ode-pairs` and `ode-init` at a tiny size: pairs are the teacher's own trajectory
+//! (same noise, same end point), a stopped pair run resumes to the same files, the regression
+//! loss falls on a fixed sample, and the ODE init writes a student model that generates a story.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use storyreel_engine::context::{DynamicSampling, NoContext};
+use storyreel_engine::shot_plan::ShotPlan;
+use storyreel_engine::teacher::{sample_shot, TeacherInputs};
+use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
+use storyreel_engine::{
+    generate_student_story, EulerSampler, FewStepSampler, ModelKind, NoiseSource, SeededNoise, ShotRequest, StoryModel,
+    StudentStoryOptions,
+};
+use storyreel_nn::text::toy::ToyTextConfig;
+use storyreel_nn::vae::WanVae;
+use storyreel_train::ode_pairs::{load_ode_pairs, make_ode_pairs, OdePairsConfig};
+use storyreel_train::stage_ode_init::{
+    draw_ode_sample, ode_regression_loss, run_ode_init_stage, student_from_teacher, OdeInitConfig, PreparedPair,
+};
+use storyreel_train::stage_teacher::{run_teacher_stage, TeacherData, TeacherStageConfig, ToyDitShape};
+use storyreel_train::stage_vae::ToyVaeShape;
+use storyreel_train::{AdamW, AdamWConfig, NamedParams};
+use storyreel_world::rng::mix64;
+
+/// A tiny teacher trained for two steps under `dir/teacher`; returns its model folder.
+fn tiny_teacher(dir: &Path) -> PathBuf {
+    let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
+    WanVae::random(&cfg, true, 3, DType::F32, &Device::Cpu).unwrap().save(&dir.join("vae")).unwrap();
+    let mut cfg = TeacherStageConfig {
+        vae: dir.join("vae"),
+        dit: ToyDitShape { dim: 32, ffn_dim: 64, freq_dim: 32, num_heads: 2, num_layers: 1 },
+        text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
+        data: TeacherData { first_seed: 21, stories: 2, width: 32, height: 32 },
+        steps: 2,
+        ..TeacherStageConfig::default()
+    };
+    cfg.train.out_dir = dir.join("teacher");
+    cfg.train.progress = false;
+    cfg.train.schedule.warmup_steps = 1;
+    let model = run_teacher_stage(&cfg).unwrap().model_dir;
+    // Two steps leave the zero-initialised head near zero, so every trajectory would stay at its
+    // noise; random weights give the teacher real flows to distil.
+    let wan = storyreel_nn::WanConfig::from_json_file(&model.join("dit/config.json")).unwrap();
+    let weights = storyreel_nn::dit::random_weights(&wan, 7, DType::F32, &Device::Cpu).unwrap();
+    storyreel_nn::checkpoint::save_safetensors(&model.join("dit/model.safetensors"), &weights).unwrap();
+    model
+}
+
+fn pairs_config(teacher: &Path, out: &Path) -> OdePairsConfig {
+    OdePairsConfig {
+        teacher: teacher.to_path_buf(),
+        data: TeacherData { first_seed: 40, stories: 3, width: 32, height: 32 },
+        steps: 50,
+        guidance: Some(2.0),
+        shard_stories: 2,
+        out_dir: out.to_path_buf(),
+        progress: false,
+        ..OdePairsConfig::default()
+    }
+}
+
+#[test]
+fn pairs_are_the_teachers_trajectory_and_a_stopped_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = tiny_teacher(dir.path());
+    let out = dir.path().join("pairs");
+    let cfg = pairs_config(&teacher, &out);
+    let report = make_ode_pairs(&cfg).unwrap();
+    assert!(report.pairs >= 6, "three stories of ≥ 2 shots: {}", report.pairs);
+    let (index, pairs) = load_ode_pairs(&out).unwrap();
+    assert_eq!(index.shards.len(), 2);
+    assert_eq!(index.timesteps.len(), 4);
+    assert_eq!(pairs.len(), report.pairs);
+
+    // Pair 1 (story 40, shot 1) is exactly what the teacher samples from the same noise and
+    // context, and its first state is that noise (t = 1000).
+    let model = StoryModel::load(&teacher, &Device::Cpu).unwrap();
+    let p = pairs.iter().find(|p| p.shot == 1).unwrap();
+    assert_eq!(p.x0.dim(0).unwrap() % 3, 0, "whole chunks");
+    let dims = p.x0.dims().to_vec();
+    let noise = SeededNoise::new(mix64(cfg.seed ^ p.story_seed)).noise(1, 0, 0, &dims, &Device::Cpu).unwrap();
+    let first = (p.states.get(0).unwrap() - &noise).unwrap().abs().unwrap().max_all().unwrap();
+    assert_eq!(first.to_scalar::<f32>().unwrap(), 0.0);
+    let captions = model.dit.embed_captions(&caption_embeddings(&model.text, &p.global, &p.captions).unwrap()).unwrap();
+    let uncond = unconditional_caption(&model.dit, &Device::Cpu).unwrap();
+    let plan = ShotPlan::new(1, &p.flags, 2).unwrap();
+    let inputs = TeacherInputs { plan: &plan, captions: &captions, uncond: Some(&uncond), context: &p.context };
+    let sampler = EulerSampler::new(50, 8.0, 2.0).unwrap();
+    let mut seen = Vec::new();
+    let x0 = sample_shot(
+        &model.dit,
+        &inputs,
+        &sampler,
+        noise,
+        &mut |i, x| {
+            if [13, 25, 37].contains(&i) {
+                seen.push(x.clone());
+            }
+            Ok(())
+        },
+        &|| false,
+    )
+    .unwrap();
+    let d = (x0 - &p.x0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-5, "{d}");
+    for (i, s) in seen.iter().enumerate() {
+        let d = (s - p.states.get(i + 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+    // Context came from the story's earlier shot (the teacher trained with context).
+    assert!(
+        p.flags.iter().all(|&f| f == 0)
+            && p.context.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0
+    );
+
+    // A run stopped after its first shard finishes the second to the same bytes.
+    let second = std::fs::read(out.join("shard-00001.safetensors")).unwrap();
+    let mut idx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("ode_pairs.json")).unwrap()).unwrap();
+    let first_shard_pairs =
+        serde_json::from_str::<Vec<serde_json::Value>>(&std::fs::read_to_string(out.join("shard-00000.json")).unwrap())
+            .unwrap()
+            .len();
+    idx["shards"] = serde_json::json!(["shard-00000"]);
+    idx["pairs"] = serde_json::json!(first_shard_pairs);
+    std::fs::write(out.join("ode_pairs.json"), idx.to_string()).unwrap();
+    std::fs::remove_file(out.join("shard-00001.safetensors")).unwrap();
+    let resumed = make_ode_pairs(&cfg).unwrap();
+    assert_eq!(resumed.pairs, report.pairs);
+    assert_eq!(resumed.new_pairs, report.pairs - first_shard_pairs);
+    assert_eq!(std::fs::read(out.join("shard-00001.safetensors")).unwrap(), second);
+
+    // Other settings never mix into the same folder.
+    let other = OdePairsConfig { seed: 5, ..cfg.clone() };
+    let err = make_ode_pairs(&other).unwrap_err().to_string();
+    assert!(err.contains("another teacher or other settings"), "{err}");
+}
+
+#[test]
+fn bad_pair_settings_and_folders_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pairs_config(&dir.path().join("no-teacher"), &dir.path().join("pairs"));
+    let err = make_ode_pairs(&cfg).unwrap_err().to_string();
+    assert!(err.contains("no-teacher"), "{err}");
+    let cfg = OdePairsConfig { student_steps: vec![500, 740], ..OdePairsConfig::default() };
+    assert!(cfg.validate().unwrap_err().to_string().contains("decreasing"));
+    let cfg = OdePairsConfig {
+        data: TeacherData { first_seed: storyreel_world::BENCHMARK_SEED_BASE, ..TeacherData::default() },
+        ..OdePairsConfig::default()
+    };
+    assert!(cfg.validate().is_err(), "benchmark seeds are refused");
+    let err = load_ode_pairs(&dir.path().join("nothing")).unwrap_err().to_string();
+    assert!(err.contains("ode-pairs"), "{err}");
+}
+
+#[test]
+fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher_dir = tiny_teacher(dir.path());
+    let pairs_dir = dir.path().join("pairs");
+    let cfg = OdePairsConfig {
+        steps: 50,
+        data: TeacherData { stories: 2, ..pairs_config(&teacher_dir, &pairs_dir).data },
+        ..pairs_config(&teacher_dir, &pairs_dir)
+    };
+    make_ode_pairs(&cfg).unwrap();
+    let (index, pairs) = load_ode_pairs(&pairs_dir).unwrap();
+    let teacher = StoryModel::load(&teacher_dir, &Device::Cpu).unwrap();
+    let prepared: Vec<PreparedPair> = pairs
+        .into_iter()
+        .map(|pair| {
+            let embeddings = caption_embeddings(&teacher.text, &pair.global, &pair.captions).unwrap();
+            PreparedPair { pair, embeddings }
+        })
+        .collect();
+
+    // Draws: every chunk index in range, never all clean, captions dropped at about the rate.
+    let mut dropped = 0;
+    for i in 0..2000 {
+        let d = draw_ode_sample(3, i, &prepared, 3, 4, 0.1);
+        assert_eq!(d.states.len() * 3, prepared[d.pair].pair.x0.dim(0).unwrap());
+        assert!(d.states.iter().all(|&s| s <= 4) && d.states.iter().any(|&s| s < 4));
+        dropped += d.caption_dropped as usize;
+    }
+    assert!((150..250).contains(&dropped), "{dropped}");
+
+    // A few AdamW steps on one sample lower its loss.
+    let varmap = candle_nn::VarMap::new();
+    let student = student_from_teacher(&teacher, &varmap, &Device::Cpu).unwrap();
+    let sampler = FewStepSampler::new(&index.student_steps, index.shift).unwrap();
+    let draw = draw_ode_sample(0, 0, &prepared, 3, 4, 0.0);
+    let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
+    let (_, before) = ode_regression_loss(&student, &prepared[draw.pair], &draw, &sampler, 3).unwrap();
+    for _ in 0..15 {
+        let (loss, _) = ode_regression_loss(&student, &prepared[draw.pair], &draw, &sampler, 3).unwrap();
+        let grads = loss.backward().unwrap();
+        opt.step(&grads, 3e-3).unwrap();
+    }
+    let (_, after) = ode_regression_loss(&student, &prepared[draw.pair], &draw, &sampler, 3).unwrap();
+    assert!(after < 0.7 * before, "{before} -> {after}");
+
+    // The stage writes a student model folder that streams a two-shot story with context.
+    let mut init =
+        OdeInitConfig { teacher: teacher_dir.clone(), pairs: pairs_dir.clone(), steps: 3, ..OdeInitConfig::default() };
+    init.train.out_dir = dir.path().join("ode-init");
+    init.train.progress = false;
+    let report = run_ode_init_stage(&init).unwrap();
+    assert_eq!(report.steps, 3);
+    let student = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    assert_eq!(student.card.kind, ModelKind::Student);
+    assert_eq!(student.card.student.as_ref().unwrap().steps, vec![1000, 740, 500, 260]);
+    let shots = vec![
+        ShotRequest { caption: "a red fox walks in a meadow".into(), frames: 17 },
+        ShotRequest { caption: "the same red fox jumps".into(), frames: 9 },
+    ];
+    let mut got = Vec::new();
+    let mut chunks = Vec::new();
+    let options = StudentStoryOptions { seed: 1, memory: Box::new(DynamicSampling { max_frames: 6 }) };
+    generate_student_story(
+        &student,
+        "",
+        &shots,
+        &options,
+        &mut |s| {
+            got.push((s.frames.dims().to_vec(), s.context.len()));
+            Ok(())
+        },
+        &mut |shot, chunk, n| chunks.push((shot, chunk, n)),
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(got, vec![(vec![17, 3, 32, 32], 0), (vec![9, 3, 32, 32], 6)]);
+    assert_eq!(chunks, vec![(0, 0, 2), (0, 1, 2), (1, 0, 1)]);
+    // The student is not a teacher: asking it for the teacher's loop is refused, and back.
+    let no = StudentStoryOptions { seed: 1, memory: Box::new(NoContext) };
+    let err = generate_student_story(&teacher, "", &shots, &no, &mut |_| Ok(()), &mut |_, _, _| {}, &|| false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a student"), "{err}");
+}
