@@ -65,20 +65,38 @@ impl FewStepSampler {
         noise: &mut dyn FnMut(usize) -> Result<Tensor>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
+        self.sample_to_exit(self.timesteps.len().saturating_sub(1), flow, noise, cancelled)
+    }
+
+    /// Runs steps 0..=`exit` and returns the x0 estimate of step `exit` (self-forcing's random
+    /// exit, shotstream.md §5.4). Estimates before the exit are detached, so autograd sees only
+    /// the exit step's model call; with `exit` = the last step this is [`Self::sample`].
+    pub fn sample_to_exit(
+        &self,
+        exit: usize,
+        flow: &mut dyn FnMut(&Tensor, f32) -> Result<Tensor>,
+        noise: &mut dyn FnMut(usize) -> Result<Tensor>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
+        if exit >= self.timesteps.len() {
+            return Err(EngineError::Config(format!(
+                "exit step {exit} is past the {} denoising steps",
+                self.timesteps.len()
+            )));
+        }
         let mut x = noise(0)?;
-        let mut x0 = None;
-        for (i, &t) in self.timesteps.iter().enumerate() {
+        for (i, &t) in self.timesteps.iter().enumerate().take(exit + 1) {
             if cancelled() {
                 return Err(EngineError::Cancelled);
             }
             let v = flow(&x, t)?;
             let pred = x0_from_flow(&x, &v, self.sigma(t))?;
-            if let Some(&t_next) = self.timesteps.get(i + 1) {
-                x = add_noise(&pred, &noise(i + 1)?, self.sigma(t_next))?;
+            if i == exit {
+                return Ok(pred);
             }
-            x0 = Some(pred);
+            x = add_noise(&pred.detach(), &noise(i + 1)?, self.sigma(self.timesteps[i + 1]))?;
         }
-        x0.ok_or_else(|| EngineError::Config("no denoising steps".into()))
+        Err(EngineError::Config("no denoising steps".into()))
     }
 }
 

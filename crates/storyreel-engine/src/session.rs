@@ -225,6 +225,19 @@ impl<'m> ShotRun<'m> {
     /// Denoises the next chunk with the few-step sampler, then refreshes its cache slot at
     /// `refresh_t` (skipped after the shot's last chunk, whose caches are dropped anyway).
     pub fn next_chunk(&mut self, noise: &mut dyn NoiseSource, cancelled: &dyn Fn() -> bool) -> Result<LatentChunk> {
+        let last_step = self.cfg.sampler.timesteps().len().saturating_sub(1);
+        self.next_chunk_to_exit(last_step, noise, cancelled)
+    }
+
+    /// Like [`Self::next_chunk`], stopping the few-step sampler at step `exit` (the training
+    /// rollout of self-forcing): the chunk is that step's x0 estimate and keeps the autograd
+    /// graph of that one model call; the cache refresh runs on a detached copy.
+    pub fn next_chunk_to_exit(
+        &mut self,
+        exit: usize,
+        noise: &mut dyn NoiseSource,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<LatentChunk> {
         if self.is_done() {
             return Err(EngineError::Input(format!("shot {} is already complete", self.plan.shot)));
         }
@@ -241,13 +254,21 @@ impl<'m> ShotRun<'m> {
             Ok(model.forward_chunk(x, &plan.shot_frames(start, cf, t), captions, context, local, start)?)
         };
         let mut draw = |step: usize| noise.noise(shot, chunk, step, &shape, &device);
-        let out = cfg.sampler.sample(&mut flow, &mut draw, cancelled)?;
+        let out = cfg.sampler.sample_to_exit(exit, &mut flow, &mut draw, cancelled)?;
         let last = start + cf >= cfg.frames_per_shot;
         if !last {
             if cancelled() {
                 return Err(EngineError::Cancelled);
             }
-            model.forward_chunk(&out, &plan.shot_frames(start, cf, cfg.refresh_t), captions, context, local, start)?;
+            let clean = out.detach();
+            model.forward_chunk(
+                &clean,
+                &plan.shot_frames(start, cf, cfg.refresh_t),
+                captions,
+                context,
+                local,
+                start,
+            )?;
         }
         self.next_chunk += 1;
         self.chunks.push(out.clone());

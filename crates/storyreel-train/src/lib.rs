@@ -12,6 +12,7 @@ pub mod optim;
 pub mod params;
 pub mod schedule;
 pub mod stage_config;
+pub mod stage_dmd;
 pub mod stage_ode_init;
 pub mod stage_teacher;
 pub mod stage_vae;

@@ -218,7 +218,7 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
         .collect::<Result<Vec<_>>>()?;
 
     let varmap = VarMap::new();
-    let student = student_from_teacher(&teacher, &varmap, &device)?;
+    let student = trainable_dit(&teacher, &varmap, &device)?;
     let mut train = cfg.train.clone();
     train.schedule.total_steps = cfg.steps;
     train.schedule.warmup_steps = train.schedule.warmup_steps.min(cfg.steps);
@@ -294,8 +294,9 @@ fn check_pairs_fit(teacher: &StoryModel, index: &OdePairsIndex, pairs: &[OdePair
     Ok(())
 }
 
-/// The student's DiT as trainable variables holding a copy of the teacher's weights.
-pub fn student_from_teacher(teacher: &StoryModel, varmap: &VarMap, device: &Device) -> Result<WanModel> {
+/// A trainable copy of a story model's DiT (the student's start from its teacher, the DMD
+/// generator and critic), its weights held as variables in `varmap`.
+pub fn trainable_dit(teacher: &StoryModel, varmap: &VarMap, device: &Device) -> Result<WanModel> {
     let cfg = teacher.dit.config().clone();
     let dit_dir = teacher.dir.join(story_model::DIT_DIR);
     let loaded = storyreel_nn::checkpoint::load_dit_checkpoint(&dit_dir, &cfg, DType::F32, device)?;
@@ -313,10 +314,10 @@ pub fn student_from_teacher(teacher: &StoryModel, varmap: &VarMap, device: &Devi
     Ok(WanModel::load(vb.pp(DIT_PREFIX), &cfg, rope)?)
 }
 
-/// Writes a student story model folder: the DiT from `varmap`, the teacher's text encoder and
-/// VAE, and a card of kind student.
+/// Writes a student story model folder: the DiT from `varmap`, the text encoder and VAE of
+/// `base` (the teacher, or the student a stage started from), and a card of kind student.
 pub fn write_student_model(
-    teacher: &StoryModel,
+    base: &StoryModel,
     varmap: &VarMap,
     student: StudentSampling,
     description: &str,
@@ -332,16 +333,16 @@ pub fn write_student_model(
         .collect();
     drop(data);
     save_safetensors(&dit_dir.join(story_model::DIT_WEIGHTS), &tensors)?;
-    let config = serde_json::to_string_pretty(teacher.dit.config()).map_err(|e| TrainError::File(e.to_string()))?;
+    let config = serde_json::to_string_pretty(base.dit.config()).map_err(|e| TrainError::File(e.to_string()))?;
     write_text(&dit_dir.join("config.json"), &(config + "\n"))?;
     for part in [story_model::TEXT_DIR, story_model::VAE_DIR] {
-        copy_folder(&teacher.dir.join(part), &dir.join(part))?;
+        copy_folder(&base.dir.join(part), &dir.join(part))?;
     }
     let card = ModelCard {
         kind: ModelKind::Student,
         student: Some(student),
         description: description.to_string(),
-        ..teacher.card.clone()
+        ..base.card.clone()
     };
     Ok(card.write(dir)?)
 }

@@ -665,7 +665,7 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
 
 /// Identifies the encoded corpus: the VAE's weights and config, the data settings and the
 /// context size.
-fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usize) -> Result<String> {
+pub(crate) fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usize) -> Result<String> {
     let file = storyreel_nn::vae::find_vae_file(vae_dir)?;
     let mut h = 0u64;
     for path in [file.clone(), file.with_file_name("vae_config.json")] {

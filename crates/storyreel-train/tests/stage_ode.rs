@@ -2,9 +2,13 @@
 //! (same noise, same end point), a stopped pair run resumes to the same files, the regression
 //! loss falls on a fixed sample, and the ODE init writes a student model that generates a story.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use candle_core::{DType, Device};
+use std::path::Path;
+
+use common::tiny_teacher;
+
+use candle_core::Device;
 use storyreel_engine::context::{DynamicSampling, NoContext};
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{sample_shot, TeacherInputs};
@@ -13,40 +17,13 @@ use storyreel_engine::{
     generate_student_story, EulerSampler, FewStepSampler, ModelKind, NoiseSource, SeededNoise, ShotRequest, StoryModel,
     StudentStoryOptions,
 };
-use storyreel_nn::text::toy::ToyTextConfig;
-use storyreel_nn::vae::WanVae;
 use storyreel_train::ode_pairs::{load_ode_pairs, make_ode_pairs, OdePairsConfig};
 use storyreel_train::stage_ode_init::{
-    draw_ode_sample, ode_regression_loss, run_ode_init_stage, student_from_teacher, OdeInitConfig, PreparedPair,
+    draw_ode_sample, ode_regression_loss, run_ode_init_stage, trainable_dit, OdeInitConfig, PreparedPair,
 };
-use storyreel_train::stage_teacher::{run_teacher_stage, TeacherData, TeacherStageConfig, ToyDitShape};
-use storyreel_train::stage_vae::ToyVaeShape;
+use storyreel_train::stage_teacher::TeacherData;
 use storyreel_train::{AdamW, AdamWConfig, NamedParams};
 use storyreel_world::rng::mix64;
-
-/// A tiny teacher trained for two steps under `dir/teacher`; returns its model folder.
-fn tiny_teacher(dir: &Path) -> PathBuf {
-    let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
-    WanVae::random(&cfg, true, 3, DType::F32, &Device::Cpu).unwrap().save(&dir.join("vae")).unwrap();
-    let mut cfg = TeacherStageConfig {
-        vae: dir.join("vae"),
-        dit: ToyDitShape { dim: 32, ffn_dim: 64, freq_dim: 32, num_heads: 2, num_layers: 1 },
-        text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
-        data: TeacherData { first_seed: 21, stories: 2, width: 32, height: 32 },
-        steps: 2,
-        ..TeacherStageConfig::default()
-    };
-    cfg.train.out_dir = dir.join("teacher");
-    cfg.train.progress = false;
-    cfg.train.schedule.warmup_steps = 1;
-    let model = run_teacher_stage(&cfg).unwrap().model_dir;
-    // Two steps leave the zero-initialised head near zero, so every trajectory would stay at its
-    // noise; random weights give the teacher real flows to distil.
-    let wan = storyreel_nn::WanConfig::from_json_file(&model.join("dit/config.json")).unwrap();
-    let weights = storyreel_nn::dit::random_weights(&wan, 7, DType::F32, &Device::Cpu).unwrap();
-    storyreel_nn::checkpoint::save_safetensors(&model.join("dit/model.safetensors"), &weights).unwrap();
-    model
-}
 
 fn pairs_config(teacher: &Path, out: &Path) -> OdePairsConfig {
     OdePairsConfig {
@@ -188,7 +165,7 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
 
     // A few AdamW steps on one sample lower its loss.
     let varmap = candle_nn::VarMap::new();
-    let student = student_from_teacher(&teacher, &varmap, &Device::Cpu).unwrap();
+    let student = trainable_dit(&teacher, &varmap, &Device::Cpu).unwrap();
     let sampler = FewStepSampler::new(&index.student_steps, index.shift).unwrap();
     let draw = draw_ode_sample(0, 0, &prepared, 3, 4, 0.0);
     let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();

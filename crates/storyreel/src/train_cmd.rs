@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use storyreel_train::caption_check::{caption_check, CaptionCheckOptions};
 use storyreel_train::ode_pairs::{make_ode_pairs, OdePairsConfig};
+use storyreel_train::stage_dmd::{run_dmd_stage, DmdConfig};
 use storyreel_train::stage_ode_init::{run_ode_init_stage, OdeInitConfig};
 use storyreel_train::stage_teacher::{run_teacher_stage, TeacherStageConfig};
 use storyreel_train::stage_vae::{run_vae_stage, VaeStageConfig};
@@ -25,12 +26,15 @@ pub enum TrainStage {
     /// ODE-regression init of the causal student from the teacher and its ODE pairs (writes
     /// OUT/model, a student story model folder).
     OdeInit(OdeInitArgs),
+    /// DMD with intra-shot self-forcing (stage 3): the student's rollouts through the KV caches,
+    /// the teacher as real score, a trainable critic; writes OUT/model, the distilled student.
+    Dmd(DmdArgs),
     /// Check whether a trained teacher reads its captions: flow loss on held-out stories with
     /// their own prompts, another story's prompts and the zero caption, at a few timesteps.
     CheckCaptions(CheckCaptionsArgs),
     /// Print a stage's full default config as JSON (a starting point for --config).
     DefaultConfig {
-        /// The stage: vae, teacher, ode-pairs or ode-init.
+        /// The stage: vae, teacher, ode-pairs, ode-init or dmd.
         stage: String,
     },
 }
@@ -90,6 +94,26 @@ pub struct OdeInitArgs {
     /// Override the folder of ODE pairs.
     #[arg(long)]
     pairs: Option<PathBuf>,
+}
+
+/// Arguments of `storyreel train dmd`.
+#[derive(Args)]
+pub struct DmdArgs {
+    /// Config file (.json or .toml); keys left out take their defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the number of steps (generator and critic together).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Override the output folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override the teacher's model folder.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Override the student to distil into (an ODE-init model folder).
+    #[arg(long)]
+    student: Option<PathBuf>,
 }
 
 /// Arguments of `storyreel train check-captions`.
@@ -205,6 +229,29 @@ pub fn run(stage: &TrainStage) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        TrainStage::Dmd(args) => {
+            let mut cfg = match &args.config {
+                Some(path) => DmdConfig::read(path).context("reading the stage config")?,
+                None => DmdConfig::default(),
+            };
+            if let Some(steps) = args.steps {
+                cfg.steps = steps;
+            }
+            if let Some(out) = &args.out {
+                cfg.out_dir = out.clone();
+            }
+            if let Some(teacher) = &args.teacher {
+                cfg.teacher = teacher.clone();
+            }
+            if let Some(student) = &args.student {
+                cfg.student = student.clone();
+            }
+            cfg.validate().context("checking the dmd config")?;
+            eprintln!("DMD of {} for {} steps into {}", cfg.student.display(), cfg.steps, cfg.out_dir.display());
+            let report = run_dmd_stage(&cfg).context("training DMD")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         TrainStage::CheckCaptions(args) => check_captions(args),
         TrainStage::DefaultConfig { stage } => match stage.as_str() {
             "vae" => {
@@ -223,7 +270,11 @@ pub fn run(stage: &TrainStage) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&OdeInitConfig::default())?);
                 Ok(())
             }
-            other => anyhow::bail!("unknown stage {other:?}; stages: vae, teacher, ode-pairs, ode-init"),
+            "dmd" => {
+                println!("{}", serde_json::to_string_pretty(&DmdConfig::default())?);
+                Ok(())
+            }
+            other => anyhow::bail!("unknown stage {other:?}; stages: vae, teacher, ode-pairs, ode-init, dmd"),
         },
     }
 }

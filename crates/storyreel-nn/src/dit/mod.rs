@@ -214,7 +214,7 @@ impl WanModel {
         if !context.is_filled() && context.frames() > 0 {
             return Err(NnError::Input("the context cache has not been filled (run fill_context first)".into()));
         }
-        let mut keys = ChunkKeys { context, local, slot };
+        let mut keys = ChunkKeys { context, local, slot, own: vec![None; self.blocks.len()] };
         let out = self.run(x, frames, captions, &mut SelfKeys::Cached(&mut keys))?;
         keys.local.commit(slot);
         Ok(out)
@@ -314,21 +314,40 @@ struct ChunkKeys<'a> {
     context: &'a ContextCache,
     local: &'a mut LocalCache,
     slot: ChunkSlot,
+    /// The chunk's own keys and values per layer, when its slot ends the visible window: the
+    /// queries then read them directly rather than from the cache, so that gradients reach the
+    /// chunk's key and value projections (cache writes are storage copies) with the same keys
+    /// in the same order.
+    own: Vec<Option<(Tensor, Tensor)>>,
 }
 
 impl CachedKeys for ChunkKeys<'_> {
     fn store(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
-        self.local.write_layer(layer, self.slot, k, v)
+        self.local.write_layer(layer, self.slot, k, v)?;
+        let p = self.local.geometry().tokens_per_frame;
+        let frames = k.dims()[1] / p.max(1);
+        if self.slot.slot_frame + frames == self.slot.visible_frames && k.dtype() == self.local.geometry().dtype {
+            self.own[layer] = Some((k.contiguous()?, v.contiguous()?));
+        }
+        Ok(())
     }
     fn spans(&self, layer: usize) -> Vec<KvSpan<'_>> {
         let p = self.local.geometry().tokens_per_frame;
-        let mut spans = Vec::with_capacity(2);
+        let mut spans = Vec::with_capacity(3);
         let ctx = self.context.layer(layer);
         let ctx_rows = ctx.k.dims()[1];
         if ctx_rows > 0 {
             spans.push(span_of(ctx, 0..ctx_rows));
         }
-        spans.push(span_of(self.local.layer(layer), 0..self.slot.visible_frames * p));
+        match &self.own[layer] {
+            Some((k, v)) => {
+                if self.slot.slot_frame > 0 {
+                    spans.push(span_of(self.local.layer(layer), 0..self.slot.slot_frame * p));
+                }
+                spans.push(KvSpan { k, v, rows: 0..k.dims()[1] });
+            }
+            None => spans.push(span_of(self.local.layer(layer), 0..self.slot.visible_frames * p)),
+        }
         spans
     }
 }

@@ -1,0 +1,49 @@
+//! Tiny models the distillation tests share.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use storyreel_engine::{StoryModel, StudentSampling};
+use storyreel_nn::text::toy::ToyTextConfig;
+use storyreel_nn::vae::WanVae;
+use storyreel_train::stage_ode_init::{trainable_dit, write_student_model};
+use storyreel_train::stage_teacher::{run_teacher_stage, TeacherData, TeacherStageConfig, ToyDitShape};
+use storyreel_train::stage_vae::ToyVaeShape;
+
+/// A tiny teacher (32×32 frames, 4 latent channels) under `dir/teacher`, with random DiT weights:
+/// two training steps write the folder, but leave the zero-initialised head near zero, and a
+/// teacher whose every trajectory stays at its noise has nothing to distil.
+pub fn tiny_teacher(dir: &Path) -> PathBuf {
+    let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
+    WanVae::random(&cfg, true, 3, DType::F32, &Device::Cpu).unwrap().save(&dir.join("vae")).unwrap();
+    let mut cfg = TeacherStageConfig {
+        vae: dir.join("vae"),
+        dit: ToyDitShape { dim: 32, ffn_dim: 64, freq_dim: 32, num_heads: 2, num_layers: 1 },
+        text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
+        data: TeacherData { first_seed: 21, stories: 2, width: 32, height: 32 },
+        steps: 2,
+        ..TeacherStageConfig::default()
+    };
+    cfg.train.out_dir = dir.join("teacher");
+    cfg.train.progress = false;
+    cfg.train.schedule.warmup_steps = 1;
+    let model = run_teacher_stage(&cfg).unwrap().model_dir;
+    let wan = storyreel_nn::WanConfig::from_json_file(&model.join("dit/config.json")).unwrap();
+    let weights = storyreel_nn::dit::random_weights(&wan, 7, DType::F32, &Device::Cpu).unwrap();
+    storyreel_nn::checkpoint::save_safetensors(&model.join("dit/model.safetensors"), &weights).unwrap();
+    model
+}
+
+/// A student folder under `dir/student` that starts as a copy of `teacher` (ShotStream's 4 steps,
+/// 3-frame chunks).
+pub fn student_copy(teacher: &Path, dir: &Path) -> PathBuf {
+    let model = StoryModel::load(teacher, &Device::Cpu).unwrap();
+    let vars = candle_nn::VarMap::new();
+    trainable_dit(&model, &vars, &Device::Cpu).unwrap();
+    let sampling = StudentSampling { steps: vec![1000, 740, 500, 260], shift: 8.0, chunk_frames: 3 };
+    let out = dir.join("student");
+    write_student_model(&model, &vars, sampling, "a copy of the teacher", &out).unwrap();
+    out
+}
