@@ -153,6 +153,12 @@ pub struct TeacherStageConfig {
     /// 24 puts 19% of the samples above t = 990 (shift 8: 7.5%); a 1,000-step run then reads
     /// its text (caption gain 52%) where shift 8 does not (0%; docs/BENCHMARKS.md).
     pub shift: f32,
+    /// A second, lower shift for a share of the samples (`low_noise_share`): the shift-24 table
+    /// puts only 4% of samples below t = 500, where details are drawn. `None`: every sample
+    /// from `shift`'s table.
+    pub low_noise_shift: Option<f32>,
+    /// Share of the samples drawn from `low_noise_shift`'s table.
+    pub low_noise_share: f64,
     /// How the loss is weighted over timesteps. Uniform by default: ShotStream's weighting
     /// fine-tunes a base that already follows text, and from scratch it starves the high-noise
     /// steps where only the caption can tell what to draw (docs/BENCHMARKS.md, "the teacher").
@@ -189,6 +195,8 @@ impl Default for TeacherStageConfig {
             caption_dropout: 0.1,
             context_dropout: 0.1,
             shift: 24.0,
+            low_noise_shift: None,
+            low_noise_share: 0.5,
             timestep_weighting: TimestepWeighting::Uniform,
             sampler: TeacherSampling { steps: 20, shift: 8.0, guidance: 3.0 },
             steps: 4000,
@@ -221,6 +229,12 @@ impl TeacherStageConfig {
         }
         if !(self.shift > 0.0 && self.shift.is_finite()) {
             return Err(TrainError::out_of_range("shift", self.shift, "a positive number"));
+        }
+        if let Some(low) = self.low_noise_shift.filter(|s| !(*s > 0.0 && s.is_finite())) {
+            return Err(TrainError::out_of_range("low_noise_shift", low, "a positive number"));
+        }
+        if !(0.0..=1.0).contains(&self.low_noise_share) {
+            return Err(TrainError::out_of_range("low_noise_share", self.low_noise_share, "a share in [0, 1]"));
         }
         if self.data.stories > 1_000_000 {
             return Err(TrainError::out_of_range("data.stories", self.data.stories, "at most 1000000"));
@@ -614,6 +628,11 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
     trainer.resume_latest(&out_dir)?;
     let schedule = FlowSchedule::new(1000, cfg.shift);
     let weights = cfg.timestep_weighting.weights(schedule.timesteps());
+    let low_noise = cfg.low_noise_shift.map(|s| {
+        let table = FlowSchedule::new(1000, s);
+        let w = cfg.timestep_weighting.weights(table.timesteps());
+        (table, w)
+    });
     let accumulate = cfg.train.accumulate as u64;
     let mut recent: Vec<f64> = Vec::new();
     while trainer.step_count() < cfg.steps {
@@ -636,7 +655,17 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
                 context_dropped: context_dropped || !cfg.use_context,
                 noise_seed: mix64(cfg.train.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             };
-            let loss = teacher_loss(&nets, &sample, &schedule, &weights, cfg.context_frames)?;
+            // Drawn apart from `draw_sample` so that runs without the second table see the
+            // same data as before it existed.
+            let (table, table_weights) = match &low_noise {
+                Some((t, w))
+                    if WorldRng::derived(mix64(cfg.train.seed ^ 0x10e5), index).chance(cfg.low_noise_share) =>
+                {
+                    (t, w)
+                }
+                _ => (&schedule, &weights),
+            };
+            let loss = teacher_loss(&nets, &sample, table, table_weights, cfg.context_frames)?;
             Ok((loss.total, vec![("mse".into(), loss.mse), ("t".into(), loss.t as f64)]))
         })?;
         recent.push(report.loss);

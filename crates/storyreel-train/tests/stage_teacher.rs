@@ -180,6 +180,12 @@ fn bad_settings_are_clear_errors() {
     let mut p = tiny(&dir.path().join("vae"), &dir.path().join("run"), 2);
     p.caption_dropout = 1.5;
     assert!(p.validate().unwrap_err().to_string().contains("caption_dropout"));
+    p.caption_dropout = 0.1;
+    p.low_noise_shift = Some(-3.0);
+    assert!(p.validate().unwrap_err().to_string().contains("low_noise_shift"));
+    p.low_noise_shift = Some(3.0);
+    p.low_noise_share = 2.0;
+    assert!(p.validate().unwrap_err().to_string().contains("low_noise_share"));
     let typo = dir.path().join("t.json");
     std::fs::write(&typo, r#"{"context_dropuot": 0.2}"#).unwrap();
     assert!(TeacherStageConfig::read(&typo).unwrap_err().to_string().contains("context_dropuot"));

@@ -161,3 +161,84 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
         storyreel(&["generate", "--model", p(&dir.path().join("nowhere")), "--story", p(&story), "-o", p(&video)]);
     assert!(!ok && err.contains("nowhere"), "{err}");
 }
+
+#[test]
+fn distillation_smoke_run_streams_a_story_from_the_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let (teacher, _) = train_tiny_models(dir.path());
+    let pairs_cfg = dir.path().join("pairs.json");
+    std::fs::write(
+        &pairs_cfg,
+        r#"{"data": {"first_seed": 30, "stories": 1, "width": 32, "height": 32}, "progress": false}"#,
+    )
+    .unwrap();
+    let pairs = dir.path().join("pairs");
+    let (ok, stdout, err) =
+        storyreel(&["train", "ode-pairs", "--config", p(&pairs_cfg), "--teacher", p(&teacher), "--out", p(&pairs)]);
+    assert!(ok, "{err}");
+    let made: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(made["pairs"].as_u64().unwrap() >= 2, "{stdout}");
+
+    let quiet = dir.path().join("quiet.json");
+    std::fs::write(&quiet, r#"{"train": {"progress": false}}"#).unwrap();
+    let init = dir.path().join("ode-init");
+    let (ok, _, err) = storyreel(&[
+        "train",
+        "ode-init",
+        "--config",
+        p(&quiet),
+        "--teacher",
+        p(&teacher),
+        "--pairs",
+        p(&pairs),
+        "--steps",
+        "2",
+        "--out",
+        p(&init),
+    ]);
+    assert!(ok, "{err}");
+    let dmd_cfg = dir.path().join("dmd.json");
+    std::fs::write(&dmd_cfg, r#"{"data": {"first_seed": 30, "stories": 1}, "generator_every": 2, "progress": false}"#)
+        .unwrap();
+    let dmd = dir.path().join("dmd");
+    let (ok, stdout, err) = storyreel(&[
+        "train",
+        "dmd",
+        "--config",
+        p(&dmd_cfg),
+        "--teacher",
+        p(&teacher),
+        "--student",
+        p(&init.join("model")),
+        "--steps",
+        "2",
+        "--out",
+        p(&dmd),
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((report["steps"].as_u64(), report["generator_steps"].as_u64()), (Some(2), Some(1)));
+
+    // The distilled student generates a story chunk by chunk; teacher-only flags are refused.
+    let story = dir.path().join("story.json");
+    std::fs::write(
+        &story,
+        r#"{"global_caption": "a red fox in a meadow.", "seed": 4,
+            "shots": [{"caption": "a red fox walks", "frames": 17}, {"caption": "the same red fox jumps", "frames": 9}]}"#,
+    )
+    .unwrap();
+    let video = dir.path().join("student.mp4");
+    let student = dmd.join("model");
+    let (ok, stdout, err) =
+        storyreel(&["generate", "--model", p(&student), "--story", p(&story), "-o", p(&video), "--json"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("story_done"), "{stdout}");
+    assert_eq!(storyreel_media::read_mp4(&video).unwrap().1.len(), 26);
+    let (ok, _, err) =
+        storyreel(&["generate", "--model", p(&student), "--story", p(&story), "-o", p(&video), "--steps", "4"]);
+    assert!(!ok && err.contains("few-step student"), "{err}");
+    for stage in ["ode-pairs", "ode-init", "dmd"] {
+        let (ok, stdout, _) = storyreel(&["train", "default-config", stage]);
+        assert!(ok && serde_json::from_str::<serde_json::Value>(&stdout).is_ok(), "{stage}");
+    }
+}
