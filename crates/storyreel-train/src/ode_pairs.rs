@@ -25,6 +25,7 @@ use storyreel_world::{generate_story, StoryOptions};
 
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
+use crate::model_files::{fold_bytes, write_text};
 use crate::stage_teacher::{encode_story, TeacherData};
 
 /// Name of the index file inside the output folder.
@@ -157,11 +158,7 @@ impl OdePairsConfig {
         for part in ["dit/model.safetensors", "text/toy_text.safetensors", "vae/vae.safetensors"] {
             let path = self.teacher.join(part);
             let bytes = std::fs::read(&path).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?;
-            for chunk in bytes.chunks(8) {
-                let mut v = [0u8; 8];
-                v[..chunk.len()].copy_from_slice(chunk);
-                h = mix64(h ^ u64::from_le_bytes(v));
-            }
+            h = fold_bytes(h, &bytes);
         }
         let settings = serde_json::json!({
             "data": self.data, "steps": self.steps, "shift": self.shift, "guidance": self.guidance,
@@ -366,11 +363,6 @@ fn write_shard(dir: &Path, name: &str, pairs: &[OdePair]) -> Result<()> {
 fn write_index(dir: &Path, index: &OdePairsIndex) -> Result<()> {
     let text = serde_json::to_string_pretty(index).map_err(|e| TrainError::File(e.to_string()))?;
     write_text(&dir.join(INDEX_FILE), &(text + "\n"))
-}
-
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    storyreel_media::write_atomic(path, text.as_bytes())
-        .map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
 }
 
 /// Reads `dir/ode_pairs.json`; `None` when the folder has none yet.

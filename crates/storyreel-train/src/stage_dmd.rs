@@ -27,6 +27,7 @@ use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
+use crate::model_files::write_text;
 use crate::stage_ode_init::{trainable_dit, write_student_model};
 use crate::stage_teacher::{corpus_key, EncodedStory, TeacherCorpus, TeacherData};
 use crate::trainer::{TrainConfig, Trainer};
@@ -404,8 +405,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         model_dir: model_dir.clone(),
     };
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-    storyreel_media::write_atomic(&model_dir.join("training.json"), (text + "\n").as_bytes())
-        .map_err(|e| TrainError::File(format!("{}: {e}", model_dir.display())))?;
+    write_text(&model_dir.join("training.json"), &(text + "\n"))?;
     Ok(report)
 }
 

@@ -9,7 +9,6 @@
 //! x0 = x − σ·v. The loss is the MSE to the teacher's x0 over the noisy chunks only. All DiT
 //! weights train; the text encoder is the teacher's, frozen.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,12 +19,12 @@ use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::story_model::{self, ModelCard, ModelKind, StudentSampling};
 use storyreel_engine::teacher_story::caption_embeddings;
 use storyreel_engine::{FewStepSampler, StoryModel};
-use storyreel_nn::checkpoint::save_safetensors;
 use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::{RopeConfig, WanModel};
 use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
+use crate::model_files::{save_dit, write_text};
 use crate::ode_pairs::{load_ode_pairs, OdePair, OdePairsIndex};
 use crate::trainer::{TrainConfig, Trainer};
 
@@ -323,18 +322,7 @@ pub fn write_student_model(
     description: &str,
     dir: &Path,
 ) -> Result<()> {
-    let dit_dir = dir.join(story_model::DIT_DIR);
-    std::fs::create_dir_all(&dit_dir).map_err(|e| TrainError::File(format!("{}: {e}", dit_dir.display())))?;
-    let prefix = format!("{DIT_PREFIX}.");
-    let data = varmap.data().lock().map_err(|_| TrainError::File("variable map lock poisoned".into()))?;
-    let tensors: HashMap<String, Tensor> = data
-        .iter()
-        .filter_map(|(name, var)| name.strip_prefix(&prefix).map(|n| (n.to_string(), var.as_tensor().detach())))
-        .collect();
-    drop(data);
-    save_safetensors(&dit_dir.join(story_model::DIT_WEIGHTS), &tensors)?;
-    let config = serde_json::to_string_pretty(base.dit.config()).map_err(|e| TrainError::File(e.to_string()))?;
-    write_text(&dit_dir.join("config.json"), &(config + "\n"))?;
+    save_dit(varmap, DIT_PREFIX, base.dit.config(), dir)?;
     for part in [story_model::TEXT_DIR, story_model::VAE_DIR] {
         copy_folder(&base.dir.join(part), &dir.join(part))?;
     }
@@ -358,9 +346,4 @@ fn copy_folder(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    storyreel_media::write_atomic(path, text.as_bytes())
-        .map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
 }

@@ -35,6 +35,7 @@ use storyreel_world::{caption_vocabulary, generate_story, render_story, Story, S
 use crate::data::frames_to_tensor;
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
+use crate::model_files::{fold_bytes, save_dit, write_text};
 use crate::trainer::{TrainConfig, Trainer};
 
 /// Variable-name prefix of the DiT inside the stage's variables.
@@ -420,11 +421,6 @@ pub(crate) fn encode_story(
     })
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    storyreel_media::write_atomic(path, text.as_bytes())
-        .map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
-}
-
 /// The teacher and its text encoder, built on one set of trainable variables.
 pub struct TeacherNetworks {
     /// The DiT.
@@ -699,11 +695,7 @@ pub(crate) fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usi
     let mut h = 0u64;
     for path in [file.clone(), file.with_file_name("vae_config.json")] {
         if let Ok(bytes) = std::fs::read(&path) {
-            for chunk in bytes.chunks(8) {
-                let mut v = [0u8; 8];
-                v[..chunk.len()].copy_from_slice(chunk);
-                h = mix64(h ^ u64::from_le_bytes(v));
-            }
+            h = fold_bytes(h, &bytes);
         }
     }
     Ok(format!("vae:{h:016x} data:{} context:{context_frames}", serde_json::to_string(data).unwrap_or_default()))
@@ -717,18 +709,7 @@ fn write_model(
     varmap: &VarMap,
     dir: &Path,
 ) -> Result<()> {
-    let dit_dir = dir.join(story_model::DIT_DIR);
-    std::fs::create_dir_all(&dit_dir).map_err(|e| TrainError::File(format!("{}: {e}", dit_dir.display())))?;
-    let prefix = format!("{DIT_PREFIX}.");
-    let data = varmap.data().lock().map_err(|_| TrainError::File("variable map lock poisoned".into()))?;
-    let dit_tensors: HashMap<String, Tensor> = data
-        .iter()
-        .filter_map(|(name, var)| name.strip_prefix(&prefix).map(|n| (n.to_string(), var.as_tensor().detach())))
-        .collect();
-    drop(data);
-    save_safetensors(&dit_dir.join(story_model::DIT_WEIGHTS), &dit_tensors)?;
-    let config = serde_json::to_string_pretty(nets.dit.config()).map_err(|e| TrainError::File(e.to_string()))?;
-    write_text(&dit_dir.join("config.json"), &(config + "\n"))?;
+    save_dit(varmap, DIT_PREFIX, nets.dit.config(), dir)?;
     nets.text.save(&dir.join(story_model::TEXT_DIR))?;
     vae.save(&dir.join(story_model::VAE_DIR))?;
     let card = ModelCard {

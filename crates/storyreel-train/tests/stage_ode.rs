@@ -130,6 +130,20 @@ fn bad_pair_settings_and_folders_are_clear_errors() {
     assert!(cfg.validate().is_err(), "benchmark seeds are refused");
     let err = load_ode_pairs(&dir.path().join("nothing")).unwrap_err().to_string();
     assert!(err.contains("ode-pairs"), "{err}");
+    // A folder whose shard is damaged names the file.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("ode_pairs.json"),
+        r#"{"key": "k", "timesteps": [1000.0], "student_steps": [1000], "shift": 8.0, "chunk_frames": 3,
+            "shards": ["shard-00000"], "pairs": 1, "seconds": 0.0}"#,
+    )
+    .unwrap();
+    std::fs::write(broken.join("shard-00000.json"), "[{\"story_seed\": ").unwrap();
+    let err = load_ode_pairs(&broken).unwrap_err().to_string();
+    assert!(err.contains("shard-00000.json"), "{err}");
+    std::fs::write(broken.join("ode_pairs.json"), "not json").unwrap();
+    assert!(load_ode_pairs(&broken).unwrap_err().to_string().contains("ode_pairs.json"));
 }
 
 #[test]
