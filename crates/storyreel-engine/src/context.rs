@@ -89,11 +89,39 @@ impl ContextMemory for NoContext {
     }
 }
 
+/// Only the first frame of each earlier shot, newest shots first up to `max_frames` (the
+/// first-frame-only ablation: one establishing frame per shot, nothing of how it went on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstFrames {
+    /// Context frames at most.
+    pub max_frames: usize,
+}
+
+impl ContextMemory for FirstFrames {
+    fn name(&self) -> &'static str {
+        "first-frame"
+    }
+
+    fn select(&self, shot_frames: &[usize]) -> Vec<ContextPick> {
+        let mut picks: Vec<ContextPick> = shot_frames
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, &len)| len > 0)
+            .take(self.max_frames)
+            .map(|(shot, _)| ContextPick { shot, frame: 0 })
+            .collect();
+        picks.reverse();
+        picks
+    }
+}
+
 /// Builds a policy from its CLI name.
 pub fn policy_by_name(name: &str, max_frames: usize) -> Option<Box<dyn ContextMemory>> {
     match name {
         "dynamic" => Some(Box::new(DynamicSampling { max_frames })),
         "none" => Some(Box::new(NoContext)),
+        "first-frame" => Some(Box::new(FirstFrames { max_frames })),
         _ => None,
     }
 }
@@ -101,6 +129,18 @@ pub fn policy_by_name(name: &str, max_frames: usize) -> Option<Box<dyn ContextMe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_frames_takes_one_frame_per_shot_newest_first() {
+        let p = FirstFrames { max_frames: 2 };
+        assert!(p.select(&[]).is_empty());
+        assert_eq!(p.select(&[17]), vec![ContextPick { shot: 0, frame: 0 }]);
+        assert_eq!(
+            p.select(&[17, 0, 9, 25]),
+            vec![ContextPick { shot: 2, frame: 0 }, ContextPick { shot: 3, frame: 0 }]
+        );
+        assert_eq!(policy_by_name("first-frame", 6).unwrap().name(), "first-frame");
+    }
 
     #[test]
     fn counts_match_the_spec_table() {

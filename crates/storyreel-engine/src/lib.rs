@@ -24,5 +24,5 @@ pub use schedule::FlowSchedule;
 pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig, ShotRun};
 pub use shot_plan::ShotPlan;
 pub use story_model::{ModelCard, ModelKind, StoryModel, StudentSampling, TeacherSampling};
-pub use student_story::{generate_student_story, StudentStoryOptions};
+pub use student_story::{generate_student_story, StudentStoryEvents, StudentStoryOptions};
 pub use teacher_story::{generate_teacher_story, GeneratedShot, ShotRequest, TeacherStoryOptions};

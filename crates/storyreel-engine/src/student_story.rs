@@ -1,8 +1,10 @@
 //! A whole story from a causal few-step student, shot by shot: each shot's context is picked
 //! from the story's own earlier decoded shots and encoded one frame at a time (§2.2), the
 //! context cache is filled at t = 0, and the shot's chunks are denoised in order through the
-//! KV caches with the few-step sampler (§3.2, §4.3). A shot whose latent length is not whole
-//! chunks is generated to the next whole chunk and trimmed.
+//! KV caches with the few-step sampler (§3.2, §4.3). Each chunk is decoded through the shot's
+//! causal decode stream as soon as it is denoised, so its frames can be shown or written before
+//! the next chunk starts. A shot whose latent length is not whole chunks is generated to the
+//! next whole chunk and the padding is never decoded.
 
 use candle_core::Tensor;
 use storyreel_nn::codec::VideoCodec;
@@ -27,17 +29,29 @@ pub struct StudentStoryOptions {
 /// Progress of a student story: shot, chunk within it, chunks in the shot.
 pub type ChunkProgress<'a> = &'a mut dyn FnMut(usize, usize, usize);
 
-/// Generates every shot of a story with a student model; `on_shot` sees each shot as soon as it
-/// is decoded (an error from it stops generation), `on_chunk` each denoised chunk.
+/// What a student story tells its caller while it runs; an error from a callback stops it.
+pub struct StudentStoryEvents<'a> {
+    /// Each chunk's pixel frames `[F, 3, H, W]` in [−1, 1] the moment they are decoded, with
+    /// the shot index (a shot's chunks arrive in order; the first gives 1 + 4·(k−1) frames).
+    pub on_frames: &'a mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    /// Each finished shot, whole, with the context it was conditioned on.
+    pub on_shot: &'a mut dyn FnMut(&GeneratedShot) -> Result<()>,
+    /// Progress after each denoised chunk: shot, chunk, chunks in the shot.
+    pub on_chunk: ChunkProgress<'a>,
+    /// Polled between denoising steps; true stops generation with a cancellation error.
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
+/// Generates every shot of a story with a student model, streaming each chunk's frames to
+/// `events.on_frames` as soon as they are decoded.
 pub fn generate_student_story(
     model: &StoryModel,
     global: &str,
     shots: &[ShotRequest],
     options: &StudentStoryOptions,
-    on_shot: &mut dyn FnMut(&GeneratedShot) -> Result<()>,
-    on_chunk: ChunkProgress<'_>,
-    cancelled: &dyn Fn() -> bool,
+    events: StudentStoryEvents<'_>,
 ) -> Result<()> {
+    let StudentStoryEvents { on_frames, on_shot, on_chunk, cancelled } = events;
     let card = &model.card;
     let student = match (card.kind, &card.student) {
         (ModelKind::Student, Some(s)) => s,
@@ -76,13 +90,22 @@ pub fn generate_student_story(
         let embeddings = caption_embeddings(&model.text, global, &captions[..=k])?;
         let mut run = ShotRun::start(&model.dit, &cfg, k, &embeddings, &context, &flags)?;
         let chunks = padded / cf;
+        let mut stream = model.vae.clone().decode_stream();
+        let mut decoded = Vec::with_capacity(chunks);
         while !run.is_done() {
             let chunk = run.next_chunk(&mut noise, cancelled)?;
             on_chunk(k, chunk.chunk, chunks);
+            // The padding beyond the shot's own latent frames is generated (the chunk is whole)
+            // but never decoded.
+            let keep = chunk.latents.dim(0)?.min(f.saturating_sub(chunk.first_frame));
+            if keep > 0 {
+                let pixels = stream.push(&chunk.latents.narrow(0, 0, keep)?)?.clamp(-1f32, 1f32)?;
+                on_frames(k, &pixels)?;
+                decoded.push(pixels);
+            }
         }
-        let latents = run.latents()?.narrow(0, 0, f)?;
         drop(run);
-        let frames = model.vae.clone().decode(&latents)?.clamp(-1f32, 1f32)?;
+        let frames = Tensor::cat(&decoded, 0)?;
         let shot = GeneratedShot { shot: k, frames, context: picks };
         on_shot(&shot)?;
         history.push(shot.frames);

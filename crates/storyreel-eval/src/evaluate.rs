@@ -306,8 +306,57 @@ pub struct BatchReport {
     pub shots: usize,
     /// Mean of each metric over stories (`quality_fd` over all frames at once).
     pub metrics: Metrics,
+    /// The per-shot numbers grouped by shot index: does quality drift later in a story?
+    #[serde(default)]
+    pub by_shot_index: Vec<ShotIndexRow>,
     /// Per-story reports.
     pub reports: Vec<StoryReport>,
+}
+
+/// Means over every story's shot number `index` (0-based).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShotIndexRow {
+    /// 0-based shot index.
+    pub index: usize,
+    /// Shots at this index (stories at least this long).
+    pub shots: usize,
+    /// Mean adherence of those shots.
+    pub adherence: f64,
+    /// Mean consistency within those shots.
+    pub intra_consistency: f64,
+    /// Mean character similarity of those shots to the earlier shots with the same character.
+    pub character_consistency: Option<f64>,
+    /// Mean place similarity of those shots to the earlier shots in the same place.
+    pub place_consistency: Option<f64>,
+}
+
+/// Groups the stories' shots by index (see [`ShotIndexRow`]).
+pub fn shot_index_curves(reports: &[StoryReport]) -> Vec<ShotIndexRow> {
+    let longest = reports.iter().map(|r| r.shots.len()).max().unwrap_or(0);
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    (0..longest)
+        .map(|index| {
+            let shots: Vec<&ShotReport> = reports.iter().filter_map(|r| r.shots.get(index)).collect();
+            let pairs = |kind: &str| -> Vec<f64> {
+                reports
+                    .iter()
+                    .flat_map(|r| r.pairs.iter())
+                    .filter(|p| p.b == index && p.kind == kind)
+                    .map(|p| p.similarity)
+                    .collect()
+            };
+            let adherence: Vec<f64> = shots.iter().map(|s| s.adherence).collect();
+            let intra: Vec<f64> = shots.iter().map(|s| s.intra_consistency).collect();
+            ShotIndexRow {
+                index,
+                shots: shots.len(),
+                adherence: mean(&adherence).unwrap_or(0.0),
+                intra_consistency: mean(&intra).unwrap_or(0.0),
+                character_consistency: mean(&pairs("character")),
+                place_consistency: mean(&pairs("place")),
+            }
+        })
+        .collect()
 }
 
 /// Means over stories; optional metrics average over the stories that have them.
@@ -331,5 +380,12 @@ pub fn summarise(reports: Vec<StoryReport>, quality_fd: Option<f64>) -> BatchRep
         mean_motion: mean(&|m| m.mean_motion),
         quality_fd,
     };
-    BatchReport { stories: reports.len(), shots: reports.iter().map(|r| r.shots.len()).sum(), metrics, reports }
+    let by_shot_index = shot_index_curves(&reports);
+    BatchReport {
+        stories: reports.len(),
+        shots: reports.iter().map(|r| r.shots.len()).sum(),
+        metrics,
+        by_shot_index,
+        reports,
+    }
 }

@@ -93,6 +93,23 @@ pub fn batch_markdown(b: &BatchReport) -> String {
     for (k, v) in metric_rows(&b.metrics) {
         let _ = writeln!(s, "| `{k}` | {} |", fmt(v));
     }
+    if !b.by_shot_index.is_empty() {
+        let _ = writeln!(s, "\n## By shot index\n");
+        let _ = writeln!(s, "| shot | stories | adherence | intra | char. vs earlier | place vs earlier |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for r in &b.by_shot_index {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.3} | {:.3} | {} | {} |",
+                r.index + 1,
+                r.shots,
+                r.adherence,
+                r.intra_consistency,
+                fmt(r.character_consistency),
+                fmt(r.place_consistency)
+            );
+        }
+    }
     let _ = writeln!(s, "\n| story | shots | cut acc. | intra | inter char. | inter place | adherence | dynamic |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for r in &b.reports {

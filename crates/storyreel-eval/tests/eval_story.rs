@@ -145,6 +145,20 @@ fn reports_name_every_metric() {
     let batch = summarise(vec![report.clone(), report.clone()], None);
     assert_eq!(batch.metrics.prompt_adherence, report.metrics.prompt_adherence);
     assert!(batch_markdown(&batch).contains(&story.id));
+    // The by-shot-index rows are the per-shot numbers, grouped: here two copies of one story.
+    assert_eq!(batch.by_shot_index.len(), report.shots.len());
+    for (row, shot) in batch.by_shot_index.iter().zip(&report.shots) {
+        assert_eq!((row.index, row.shots), (shot.index, 2));
+        assert!((row.adherence - shot.adherence).abs() < 1e-12);
+        let later: Vec<f64> =
+            report.pairs.iter().filter(|p| p.b == shot.index && p.kind == "character").map(|p| p.similarity).collect();
+        match row.character_consistency {
+            Some(c) => assert!((c - later.iter().sum::<f64>() / later.len() as f64).abs() < 1e-12),
+            None => assert!(later.is_empty()),
+        }
+    }
+    assert!(batch.by_shot_index[0].character_consistency.is_none(), "the first shot has nothing earlier");
+    assert!(batch_markdown(&batch).contains("By shot index"));
     let cmp = compare_markdown("a", &report.metrics, "b", &batch.metrics);
     assert!(cmp.contains("+0.0000"), "{cmp}");
 }

@@ -7,6 +7,7 @@ pub mod data;
 pub mod ema;
 pub mod error;
 pub mod log;
+pub mod lora;
 pub mod model_files;
 pub mod ode_pairs;
 pub mod optim;

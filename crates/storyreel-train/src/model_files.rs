@@ -30,8 +30,6 @@ pub fn fold_bytes(mut h: u64, bytes: &[u8]) -> u64 {
 
 /// Writes `dir/dit/` (model.safetensors + config.json) from the variables named `prefix.*`.
 pub fn save_dit(varmap: &VarMap, prefix: &str, config: &WanConfig, dir: &Path) -> Result<()> {
-    let dit_dir = dir.join(story_model::DIT_DIR);
-    std::fs::create_dir_all(&dit_dir).map_err(|e| TrainError::File(format!("{}: {e}", dit_dir.display())))?;
     let prefix = format!("{prefix}.");
     let data = varmap.data().lock().map_err(|_| TrainError::File("variable map lock poisoned".into()))?;
     let tensors: HashMap<String, Tensor> = data
@@ -39,7 +37,28 @@ pub fn save_dit(varmap: &VarMap, prefix: &str, config: &WanConfig, dir: &Path) -
         .filter_map(|(name, var)| name.strip_prefix(&prefix).map(|n| (n.to_string(), var.as_tensor().detach())))
         .collect();
     drop(data);
-    save_safetensors(&dit_dir.join(story_model::DIT_WEIGHTS), &tensors)?;
+    save_dit_tensors(&tensors, config, dir)
+}
+
+/// Writes `dir/dit/` (model.safetensors + config.json) from canonical DiT tensors.
+pub fn save_dit_tensors(tensors: &HashMap<String, Tensor>, config: &WanConfig, dir: &Path) -> Result<()> {
+    let dit_dir = dir.join(story_model::DIT_DIR);
+    std::fs::create_dir_all(&dit_dir).map_err(|e| TrainError::File(format!("{}: {e}", dit_dir.display())))?;
+    save_safetensors(&dit_dir.join(story_model::DIT_WEIGHTS), tensors)?;
     let config = serde_json::to_string_pretty(config).map_err(|e| TrainError::File(e.to_string()))?;
     write_text(&dit_dir.join("config.json"), &(config + "\n"))
+}
+
+/// Copies the plain files of folder `from` into `to` (created if needed).
+pub fn copy_folder(from: &Path, to: &Path) -> Result<()> {
+    let io = |p: &Path, e: std::io::Error| TrainError::File(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(to).map_err(|e| io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| io(from, e))? {
+        let entry = entry.map_err(|e| io(from, e))?;
+        if entry.file_type().map_err(|e| io(&entry.path(), e))?.is_file() {
+            let dest = to.join(entry.file_name());
+            std::fs::copy(entry.path(), &dest).map_err(|e| io(&dest, e))?;
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
-//! Stage 3 of ShotStream (shotstream.md §5.4): distribution matching distillation with
-//! intra-shot self-forcing.
+//! Stages 3 and 4 of ShotStream (shotstream.md §5.4–5.5): distribution matching distillation
+//! with intra-shot self-forcing (ground-truth context), then inter-shot self-forcing (context
+//! from the generator's own earlier shots).
 //!
 //! Three networks: the generator (the causal student, from its ODE init), the real score (the
 //! teacher, frozen, with CFG) and the fake score or critic (a trainable bidirectional copy of
@@ -9,6 +10,13 @@
 //! ground-truth context. Generator steps (one in `generator_every`) follow the normalised DMD
 //! gradient (fake − real x0 at a random noise level); the other steps train the critic's flow
 //! loss on a fresh rollout.
+//!
+//! Stage 4 ([`History::SelfGenerated`]) walks whole stories shot by shot, one step per shot:
+//! shot 0 has no context, and each later shot's context is picked (dynamic sampling, §2.2) from
+//! the story's earlier rollouts, decoded to pixels and re-encoded one frame at a time, exactly
+//! as at inference. With `lora` set, generator and critic train rank-r adapters over frozen
+//! weights (the critic restarting from the teacher); the adapters are saved as PEFT folders and
+//! merged into `OUT/model`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,17 +24,20 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
+use storyreel_engine::context::{ContextMemory, DynamicSampling};
 use storyreel_engine::session::{SessionConfig, ShotRun};
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
-use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
+use storyreel_engine::teacher_story::{caption_embeddings, encode_context, unconditional_caption};
 use storyreel_engine::{FewStepSampler, FlowSchedule, NoiseSource, SeededNoise, StoryModel};
+use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::kv_cache::LocalWindow;
 use storyreel_nn::WanModel;
 use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
+use crate::lora::{lora_dit, merge_lora_model, save_lora_folder, LoraSpec};
 use crate::model_files::write_text;
 use crate::stage_ode_init::{trainable_dit, write_student_model};
 use crate::stage_teacher::{corpus_key, EncodedStory, TeacherCorpus, TeacherData};
@@ -61,12 +72,32 @@ pub struct DmdConfig {
     pub generator: TrainConfig,
     /// The critic's optimiser and schedule (its `out_dir` is `OUT/critic`).
     pub critic: TrainConfig,
-    /// Output folder: `latents/`, `generator/`, `critic/`, `model/`.
+    /// Where each shot's context comes from: ground truth (stage 3) or the generator's own
+    /// earlier shots of the same story (stage 4).
+    pub history: History,
+    /// Train rank-r adapters over frozen weights instead of every weight (stage 4: on).
+    pub lora: Option<LoraSpec>,
+    /// With a self-generated history, give the real and fake scores the ground-truth context
+    /// instead of the generator's (ShotStream's `real_fake_use_gt_context`, off).
+    pub scores_use_gt_context: bool,
+    /// Output folder: `latents/`, `generator/`, `critic/`, `history/`, `model/` (and with LoRA
+    /// `generator-lora/`, `critic-lora/`).
     pub out_dir: PathBuf,
     /// Seed of the data draws and the noise.
     pub seed: u64,
     /// Show a progress bar.
     pub progress: bool,
+}
+
+/// Where a DMD stage's context frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum History {
+    /// Ground-truth frames of the earlier shots (stage 3, intra-shot self-forcing).
+    GroundTruth,
+    /// The generator's own rollouts of the earlier shots, decoded and re-encoded (stage 4,
+    /// inter-shot self-forcing).
+    SelfGenerated,
 }
 
 impl Default for DmdConfig {
@@ -96,6 +127,9 @@ impl Default for DmdConfig {
             checkpoint_every: 300,
             generator: optimiser(2e-5),
             critic,
+            history: History::GroundTruth,
+            lora: None,
+            scores_use_gt_context: false,
             out_dir: PathBuf::from("runs/toy-dmd"),
             seed: 0,
             progress: true,
@@ -104,9 +138,27 @@ impl Default for DmdConfig {
 }
 
 impl DmdConfig {
+    /// Stage 4's defaults: stage 3's hyper-parameters, a self-generated history, LoRA on
+    /// generator and critic, starting from the stage-3 student.
+    pub fn inter_shot() -> Self {
+        Self {
+            student: PathBuf::from("runs/toy-dmd/model"),
+            history: History::SelfGenerated,
+            lora: Some(LoraSpec::default()),
+            steps: 1200,
+            out_dir: PathBuf::from("runs/toy-dmd-long"),
+            ..Self::default()
+        }
+    }
+
     /// Reads a `.json` or `.toml` config over the defaults.
     pub fn read(path: &Path) -> Result<Self> {
         crate::stage_config::read_over_defaults(path, &Self::default())
+    }
+
+    /// Reads a `.json` or `.toml` config over stage 4's defaults.
+    pub fn read_inter_shot(path: &Path) -> Result<Self> {
+        crate::stage_config::read_over_defaults(path, &Self::inter_shot())
     }
 
     /// Checks the settings that do not need the models.
@@ -171,6 +223,7 @@ pub fn draw_dmd_sample(
 }
 
 /// A shot's conditioning: context latents and flags, and caption embeddings of shots 0..=k.
+#[derive(Clone)]
 pub struct ShotConditioning {
     /// Target shot index.
     pub shot: usize,
@@ -274,7 +327,8 @@ pub struct DmdReport {
     pub model_dir: PathBuf,
 }
 
-/// Runs (or resumes) stage 3 and writes `OUT/model`, the distilled student.
+/// Runs (or resumes) stage 3 or, with a self-generated history, stage 4, and writes
+/// `OUT/model`, the distilled student.
 pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     cfg.validate()?;
     let started = Instant::now();
@@ -313,9 +367,14 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     let shots_per_story = corpus.shots_per_story();
 
     let g_vars = VarMap::new();
-    let generator = trainable_dit(&student, &g_vars, &device)?;
     let c_vars = VarMap::new();
-    let critic = trainable_dit(&teacher, &c_vars, &device)?;
+    let (generator, critic) = match &cfg.lora {
+        Some(spec) => (
+            lora_dit(&student, spec, cfg.seed ^ 0x6e, &g_vars, &device)?,
+            lora_dit(&teacher, spec, cfg.seed ^ 0xc7, &c_vars, &device)?,
+        ),
+        None => (trainable_dit(&student, &g_vars, &device)?, trainable_dit(&teacher, &c_vars, &device)?),
+    };
     let mut g_cfg = cfg.generator.clone();
     let mut c_cfg = cfg.critic.clone();
     let g_total = cfg.steps.div_ceil(cfg.generator_every);
@@ -340,21 +399,44 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
             c_trainer.step_count()
         )));
     }
+    let history_dir = cfg.out_dir.join("history");
+    let mut walk = match cfg.history {
+        History::GroundTruth => None,
+        History::SelfGenerated => Some(StoryWalk::resume(&history_dir, step, &device)?),
+    };
+    let memory = DynamicSampling { max_frames: teacher.card.context_frames };
     let table = FlowSchedule::new(1000, cfg.shift);
     let bar = Progress::new(cfg.steps, step, cfg.progress);
     let (mut g_recent, mut c_recent) = (Vec::new(), Vec::new());
     while step < cfg.steps {
-        let draw = draw_dmd_sample(cfg, step, &shots_per_story, sampler.timesteps().len(), &table);
+        let mut draw = draw_dmd_sample(cfg, step, &shots_per_story, sampler.timesteps().len(), &table);
+        if let Some(w) = &mut walk {
+            if w.story.is_none() {
+                w.story = Some(walk_story(cfg.seed, w.cursor, shots_per_story.len()));
+            }
+            draw.story = w.story.unwrap_or_default();
+            draw.shot = w.shot;
+        }
         let story = &corpus.stories[draw.story];
-        let cond = conditioning(&teacher, story, &draw, cf, &device)?;
+        let truth = conditioning(&teacher, story, &draw, cf, &device)?;
+        let (cond, scores) = match &walk {
+            None => (truth.clone(), truth),
+            Some(w) => {
+                let own = self_conditioning(&teacher, &truth, &draw, &w.history, &memory)?;
+                let scores = if cfg.scores_use_gt_context { truth } else { own.clone() };
+                (own, scores)
+            }
+        };
         let mut noise = SeededNoise::new(draw.noise_seed);
         let is_generator = step.is_multiple_of(cfg.generator_every);
+        let mut rolled: Option<Tensor> = None;
         let report = if is_generator {
             g_trainer.step(|_| {
                 let x_hat = rollout(&generator, &sampler, cf, &cond, draw.exit, &mut noise)?;
+                rolled = Some(x_hat.detach());
                 let eps = score_noise(draw.noise_seed, x_hat.dims(), &device)?;
                 let x_t = noised(&x_hat.detach(), &eps, draw.t)?;
-                let inputs = ScoreInputs { cond: &cond, x_t: &x_t, t: draw.t };
+                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t };
                 let real = real_x0(&teacher.dit, &inputs, cfg.real_guidance)?;
                 let v_fake = critic_flow(&critic, &inputs)?.detach();
                 let fake = (&x_t - (v_fake * (draw.t as f64 / 1000.0))?)?;
@@ -364,14 +446,20 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         } else {
             c_trainer.step(|_| {
                 let x_hat = rollout(&generator, &sampler, cf, &cond, draw.exit, &mut noise)?.detach();
+                rolled = Some(x_hat.clone());
                 let eps = score_noise(draw.noise_seed, x_hat.dims(), &device)?;
                 let x_t = noised(&x_hat, &eps, draw.t)?;
-                let inputs = ScoreInputs { cond: &cond, x_t: &x_t, t: draw.t };
+                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t };
                 let v = critic_flow(&critic, &inputs)?;
                 let loss = (v - (&eps - &x_hat)?)?.sqr()?.mean_all()?;
                 Ok((loss, vec![("t".into(), draw.t as f64)]))
             })?
         };
+        if let (Some(w), Some(x_hat)) = (&mut walk, rolled) {
+            let f = story.shots[draw.shot].dim(0)?;
+            let pixels = teacher.vae.clone().decode(&x_hat.narrow(0, 0, f)?)?.clamp(-1f32, 1f32)?;
+            w.advance(pixels, shots_per_story[draw.story]);
+        }
         let recent = if is_generator { &mut g_recent } else { &mut c_recent };
         recent.push(report.loss);
         if recent.len() > 50 {
@@ -382,6 +470,9 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) {
             g_trainer.save_checkpoint()?;
             c_trainer.save_checkpoint()?;
+            if let Some(w) = &walk {
+                w.save(&history_dir, step)?;
+            }
         }
     }
     bar.finish();
@@ -389,13 +480,27 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     c_trainer.finish();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let model_dir = cfg.out_dir.join("model");
+    let stage = match cfg.history {
+        History::GroundTruth => "DMD stage 3 (intra-shot self-forcing)",
+        History::SelfGenerated => "DMD stage 4 (inter-shot self-forcing)",
+    };
     let description = format!(
-        "toy causal student, DMD stage 3 (intra-shot self-forcing): {} steps ({} generator) from {}",
+        "toy causal student, {stage}: {} steps ({} generator{}) from {}",
         cfg.steps,
         g_trainer.step_count(),
+        cfg.lora.map(|l| format!(", LoRA rank {} merged", l.rank)).unwrap_or_default(),
         cfg.student.display()
     );
-    write_student_model(&student, &g_vars, sampling, &description, &model_dir)?;
+    match &cfg.lora {
+        Some(spec) => {
+            let g_lora = cfg.out_dir.join("generator-lora");
+            save_lora_folder(&g_vars, spec, &g_lora)?;
+            save_lora_folder(&c_vars, spec, &cfg.out_dir.join("critic-lora"))?;
+            merge_lora_model(&cfg.student, &g_lora, &model_dir, Some(&description))?;
+            // The merged folder keeps the base's card; the student's sampling comes with it.
+        }
+        None => write_student_model(&student, &g_vars, sampling, &description, &model_dir)?,
+    }
     let report = DmdReport {
         steps: step,
         generator_steps: g_trainer.step_count(),
@@ -407,6 +512,130 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     write_text(&model_dir.join("training.json"), &(text + "\n"))?;
     Ok(report)
+}
+
+/// The story stage 4 walks as its `cursor`-th: drawn from the seed alone, so a resumed run
+/// walks the same stories.
+fn walk_story(seed: u64, cursor: u64, stories: usize) -> usize {
+    WorldRng::derived(mix64(seed ^ 0x5705_7a1c), cursor).range(0, stories.saturating_sub(1))
+}
+
+/// Where stage 4 is in its walk over whole stories: which story, which shot next, and the
+/// decoded pixels `[F, 3, H, W]` of the story's shots rolled out so far.
+pub struct StoryWalk {
+    /// How many stories were started before this one.
+    pub cursor: u64,
+    /// The story in progress (drawn when its first shot comes up).
+    pub story: Option<usize>,
+    /// The next shot of it.
+    pub shot: usize,
+    /// Its earlier shots, decoded.
+    pub history: Vec<Tensor>,
+}
+
+/// The saved walk state, next to its pixels in `history/step-N.safetensors`.
+#[derive(Debug, Serialize, Deserialize)]
+struct WalkState {
+    step: u64,
+    cursor: u64,
+    story: Option<usize>,
+    shot: usize,
+}
+
+impl StoryWalk {
+    /// The walk at `step`: a fresh one at step 0, else the one saved with that step's checkpoint.
+    pub fn resume(dir: &Path, step: u64, device: &Device) -> Result<Self> {
+        if step == 0 {
+            return Ok(Self { cursor: 0, story: None, shot: 0, history: Vec::new() });
+        }
+        let json = dir.join(format!("step-{step}.json"));
+        let text = std::fs::read_to_string(&json).map_err(|e| {
+            TrainError::File(format!(
+                "{}: {e} (the self-generated history of the story in progress at step {step} is needed to resume)",
+                json.display()
+            ))
+        })?;
+        let state: WalkState =
+            serde_json::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", json.display())))?;
+        let pixels = dir.join(format!("step-{step}.safetensors"));
+        let mut history = Vec::with_capacity(state.shot);
+        if state.shot > 0 {
+            let tensors = candle_core::safetensors::load(&pixels, device)
+                .map_err(|e| TrainError::File(format!("{}: {e}", pixels.display())))?;
+            for k in 0..state.shot {
+                let t = tensors
+                    .get(&format!("shot.{k}"))
+                    .ok_or_else(|| TrainError::File(format!("{}: no pixels for shot {k}", pixels.display())))?;
+                history.push(t.clone());
+            }
+        }
+        Ok(Self { cursor: state.cursor, story: state.story, shot: state.shot, history })
+    }
+
+    /// Records the shot just rolled out; after the story's last shot the next story begins.
+    pub fn advance(&mut self, pixels: Tensor, shots_in_story: usize) {
+        self.history.push(pixels);
+        self.shot += 1;
+        if self.shot >= shots_in_story {
+            self.cursor += 1;
+            self.story = None;
+            self.shot = 0;
+            self.history.clear();
+        }
+    }
+
+    /// Saves the walk for a checkpoint at `step`, keeping the newest three saves (a run can be
+    /// resumed from an older checkpoint when the newest is removed).
+    pub fn save(&self, dir: &Path, step: u64) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::File(format!("{}: {e}", dir.display())))?;
+        let tensors: std::collections::HashMap<String, Tensor> =
+            self.history.iter().enumerate().map(|(k, t)| (format!("shot.{k}"), t.clone())).collect();
+        if !tensors.is_empty() {
+            storyreel_nn::checkpoint::save_safetensors(&dir.join(format!("step-{step}.safetensors")), &tensors)?;
+        }
+        let state = WalkState { step, cursor: self.cursor, story: self.story, shot: self.shot };
+        write_text(&dir.join(format!("step-{step}.json")), &serde_json::to_string(&state).unwrap_or_default())?;
+        let mut saved: Vec<u64> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().to_string();
+                        name.strip_prefix("step-")?.strip_suffix(".json")?.parse::<u64>().ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        saved.sort_unstable();
+        let keep_from = saved.len().saturating_sub(3);
+        for old in &saved[..keep_from] {
+            for ext in ["json", "safetensors"] {
+                let _ = std::fs::remove_file(dir.join(format!("step-{old}.{ext}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The drawn shot's conditioning with context picked from the walk's own earlier shots
+/// (dropped → zeros, like ground truth).
+fn self_conditioning(
+    teacher: &StoryModel,
+    truth: &ShotConditioning,
+    draw: &DmdDraw,
+    history: &[Tensor],
+    memory: &dyn ContextMemory,
+) -> Result<ShotConditioning> {
+    if draw.context_dropped || !teacher.card.uses_context || history.is_empty() {
+        let context = truth.context.zeros_like()?;
+        return Ok(ShotConditioning { context, flags: vec![0; truth.flags.len()], ..truth.clone() });
+    }
+    let (_, _, h, w) = truth.context.dims4()?;
+    let lens: Vec<usize> = history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
+    let picks = memory.select(&lens);
+    let (context, flags) =
+        encode_context(teacher.vae.as_ref(), history, &picks, truth.flags.len(), (h, w), truth.context.device())?;
+    Ok(ShotConditioning { context, flags, ..truth.clone() })
 }
 
 /// The noise of the score evaluation: its own stream, apart from the rollout's.

@@ -24,7 +24,7 @@ use storyreel_nn::{RopeConfig, WanModel};
 use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
-use crate::model_files::{save_dit, write_text};
+use crate::model_files::{copy_folder, save_dit, write_text};
 use crate::ode_pairs::{load_ode_pairs, OdePair, OdePairsIndex};
 use crate::trainer::{TrainConfig, Trainer};
 
@@ -333,17 +333,4 @@ pub fn write_student_model(
         ..base.card.clone()
     };
     Ok(card.write(dir)?)
-}
-
-fn copy_folder(from: &Path, to: &Path) -> Result<()> {
-    let io = |p: &Path, e: std::io::Error| TrainError::File(format!("{}: {e}", p.display()));
-    std::fs::create_dir_all(to).map_err(|e| io(to, e))?;
-    for entry in std::fs::read_dir(from).map_err(|e| io(from, e))? {
-        let entry = entry.map_err(|e| io(from, e))?;
-        if entry.file_type().map_err(|e| io(&entry.path(), e))?.is_file() {
-            let dest = to.join(entry.file_name());
-            std::fs::copy(entry.path(), &dest).map_err(|e| io(&dest, e))?;
-        }
-    }
-    Ok(())
 }

@@ -120,6 +120,9 @@ pub struct VaeStageConfig {
     pub held_out: HeldOut,
     /// Weight of the KL term.
     pub kl_weight: f64,
+    /// Starting log-variance of the posterior (the bias of the encoder's last 1×1 conv); see
+    /// `vae::trainable_vae`. Ignored when starting from `init_from` or a checkpoint.
+    pub initial_logvar: f64,
     /// Optimisation steps.
     pub steps: u64,
     /// Seed of the initial weights.
@@ -146,6 +149,7 @@ impl Default for VaeStageConfig {
             data: ClipData::default(),
             held_out: HeldOut::default(),
             kl_weight: 1e-6,
+            initial_logvar: -10.0,
             steps: 3000,
             init_seed: 1,
             init_from: None,
@@ -169,6 +173,9 @@ impl VaeStageConfig {
         }
         if !(self.kl_weight.is_finite() && self.kl_weight >= 0.0) {
             return Err(TrainError::out_of_range("kl_weight", self.kl_weight, "a finite weight >= 0"));
+        }
+        if !(self.initial_logvar.is_finite() && (-30.0..=20.0).contains(&self.initial_logvar)) {
+            return Err(TrainError::out_of_range("initial_logvar", self.initial_logvar, "within [-30, 20]"));
         }
         if self.held_out.clips == 0 || self.held_out.every == 0 {
             return Err(TrainError::out_of_range("held_out", format!("{:?}", self.held_out), "clips and every >= 1"));
@@ -272,7 +279,7 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
         .collect::<Result<_>>()?;
 
     let varmap = VarMap::new();
-    let vae = trainable_vae(&cfg.vae.config(), &varmap, cfg.init_seed, &device)?;
+    let vae = trainable_vae(&cfg.vae.config(), &varmap, cfg.init_seed, cfg.initial_logvar as f32, &device)?;
     if let Some(from) = &cfg.init_from {
         load_initial_weights(&varmap, from, &device)?;
     }

@@ -16,7 +16,18 @@ use crate::error::{Result, TrainError};
 
 /// A VAE whose weights are variables of `varmap` (named as in Wan's layout), initialised like
 /// [`WanVae::random`] from `seed`.
-pub fn trainable_vae(cfg: &VaeConfig, varmap: &VarMap, seed: u64, device: &Device) -> Result<WanVae> {
+///
+/// The log-variance half of the posterior (`conv1.bias[z..2z]`) starts at `initial_logvar`.
+/// At 0 (σ = 1) the decoder of a short from-scratch run learns from latents drowned in noise
+/// and answers with blurred, colour-averaged frames; a low start keeps the latent informative
+/// from the first step, and the encoder may still raise it.
+pub fn trainable_vae(
+    cfg: &VaeConfig,
+    varmap: &VarMap,
+    seed: u64,
+    initial_logvar: f32,
+    device: &Device,
+) -> Result<WanVae> {
     let mut cfg = cfg.clone();
     cfg.latents_mean = vec![0.0; cfg.z_dim];
     cfg.latents_std = vec![1.0; cfg.z_dim];
@@ -28,6 +39,8 @@ pub fn trainable_vae(cfg: &VaeConfig, varmap: &VarMap, seed: u64, device: &Devic
         let n: usize = shape.iter().product();
         let values: Vec<f32> = if name.ends_with(".gamma") {
             vec![1.0; n]
+        } else if name == "conv1.bias" {
+            (0..n).map(|i| if i < cfg.z_dim { 0.0 } else { initial_logvar }).collect()
         } else if name.ends_with(".bias") {
             vec![0.0; n]
         } else {

@@ -8,14 +8,14 @@ use std::path::Path;
 
 use common::tiny_teacher;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use storyreel_engine::context::{DynamicSampling, NoContext};
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{sample_shot, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
 use storyreel_engine::{
     generate_student_story, EulerSampler, FewStepSampler, ModelKind, NoiseSource, SeededNoise, ShotRequest, StoryModel,
-    StudentStoryOptions,
+    StudentStoryEvents, StudentStoryOptions,
 };
 use storyreel_train::ode_pairs::{load_ode_pairs, make_ode_pairs, OdePairsConfig};
 use storyreel_train::stage_ode_init::{
@@ -206,28 +206,52 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
         ShotRequest { caption: "a red fox walks in a meadow".into(), frames: 17 },
         ShotRequest { caption: "the same red fox jumps".into(), frames: 9 },
     ];
-    let mut got = Vec::new();
-    let mut chunks = Vec::new();
+    let got = std::cell::RefCell::new(Vec::new());
+    let events = std::cell::RefCell::new(Vec::new());
+    let streamed = std::cell::RefCell::new(Vec::new());
     let options = StudentStoryOptions { seed: 1, memory: Box::new(DynamicSampling { max_frames: 6 }) };
     generate_student_story(
         &student,
         "",
         &shots,
         &options,
-        &mut |s| {
-            got.push((s.frames.dims().to_vec(), s.context.len()));
-            Ok(())
+        StudentStoryEvents {
+            on_frames: &mut |shot, frames| {
+                events.borrow_mut().push(format!("frames {shot} {}", frames.dim(0).unwrap()));
+                streamed.borrow_mut().push(frames.clone());
+                Ok(())
+            },
+            on_shot: &mut |s| {
+                events.borrow_mut().push(format!("shot {}", s.shot));
+                got.borrow_mut().push((s.frames.dims().to_vec(), s.context.len()));
+                // The streamed chunks are the shot, frame for frame.
+                let parts: Vec<Tensor> = streamed.borrow_mut().drain(..).collect();
+                let joined = Tensor::cat(&parts, 0).unwrap();
+                let d = (joined - &s.frames).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert_eq!(d, 0.0);
+                Ok(())
+            },
+            on_chunk: &mut |shot, chunk, n| events.borrow_mut().push(format!("chunk {shot} {chunk}/{n}")),
+            cancelled: &|| false,
         },
-        &mut |shot, chunk, n| chunks.push((shot, chunk, n)),
-        &|| false,
     )
     .unwrap();
-    assert_eq!(got, vec![(vec![17, 3, 32, 32], 0), (vec![9, 3, 32, 32], 6)]);
-    assert_eq!(chunks, vec![(0, 0, 2), (0, 1, 2), (1, 0, 1)]);
+    assert_eq!(got.into_inner(), vec![(vec![17, 3, 32, 32], 0), (vec![9, 3, 32, 32], 6)]);
+    // Each chunk's frames are out before the next chunk is denoised: 17 frames = 5 latents in
+    // two 3-latent chunks (1 + 4·2 = 9 frames, then 4·2 = 8; the padding latent is not
+    // decoded); 9 frames = 3 latents in one chunk.
+    assert_eq!(
+        events.into_inner(),
+        ["chunk 0 0/2", "frames 0 9", "chunk 0 1/2", "frames 0 8", "shot 0", "chunk 1 0/1", "frames 1 9", "shot 1"]
+    );
     // The student is not a teacher: asking it for the teacher's loop is refused, and back.
     let no = StudentStoryOptions { seed: 1, memory: Box::new(NoContext) };
-    let err = generate_student_story(&teacher, "", &shots, &no, &mut |_| Ok(()), &mut |_, _, _| {}, &|| false)
-        .unwrap_err()
-        .to_string();
+    let events = StudentStoryEvents {
+        on_frames: &mut |_, _| Ok(()),
+        on_shot: &mut |_| Ok(()),
+        on_chunk: &mut |_, _, _| {},
+        cancelled: &|| false,
+    };
+    let err = generate_student_story(&teacher, "", &shots, &no, events).unwrap_err().to_string();
     assert!(err.contains("not a student"), "{err}");
 }

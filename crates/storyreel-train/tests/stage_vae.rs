@@ -103,7 +103,7 @@ fn every_vae_weight_receives_a_gradient() {
     use storyreel_train::vae::{trainable_vae, vae_loss};
     let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
     let varmap = candle_nn::VarMap::new();
-    let vae = trainable_vae(&cfg, &varmap, 3, &Device::Cpu).unwrap();
+    let vae = trainable_vae(&cfg, &varmap, 3, -10.0, &Device::Cpu).unwrap();
     let frames = candle_core::Tensor::randn(0f32, 0.5, (5, 3, 16, 16), &Device::Cpu).unwrap();
     let grads = vae_loss(&vae, &frames, 1e-3, 1).unwrap().total.backward().unwrap();
     let mut dead: Vec<String> = varmap

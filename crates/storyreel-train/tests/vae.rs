@@ -22,7 +22,7 @@ fn a_few_steps_lower_the_reconstruction_loss() {
     let clip = RenderedClips::new(options, 11, 4, 5).unwrap().clip(0).unwrap();
     let frames = frames_to_tensor(&clip.frames, &dev).unwrap();
     let varmap = VarMap::new();
-    let vae = trainable_vae(&toy_config(), &varmap, 1, &dev).unwrap();
+    let vae = trainable_vae(&toy_config(), &varmap, 1, -10.0, &dev).unwrap();
     assert_eq!(vae.config().spatial_scale(), 4);
     assert_eq!(vae.config().temporal_scale(), 4);
     let mut opt = candle_nn::AdamW::new(

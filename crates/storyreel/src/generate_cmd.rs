@@ -16,7 +16,7 @@ use serde::Deserialize;
 use storyreel_engine::context::policy_by_name;
 use storyreel_engine::{
     generate_student_story, generate_teacher_story, EulerSampler, ModelKind, ShotRequest, StoryModel,
-    StudentStoryOptions, TeacherStoryOptions,
+    StudentStoryEvents, StudentStoryOptions, TeacherStoryOptions,
 };
 
 use crate::device::parse_device;
@@ -25,9 +25,10 @@ use crate::frames_out::sink_for;
 /// Flags of `generate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Story model folder (storyreel_model.json + dit/ + vae/ + text/), e.g. assets/models/toy-teacher.
+    /// Story model folder (storyreel_model.json + dit/ + vae/ + text/), e.g. assets/models/toy-teacher
+    /// (default: the streaming student built into this binary, assets/models/toy-student).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Story JSON file, or a folder of stories (a world dataset, or *.json files).
     #[arg(long)]
     pub story: PathBuf,
@@ -43,7 +44,7 @@ pub struct Args {
     /// Classifier-free guidance scale of a teacher (default: the model card's; 1 turns CFG off).
     #[arg(long)]
     pub guidance: Option<f32>,
-    /// Context memory: dynamic (ShotStream's sampling) or none (default: the card's).
+    /// Context memory: dynamic (ShotStream's sampling), first-frame (the first frame of each earlier shot) or none (default: the card's).
     #[arg(long)]
     pub context: Option<String>,
     /// Frames of shots whose story gives none (4k+1).
@@ -121,8 +122,12 @@ fn story_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Runs `storyreel generate`.
 pub fn run(args: &Args) -> Result<()> {
     let device = parse_device(&args.device)?;
-    let model = StoryModel::load(&args.model, &device)
-        .with_context(|| format!("loading the story model {}", args.model.display()))?;
+    let model_dir = match &args.model {
+        Some(dir) => dir.clone(),
+        None => crate::default_model::folder()?,
+    };
+    let model = StoryModel::load(&model_dir, &device)
+        .with_context(|| format!("loading the story model {}", model_dir.display()))?;
     if args.frames == 0 || !(args.frames - 1).is_multiple_of(4) || args.frames > MAX_SHOT_FRAMES {
         bail!("--frames {} must be 4k+1 and at most {MAX_SHOT_FRAMES}", args.frames);
     }
@@ -158,13 +163,23 @@ pub fn run(args: &Args) -> Result<()> {
     }
 }
 
+/// The output side of one story while it is generated.
+struct StreamState {
+    sink: Box<dyn storyreel_media::FrameSink + Send>,
+    /// The shot whose frames are being written (begun, not yet ended).
+    open_shot: Option<usize>,
+    written: usize,
+    /// Seconds from the start until the first frame reached the sink.
+    first_frame_s: Option<f64>,
+}
+
 /// Generates one story into `out`; returns the frames written.
 fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) -> Result<usize> {
     let script = read_script(story_path)?;
     let card = &model.card;
     let memory_name = args.context.clone().unwrap_or_else(|| if card.uses_context { "dynamic" } else { "none" }.into());
     let memory = policy_by_name(&memory_name, card.context_frames)
-        .with_context(|| format!("--context {memory_name:?}: choose dynamic or none"))?;
+        .with_context(|| format!("--context {memory_name:?}: choose dynamic, first-frame or none"))?;
     if card.kind == ModelKind::Student && (args.steps.is_some() || args.guidance.is_some()) {
         bail!("--steps and --guidance set a teacher's sampler; {} is a few-step student", model.dir.display());
     }
@@ -187,7 +202,7 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
     };
     let unit = if card.kind == ModelKind::Student { "chunks" } else { "steps" };
     let fps = card.fps.round().max(1.0) as u32;
-    let mut sink = sink_for(out, fps)?
+    let sink = sink_for(out, fps)?
         .with_context(|| format!("{}: use .mp4, .png, .gif or a folder for a story's frames", out.display()))?;
     let bar = if args.json {
         ProgressBar::hidden()
@@ -202,23 +217,40 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
         bar
     };
     let started = Instant::now();
-    let mut written = 0usize;
     let id = script.id.clone().unwrap_or_else(|| story_path.display().to_string());
+    // Both callbacks write to the sink: a student's frames arrive chunk by chunk, the shot's
+    // end after its last chunk; a teacher's whole shot arrives at once.
+    let state = std::cell::RefCell::new(StreamState { sink, open_shot: None, written: 0, first_frame_s: None });
+    let media = |e: storyreel_media::MediaError| {
+        storyreel_engine::EngineError::Output(format!("writing {}: {e}", out.display()))
+    };
+    let on_frames = |shot: usize, frames: &candle_core::Tensor| -> storyreel_engine::Result<()> {
+        let rgb = storyreel_engine::pixels::to_rgb_frames(frames)?;
+        let mut st = state.borrow_mut();
+        if st.open_shot != Some(shot) {
+            st.sink.begin_shot(shot, &script.shots[shot].caption).map_err(media)?;
+            st.open_shot = Some(shot);
+        }
+        st.sink.push_frames(&rgb).map_err(media)?;
+        st.sink.flush().map_err(media)?;
+        st.written += rgb.len();
+        if st.first_frame_s.is_none() {
+            st.first_frame_s = Some(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    };
     let mut on_shot = |shot: &storyreel_engine::GeneratedShot| -> storyreel_engine::Result<()> {
-        let rgb = storyreel_engine::pixels::to_rgb_frames(&shot.frames)?;
-        let caption = &script.shots[shot.shot].caption;
-        let media = |e: storyreel_media::MediaError| {
-            storyreel_engine::EngineError::Output(format!("writing {}: {e}", out.display()))
-        };
-        sink.begin_shot(shot.shot, caption).map_err(media)?;
-        sink.push_frames(&rgb).map_err(media)?;
-        sink.end_shot().map_err(media)?;
-        sink.flush().map_err(media)?;
-        written += rgb.len();
+        if state.borrow().open_shot != Some(shot.shot) {
+            on_frames(shot.shot, &shot.frames)?;
+        }
+        let mut st = state.borrow_mut();
+        st.sink.end_shot().map_err(media)?;
+        st.sink.flush().map_err(media)?;
+        st.open_shot = None;
         if args.json {
             let picks: Vec<[usize; 2]> = shot.context.iter().map(|p| [p.shot, p.frame]).collect();
             let line = serde_json::json!({
-                "event": "shot_done", "story": id, "shot": shot.shot, "frames": rgb.len(),
+                "event": "shot_done", "story": id, "shot": shot.shot, "frames": shot.frames.dim(0)?,
                 "context": picks, "seconds": started.elapsed().as_secs_f64(),
             });
             println!("{line}");
@@ -239,36 +271,38 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
         ModelKind::Student => {
             let options = StudentStoryOptions { seed, memory };
             let mut on_chunk = |shot: usize, chunk: usize, _chunks: usize| on_step(shot, chunk);
-            generate_student_story(
-                model,
-                &script.global_caption,
-                &shots,
-                &options,
-                &mut on_shot,
-                &mut on_chunk,
-                &|| false,
-            )
+            let mut on_chunk_frames = |shot: usize, frames: &candle_core::Tensor| on_frames(shot, frames);
+            let events = StudentStoryEvents {
+                on_frames: &mut on_chunk_frames,
+                on_shot: &mut on_shot,
+                on_chunk: &mut on_chunk,
+                cancelled: &|| false,
+            };
+            generate_student_story(model, &script.global_caption, &shots, &options, events)
         }
     }
     .with_context(|| format!("generating {}", story_path.display()))?;
     bar.finish_and_clear();
+    let StreamState { mut sink, written, first_frame_s, .. } = state.into_inner();
     let report = sink.finish().with_context(|| format!("finishing {}", out.display()))?;
     let secs = started.elapsed().as_secs_f64();
+    let first = first_frame_s.unwrap_or(secs);
     let line = serde_json::json!({
         "event": "story_done", "story": id, "shots": shots.len(), "frames": report.frames,
         "seconds": secs, "frames_per_second": report.frames as f64 / secs.max(1e-9),
-        "out": out.display().to_string(),
+        "first_frame_seconds": first, "out": out.display().to_string(),
     });
     if args.json {
         println!("{line}");
     } else {
         eprintln!(
-            "wrote {} ({} shots, {} frames, {:.1} s, {:.1} frames/s)",
+            "wrote {} ({} shots, {} frames, {:.1} s, {:.1} frames/s, first frame after {:.2} s)",
             out.display(),
             shots.len(),
             report.frames,
             secs,
-            report.frames as f64 / secs.max(1e-9)
+            report.frames as f64 / secs.max(1e-9),
+            first
         );
     }
     Ok(written)

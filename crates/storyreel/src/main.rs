@@ -5,6 +5,7 @@ mod bench_text;
 mod bench_vae;
 mod codec;
 mod decode;
+mod default_model;
 mod device;
 mod encode_text;
 mod eval_cmd;

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use storyreel_train::caption_check::{caption_check, CaptionCheckOptions};
+use storyreel_train::lora::merge_lora_model;
 use storyreel_train::ode_pairs::{make_ode_pairs, OdePairsConfig};
-use storyreel_train::stage_dmd::{run_dmd_stage, DmdConfig};
+use storyreel_train::stage_dmd::{run_dmd_stage, DmdConfig, History};
 use storyreel_train::stage_ode_init::{run_ode_init_stage, OdeInitConfig};
 use storyreel_train::stage_teacher::{run_teacher_stage, TeacherStageConfig};
 use storyreel_train::stage_vae::{run_vae_stage, VaeStageConfig};
@@ -29,12 +30,19 @@ pub enum TrainStage {
     /// DMD with intra-shot self-forcing (stage 3): the student's rollouts through the KV caches,
     /// the teacher as real score, a trainable critic; writes OUT/model, the distilled student.
     Dmd(DmdArgs),
+    /// DMD with inter-shot self-forcing (stage 4): whole stories shot by shot, each shot's
+    /// context taken from the student's own earlier shots; LoRA adapters on generator and
+    /// critic by default, merged into OUT/model at the end.
+    DmdLong(DmdArgs),
+    /// Fold a LoRA adapter folder (PEFT layout, e.g. OUT/generator-lora of `dmd-long`) into a
+    /// model folder's DiT and write the merged model folder.
+    MergeLora(MergeLoraArgs),
     /// Check whether a trained teacher reads its captions: flow loss on held-out stories with
     /// their own prompts, another story's prompts and the zero caption, at a few timesteps.
     CheckCaptions(CheckCaptionsArgs),
     /// Print a stage's full default config as JSON (a starting point for --config).
     DefaultConfig {
-        /// The stage: vae, teacher, ode-pairs, ode-init or dmd.
+        /// The stage: vae, teacher, ode-pairs, ode-init, dmd or dmd-long.
         stage: String,
     },
 }
@@ -111,9 +119,23 @@ pub struct DmdArgs {
     /// Override the teacher's model folder.
     #[arg(long)]
     teacher: Option<PathBuf>,
-    /// Override the student to distil into (an ODE-init model folder).
+    /// Override the student to distil into (an ODE-init model folder for dmd, a stage-3 one for dmd-long).
     #[arg(long)]
     student: Option<PathBuf>,
+}
+
+/// Arguments of `storyreel train merge-lora`.
+#[derive(Args)]
+pub struct MergeLoraArgs {
+    /// The base model folder the adapters were trained on.
+    #[arg(long)]
+    model: PathBuf,
+    /// The LoRA adapters: a PEFT folder (adapter_model.safetensors + adapter_config.json) or file.
+    #[arg(long)]
+    lora: PathBuf,
+    /// The merged model folder to write (must differ from --model).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Arguments of `storyreel train check-captions`.
@@ -229,26 +251,12 @@ pub fn run(stage: &TrainStage) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        TrainStage::Dmd(args) => {
-            let mut cfg = match &args.config {
-                Some(path) => DmdConfig::read(path).context("reading the stage config")?,
-                None => DmdConfig::default(),
-            };
-            if let Some(steps) = args.steps {
-                cfg.steps = steps;
-            }
-            if let Some(out) = &args.out {
-                cfg.out_dir = out.clone();
-            }
-            if let Some(teacher) = &args.teacher {
-                cfg.teacher = teacher.clone();
-            }
-            if let Some(student) = &args.student {
-                cfg.student = student.clone();
-            }
-            cfg.validate().context("checking the dmd config")?;
-            eprintln!("DMD of {} for {} steps into {}", cfg.student.display(), cfg.steps, cfg.out_dir.display());
-            let report = run_dmd_stage(&cfg).context("training DMD")?;
+        TrainStage::Dmd(args) => run_dmd(args, DmdConfig::default(), DmdConfig::read),
+        TrainStage::DmdLong(args) => run_dmd(args, DmdConfig::inter_shot(), DmdConfig::read_inter_shot),
+        TrainStage::MergeLora(args) => {
+            let report = merge_lora_model(&args.model, &args.lora, &args.out, None)
+                .with_context(|| format!("merging {} into {}", args.lora.display(), args.model.display()))?;
+            eprintln!("merged {} adapted layers into {}", report.merged, report.model_dir.display());
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -274,9 +282,46 @@ pub fn run(stage: &TrainStage) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&DmdConfig::default())?);
                 Ok(())
             }
-            other => anyhow::bail!("unknown stage {other:?}; stages: vae, teacher, ode-pairs, ode-init, dmd"),
+            "dmd-long" => {
+                println!("{}", serde_json::to_string_pretty(&DmdConfig::inter_shot())?);
+                Ok(())
+            }
+            other => anyhow::bail!("unknown stage {other:?}; stages: vae, teacher, ode-pairs, ode-init, dmd, dmd-long"),
         },
     }
+}
+
+/// `train dmd` and `train dmd-long`: the same stage over different defaults.
+fn run_dmd(
+    args: &DmdArgs,
+    defaults: DmdConfig,
+    read: fn(&std::path::Path) -> storyreel_train::Result<DmdConfig>,
+) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => read(path).context("reading the stage config")?,
+        None => defaults,
+    };
+    if let Some(steps) = args.steps {
+        cfg.steps = steps;
+    }
+    if let Some(out) = &args.out {
+        cfg.out_dir = out.clone();
+    }
+    if let Some(teacher) = &args.teacher {
+        cfg.teacher = teacher.clone();
+    }
+    if let Some(student) = &args.student {
+        cfg.student = student.clone();
+    }
+    cfg.validate().context("checking the dmd config")?;
+    let stage = match cfg.history {
+        History::GroundTruth => "stage 3, ground-truth context",
+        History::SelfGenerated => "stage 4, self-generated context",
+    };
+    eprintln!("DMD ({stage}) of {} for {} steps into {}", cfg.student.display(), cfg.steps, cfg.out_dir.display());
+    let report = run_dmd_stage(&cfg).context("training DMD")?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
 
 fn check_captions(args: &CheckCaptionsArgs) -> Result<()> {

@@ -219,6 +219,63 @@ fn distillation_smoke_run_streams_a_story_from_the_student() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!((report["steps"].as_u64(), report["generator_steps"].as_u64()), (Some(2), Some(1)));
 
+    // Stage 4 on the stage-3 student: whole stories on its own history, LoRA merged at the end;
+    // its adapters merge again by hand into the same weights.
+    let long_cfg = dir.path().join("long.json");
+    std::fs::write(
+        &long_cfg,
+        r#"{"data": {"first_seed": 30, "stories": 1}, "generator_every": 2, "lora": {"rank": 2, "alpha": 2.0},
+            "progress": false}"#,
+    )
+    .unwrap();
+    let long = dir.path().join("long");
+    let (ok, stdout, err) = storyreel(&[
+        "train",
+        "dmd-long",
+        "--config",
+        p(&long_cfg),
+        "--teacher",
+        p(&teacher),
+        "--student",
+        p(&dmd.join("model")),
+        "--steps",
+        "3",
+        "--out",
+        p(&long),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("stage 4"), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["steps"].as_u64(), Some(3));
+    let merged = dir.path().join("merged");
+    let (ok, stdout, err) = storyreel(&[
+        "train",
+        "merge-lora",
+        "--model",
+        p(&dmd.join("model")),
+        "--lora",
+        p(&long.join("generator-lora")),
+        "--out",
+        p(&merged),
+    ]);
+    assert!(ok, "{err}");
+    assert!(serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["merged"].as_u64().unwrap() > 0);
+    assert_eq!(
+        std::fs::read(merged.join("dit/model.safetensors")).unwrap(),
+        std::fs::read(long.join("model/dit/model.safetensors")).unwrap()
+    );
+    let (ok, _, err) = storyreel(&[
+        "train",
+        "merge-lora",
+        "--model",
+        p(&dmd.join("model")),
+        "--lora",
+        p(&dir.path().join("nowhere")),
+        "--out",
+        p(&dir.path().join("m2")),
+    ]);
+    assert!(!ok && err.contains("nowhere"), "{err}");
+
     // The distilled student generates a story chunk by chunk; teacher-only flags are refused.
     let story = dir.path().join("story.json");
     std::fs::write(
@@ -232,13 +289,45 @@ fn distillation_smoke_run_streams_a_story_from_the_student() {
     let (ok, stdout, err) =
         storyreel(&["generate", "--model", p(&student), "--story", p(&story), "-o", p(&video), "--json"]);
     assert!(ok, "{err}");
-    assert!(stdout.contains("story_done"), "{stdout}");
+    let done: serde_json::Value =
+        serde_json::from_str(stdout.lines().find(|l| l.contains("story_done")).unwrap()).unwrap();
+    let first = done["first_frame_seconds"].as_f64().unwrap();
+    assert!(first > 0.0 && first <= done["seconds"].as_f64().unwrap(), "{done}");
     assert_eq!(storyreel_media::read_mp4(&video).unwrap().1.len(), 26);
     let (ok, _, err) =
         storyreel(&["generate", "--model", p(&student), "--story", p(&story), "-o", p(&video), "--steps", "4"]);
     assert!(!ok && err.contains("few-step student"), "{err}");
-    for stage in ["ode-pairs", "ode-init", "dmd"] {
+    for stage in ["ode-pairs", "ode-init", "dmd", "dmd-long"] {
         let (ok, stdout, _) = storyreel(&["train", "default-config", stage]);
         assert!(ok && serde_json::from_str::<serde_json::Value>(&stdout).is_ok(), "{stage}");
+    }
+}
+
+#[test]
+fn generate_without_a_model_flag_uses_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let story = dir.path().join("story.json");
+    std::fs::write(
+        &story,
+        r#"{"global_caption": "a story about the pink rabbit.", "seed": 2,
+            "shots": [{"caption": "A pink rabbit walks right in a meadow in daylight, wide shot.", "frames": 9}]}"#,
+    )
+    .unwrap();
+    let video = dir.path().join("default.mp4");
+    let out = Command::new(env!("CARGO_BIN_EXE_storyreel"))
+        .args(["generate", "--story", p(&story), "-o", p(&video), "--json"])
+        .env("STORYREEL_CACHE", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/toy-student/storyreel_model.json");
+    if shipped.is_file() {
+        assert!(out.status.success(), "{err}");
+        assert_eq!(storyreel_media::read_mp4(&video).unwrap().1.len(), 9);
+        // Unpacked once into the cache, reused after.
+        assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 1);
+    } else {
+        assert!(!out.status.success());
+        assert!(err.contains("without the default model") && err.contains("--model"), "{err}");
     }
 }
