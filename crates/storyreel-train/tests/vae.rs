@@ -51,6 +51,24 @@ fn a_few_steps_lower_the_reconstruction_loss() {
 }
 
 #[test]
+fn a_fresh_vae_starts_with_a_near_deterministic_posterior() {
+    let dev = Device::Cpu;
+    let mut options = StoryOptions::default();
+    options.format.width = 32;
+    options.format.height = 32;
+    let clip = RenderedClips::new(options, 12, 4, 5).unwrap().clip(0).unwrap();
+    let frames = frames_to_tensor(&clip.frames, &dev).unwrap();
+    for (start, want) in [(-10.0f32, -10.0f32), (0.0, 0.0)] {
+        let varmap = VarMap::new();
+        let vae = trainable_vae(&toy_config(), &varmap, 1, start, &dev).unwrap();
+        let (_, logvar) = vae.encode_moments(&frames).unwrap();
+        let mean = logvar.mean_all().unwrap().to_scalar::<f32>().unwrap();
+        // The bias sets the level; the random weights only spread it.
+        assert!((mean - want).abs() < 3.0, "initial log-variance {start}: mean {mean}");
+    }
+}
+
+#[test]
 fn psnr_and_noise_helpers() {
     assert!((psnr_from_mse(4.0) - 0.0).abs() < 1e-12);
     assert!((psnr_from_mse(0.04) - 20.0).abs() < 1e-9);

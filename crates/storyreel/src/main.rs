@@ -69,6 +69,7 @@ enum Command {
 
 fn main() {
     keep_large_allocations();
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Inspect { path } => inspect(&path),
@@ -98,6 +99,16 @@ fn keep_large_allocations() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// `storyreel … | head` ends quietly when the reader goes away, as other command-line tools do,
+/// instead of panicking in `println!` with a backtrace (Rust ignores SIGPIPE by default).
+fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any threads start.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -178,3 +178,20 @@ fn bench_prints_machine_readable_json() {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key}");
     }
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::process::Stdio;
+    // `storyreel … | head -1`: the pipe closes after the first read; the CLI must stop without
+    // a panic and its backtrace.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storyreel"))
+        .args(["train", "default-config", "dmd-long"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
