@@ -25,4 +25,4 @@ pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Sessio
 pub use shot_plan::ShotPlan;
 pub use story_model::{ModelCard, ModelKind, StoryModel, StudentSampling, TeacherSampling};
 pub use student_story::{generate_student_story, StudentStoryEvents, StudentStoryOptions};
-pub use teacher_story::{generate_teacher_story, GeneratedShot, ShotRequest, TeacherStoryOptions};
+pub use teacher_story::{generate_teacher_story, GeneratedShot, ShotRequest, StoryTimes, TeacherStoryOptions};

@@ -6,6 +6,8 @@
 //! the next chunk starts. A shot whose latent length is not whole chunks is generated to the
 //! next whole chunk and the padding is never decoded.
 
+use std::time::Instant;
+
 use candle_core::Tensor;
 use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::kv_cache::LocalWindow;
@@ -16,7 +18,7 @@ use crate::noise::SeededNoise;
 use crate::sampler::FewStepSampler;
 use crate::session::{SessionConfig, ShotRun};
 use crate::story_model::{ModelKind, StoryModel};
-use crate::teacher_story::{caption_embeddings, encode_context, latent_frames, GeneratedShot, ShotRequest};
+use crate::teacher_story::{caption_embeddings, encode_context, latent_frames, GeneratedShot, ShotRequest, StoryTimes};
 
 /// How to sample a story with a student.
 pub struct StudentStoryOptions {
@@ -43,15 +45,16 @@ pub struct StudentStoryEvents<'a> {
 }
 
 /// Generates every shot of a story with a student model, streaming each chunk's frames to
-/// `events.on_frames` as soon as they are decoded.
+/// `events.on_frames` as soon as they are decoded; returns where the time went.
 pub fn generate_student_story(
     model: &StoryModel,
     global: &str,
     shots: &[ShotRequest],
     options: &StudentStoryOptions,
     events: StudentStoryEvents<'_>,
-) -> Result<()> {
+) -> Result<StoryTimes> {
     let StudentStoryEvents { on_frames, on_shot, on_chunk, cancelled } = events;
+    let mut times = StoryTimes::default();
     let card = &model.card;
     let student = match (card.kind, &card.student) {
         (ModelKind::Student, Some(s)) => s,
@@ -85,21 +88,29 @@ pub fn generate_student_story(
         };
         let lens: Vec<usize> = history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
         let picks = options.memory.select(&lens);
+        let clock = Instant::now();
         let (context, flags) =
             encode_context(model.vae.as_ref(), &history, &picks, card.context_frames, latent_size, &device)?;
+        times.context_s += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let embeddings = caption_embeddings(&model.text, global, &captions[..=k])?;
         let mut run = ShotRun::start(&model.dit, &cfg, k, &embeddings, &context, &flags)?;
+        times.denoise_s += clock.elapsed().as_secs_f64();
         let chunks = padded / cf;
         let mut stream = model.vae.clone().decode_stream();
         let mut decoded = Vec::with_capacity(chunks);
         while !run.is_done() {
+            let clock = Instant::now();
             let chunk = run.next_chunk(&mut noise, cancelled)?;
+            times.denoise_s += clock.elapsed().as_secs_f64();
             on_chunk(k, chunk.chunk, chunks);
             // The padding beyond the shot's own latent frames is generated (the chunk is whole)
             // but never decoded.
             let keep = chunk.latents.dim(0)?.min(f.saturating_sub(chunk.first_frame));
             if keep > 0 {
+                let clock = Instant::now();
                 let pixels = stream.push(&chunk.latents.narrow(0, 0, keep)?)?.clamp(-1f32, 1f32)?;
+                times.decode_s += clock.elapsed().as_secs_f64();
                 on_frames(k, &pixels)?;
                 decoded.push(pixels);
             }
@@ -110,5 +121,5 @@ pub fn generate_student_story(
         on_shot(&shot)?;
         history.push(shot.frames);
     }
-    Ok(())
+    Ok(times)
 }

@@ -5,6 +5,8 @@
 //! The conditioning pieces ([`encode_context`], [`caption_embeddings`]) are shared with the
 //! teacher's training so that training and sampling build the same inputs.
 
+use std::time::Instant;
+
 use candle_core::{DType, Device, Tensor};
 use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::kv_cache::CaptionCache;
@@ -109,8 +111,21 @@ pub struct GeneratedShot {
     pub context: Vec<ContextPick>,
 }
 
+/// Where a story's generation time went, in seconds (the caller's callbacks not included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct StoryTimes {
+    /// Picking and encoding context frames.
+    pub context_s: f64,
+    /// Text embedding and the DiT's sampling (the teacher's Euler + CFG steps, the student's
+    /// few steps and cache refreshes).
+    pub denoise_s: f64,
+    /// Decoding latents to pixels.
+    pub decode_s: f64,
+}
+
 /// Generates every shot of a story with a teacher; `on_shot` sees each shot as soon as it is
-/// decoded (an error from it stops generation), `on_step(shot, step)` each Euler step.
+/// decoded (an error from it stops generation), `on_step(shot, step)` each Euler step;
+/// returns where the time went.
 pub fn generate_teacher_story(
     model: &StoryModel,
     global: &str,
@@ -119,7 +134,8 @@ pub fn generate_teacher_story(
     on_shot: &mut dyn FnMut(&GeneratedShot) -> Result<()>,
     on_step: &mut dyn FnMut(usize, usize),
     cancelled: &dyn Fn() -> bool,
-) -> Result<()> {
+) -> Result<StoryTimes> {
+    let mut times = StoryTimes::default();
     let device = model.dit.device().clone();
     let card = &model.card;
     let scale = model.vae.spatial_scale();
@@ -133,8 +149,11 @@ pub fn generate_teacher_story(
         let f = latent_frames(request.frames)?;
         let lens: Vec<usize> = history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
         let picks = options.memory.select(&lens);
+        let clock = Instant::now();
         let (context, flags) =
             encode_context(model.vae.as_ref(), &history, &picks, card.context_frames, (h, w), &device)?;
+        times.context_s += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let embeddings = caption_embeddings(&model.text, global, &captions[..=k])?;
         let caption_cache = model.dit.embed_captions(&embeddings)?;
         let plan = ShotPlan::new(k, &flags, k + 1)?;
@@ -147,10 +166,13 @@ pub fn generate_teacher_story(
             Ok(())
         };
         let latents = sample_shot(&model.dit, &inputs, &options.sampler, x, &mut step_seen, cancelled)?;
+        times.denoise_s += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let frames = model.vae.clone().decode(&latents)?.clamp(-1f32, 1f32)?;
+        times.decode_s += clock.elapsed().as_secs_f64();
         let shot = GeneratedShot { shot: k, frames, context: picks };
         on_shot(&shot)?;
         history.push(shot.frames);
     }
-    Ok(())
+    Ok(times)
 }

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use storyreel_engine::context::policy_by_name;
 use storyreel_engine::{
-    generate_student_story, generate_teacher_story, EulerSampler, ModelKind, ShotRequest, StoryModel,
+    generate_student_story, generate_teacher_story, EulerSampler, ModelKind, ShotRequest, StoryModel, StoryTimes,
     StudentStoryEvents, StudentStoryOptions, TeacherStoryOptions,
 };
 
@@ -139,20 +139,25 @@ pub fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("creating {}", args.out.join("stories").display()))?;
         let started = Instant::now();
         let mut frames = 0usize;
+        let mut times = StoryTimes::default();
         for (i, file) in files.iter().enumerate() {
             let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("story").to_string();
             let video = args.out.join("videos").join(format!("{stem}.mp4"));
             if !args.json {
                 eprintln!("[{}/{}] {stem}", i + 1, files.len());
             }
-            frames += generate_one(&model, args, file, &video)?;
+            let (written, t) = generate_one(&model, args, file, &video)?;
+            frames += written;
+            times.context_s += t.context_s;
+            times.denoise_s += t.denoise_s;
+            times.decode_s += t.decode_s;
             std::fs::copy(file, args.out.join("stories").join(format!("{stem}.json")))
                 .with_context(|| format!("copying {}", file.display()))?;
         }
         let secs = started.elapsed().as_secs_f64();
         let line = serde_json::json!({
             "event": "batch_done", "stories": files.len(), "frames": frames,
-            "seconds": secs, "frames_per_second": frames as f64 / secs.max(1e-9),
+            "seconds": secs, "frames_per_second": frames as f64 / secs.max(1e-9), "times": times,
             "out": args.out.display().to_string(),
         });
         println!("{line}");
@@ -173,8 +178,8 @@ struct StreamState {
     first_frame_s: Option<f64>,
 }
 
-/// Generates one story into `out`; returns the frames written.
-fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) -> Result<usize> {
+/// Generates one story into `out`; returns the frames written and where the time went.
+fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) -> Result<(usize, StoryTimes)> {
     let script = read_script(story_path)?;
     let card = &model.card;
     let memory_name = args.context.clone().unwrap_or_else(|| if card.uses_context { "dynamic" } else { "none" }.into());
@@ -261,7 +266,7 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
         bar.set_message(format!("shot {}/{}", shot + 1, script.shots.len()));
         bar.inc(1);
     };
-    match card.kind {
+    let times = match card.kind {
         ModelKind::Teacher => {
             let options = TeacherStoryOptions { seed, sampler, memory };
             generate_teacher_story(model, &script.global_caption, &shots, &options, &mut on_shot, &mut on_step, &|| {
@@ -290,20 +295,24 @@ fn generate_one(model: &StoryModel, args: &Args, story_path: &Path, out: &Path) 
     let line = serde_json::json!({
         "event": "story_done", "story": id, "shots": shots.len(), "frames": report.frames,
         "seconds": secs, "frames_per_second": report.frames as f64 / secs.max(1e-9),
-        "first_frame_seconds": first, "out": out.display().to_string(),
+        "first_frame_seconds": first, "times": times, "out": out.display().to_string(),
     });
     if args.json {
         println!("{line}");
     } else {
         eprintln!(
-            "wrote {} ({} shots, {} frames, {:.1} s, {:.1} frames/s, first frame after {:.2} s)",
+            "wrote {} ({} shots, {} frames, {:.1} s, {:.1} frames/s, first frame after {:.2} s; \
+             denoising {:.1} s, decoding {:.1} s, context {:.1} s)",
             out.display(),
             shots.len(),
             report.frames,
             secs,
             report.frames as f64 / secs.max(1e-9),
-            first
+            first,
+            times.denoise_s,
+            times.decode_s,
+            times.context_s
         );
     }
-    Ok(written)
+    Ok((written, times))
 }

@@ -293,6 +293,9 @@ fn distillation_smoke_run_streams_a_story_from_the_student() {
         serde_json::from_str(stdout.lines().find(|l| l.contains("story_done")).unwrap()).unwrap();
     let first = done["first_frame_seconds"].as_f64().unwrap();
     assert!(first > 0.0 && first <= done["seconds"].as_f64().unwrap(), "{done}");
+    let part = |k: &str| done["times"][k].as_f64().unwrap();
+    assert!(part("denoise_s") > 0.0 && part("decode_s") > 0.0, "{done}");
+    assert!(part("denoise_s") + part("decode_s") + part("context_s") <= done["seconds"].as_f64().unwrap(), "{done}");
     assert_eq!(storyreel_media::read_mp4(&video).unwrap().1.len(), 26);
     let (ok, _, err) =
         storyreel(&["generate", "--model", p(&student), "--story", p(&story), "-o", p(&video), "--steps", "4"]);
