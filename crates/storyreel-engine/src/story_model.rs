@@ -152,6 +152,12 @@ impl ModelCard {
     }
 }
 
+/// The RoPE of a story model's DiT: the shot phase indicator (ShotStream's 1/6 per shot) when
+/// the model was trained with it.
+pub fn story_rope(shot_phase: bool) -> RopeConfig {
+    RopeConfig { shot_phase: shot_phase.then_some(1.0 / 6.0), ..RopeConfig::default() }
+}
+
 /// A loaded story model.
 pub struct StoryModel {
     /// The card.
@@ -179,7 +185,7 @@ impl StoryModel {
         let dit_dir = dir.join(DIT_DIR);
         let cfg = WanConfig::from_json_file(&dit_dir.join("config.json"))?;
         let loaded = storyreel_nn::checkpoint::load_dit_checkpoint(&dit_dir, &cfg, DType::F32, device)?;
-        let rope = RopeConfig { shot_phase: card.shot_phase.then_some(1.0 / 6.0), ..RopeConfig::default() };
+        let rope = story_rope(card.shot_phase);
         let dit = WanModel::from_tensors(loaded.tensors, &cfg, rope, DType::F32, device)?;
         let vae = WanVae::load(&dir.join(VAE_DIR), DType::F32, device)?;
         if !vae.has_encoder() {

@@ -123,6 +123,14 @@ pub struct StoryTimes {
     pub decode_s: f64,
 }
 
+impl std::ops::AddAssign for StoryTimes {
+    fn add_assign(&mut self, other: Self) {
+        self.context_s += other.context_s;
+        self.denoise_s += other.denoise_s;
+        self.decode_s += other.decode_s;
+    }
+}
+
 /// Generates every shot of a story with a teacher; `on_shot` sees each shot as soon as it is
 /// decoded (an error from it stops generation), `on_step(shot, step)` each Euler step;
 /// returns where the time went.

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use storyreel_engine::story_model::{self, ModelCard, StoryModel};
 use storyreel_nn::checkpoint::{load_dit_checkpoint, merge_lora, read_lora, save_safetensors};
 use storyreel_nn::linear::LoraAdapter;
-use storyreel_nn::{RopeConfig, WanModel};
+use storyreel_nn::WanModel;
 use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
@@ -46,14 +46,10 @@ impl Default for LoraSpec {
 }
 
 impl LoraSpec {
-    /// Checks the rank against the narrowest adapted linear.
-    pub fn validate(&self, narrowest: usize) -> Result<()> {
-        if self.rank == 0 || self.rank > narrowest {
-            return Err(TrainError::out_of_range(
-                "lora.rank",
-                self.rank,
-                format!("1..={narrowest} (the narrowest linear)"),
-            ));
+    /// Checks rank and alpha (the rank against the layers is checked when adapters are made).
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(TrainError::out_of_range("lora.rank", self.rank, "at least 1"));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(TrainError::out_of_range("lora.alpha", self.alpha, "a positive number"));
@@ -67,33 +63,28 @@ impl LoraSpec {
     }
 }
 
-/// Loads `model`'s DiT with frozen weights and a fresh adapter on every adaptable linear: A
+/// `model`'s DiT with its weights frozen and a fresh adapter on every adaptable linear: A
 /// uniform in ±1/√in (PEFT's Kaiming default), B zero, so the adapted model starts equal to the
-/// base. The adapters' A and B are the only variables put in `varmap`.
+/// base. The base weights are shared with `model`, not copied; the adapters' A and B are the
+/// only variables put in `varmap`.
 pub fn lora_dit(model: &StoryModel, spec: &LoraSpec, seed: u64, varmap: &VarMap, device: &Device) -> Result<WanModel> {
-    let cfg = model.dit.config().clone();
-    let loaded = load_dit_checkpoint(&model.dir.join(story_model::DIT_DIR), &cfg, DType::F32, device)?;
-    let shapes: HashMap<String, Vec<usize>> =
-        loaded.tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
-    let vb = VarBuilder::from_tensors(loaded.tensors, DType::F32, device);
-    let rope = RopeConfig { shot_phase: model.card.shot_phase.then_some(1.0 / 6.0), ..RopeConfig::default() };
-    let mut dit = WanModel::load(vb, &cfg, rope)?;
-    let targets = dit.lora_targets();
-    let dims = |name: &str| -> Result<(usize, usize)> {
-        match shapes.get(&format!("{name}.weight")).map(|d| d.as_slice()) {
-            Some([out, inp]) => Ok((*out, *inp)),
-            _ => Err(TrainError::File(format!("{}: no 2-D weight for `{name}`", model.dir.display()))),
-        }
-    };
-    let narrowest = targets.iter().map(|n| dims(n).map(|(o, i)| o.min(i))).collect::<Result<Vec<_>>>()?;
-    spec.validate(narrowest.into_iter().min().unwrap_or(0))?;
+    let mut dit = model.dit.clone();
+    let targets = dit.lora_target_shapes()?;
+    spec.validate()?;
+    let narrowest = targets.iter().map(|(_, [o, i])| *o.min(i)).min().unwrap_or(0);
+    if spec.rank > narrowest {
+        return Err(TrainError::out_of_range(
+            "lora.rank",
+            spec.rank,
+            format!("at most {narrowest} (the narrowest linear)"),
+        ));
+    }
 
     let mut rng = WorldRng::new(mix64(seed ^ 0x10a));
     let mut adapters = HashMap::new();
     let data = varmap.data();
     let mut vars = data.lock().map_err(|_| TrainError::File("the variable map's lock is poisoned".into()))?;
-    for name in &targets {
-        let (out_dim, in_dim) = dims(name)?;
+    for (name, [out_dim, in_dim]) in targets {
         let a = var_for(&mut vars, &format!("{LORA_PREFIX}.{name}.a"), || {
             let bound = 1.0 / (in_dim as f64).sqrt();
             let v: Vec<f32> = (0..spec.rank * in_dim).map(|_| rng.range_f(-bound, bound) as f32).collect();
@@ -102,7 +93,7 @@ pub fn lora_dit(model: &StoryModel, spec: &LoraSpec, seed: u64, varmap: &VarMap,
         let b = var_for(&mut vars, &format!("{LORA_PREFIX}.{name}.b"), || {
             Tensor::zeros((out_dim, spec.rank), DType::F32, device)
         })?;
-        adapters.insert(name.clone(), LoraAdapter { a, b, scale: spec.scale() });
+        adapters.insert(name, LoraAdapter { a, b, scale: spec.scale() });
     }
     drop(vars);
     dit.set_lora(adapters)?;

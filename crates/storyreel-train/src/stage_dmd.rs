@@ -181,6 +181,9 @@ impl DmdConfig {
         if !self.real_guidance.is_finite() {
             return Err(TrainError::out_of_range("real_guidance", self.real_guidance, "a finite number"));
         }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+        }
         if !(0.0..=1.0).contains(&self.context_dropout) {
             return Err(TrainError::out_of_range("context_dropout", self.context_dropout, "a probability in [0, 1]"));
         }
@@ -402,7 +405,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     let history_dir = cfg.out_dir.join("history");
     let mut walk = match cfg.history {
         History::GroundTruth => None,
-        History::SelfGenerated => Some(StoryWalk::resume(&history_dir, step, &device)?),
+        History::SelfGenerated => Some(StoryWalk::resume(&history_dir, step, cfg.seed, &shots_per_story, &device)?),
     };
     let memory = DynamicSampling { max_frames: teacher.card.context_frames };
     let table = FlowSchedule::new(1000, cfg.shift);
@@ -410,11 +413,8 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     let (mut g_recent, mut c_recent) = (Vec::new(), Vec::new());
     while step < cfg.steps {
         let mut draw = draw_dmd_sample(cfg, step, &shots_per_story, sampler.timesteps().len(), &table);
-        if let Some(w) = &mut walk {
-            if w.story.is_none() {
-                w.story = Some(walk_story(cfg.seed, w.cursor, shots_per_story.len()));
-            }
-            draw.story = w.story.unwrap_or_default();
+        if let Some(w) = &walk {
+            draw.story = w.story;
             draw.shot = w.shot;
         }
         let story = &corpus.stories[draw.story];
@@ -458,7 +458,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         if let (Some(w), Some(x_hat)) = (&mut walk, rolled) {
             let f = story.shots[draw.shot].dim(0)?;
             let pixels = teacher.vae.clone().decode(&x_hat.narrow(0, 0, f)?)?.clamp(-1f32, 1f32)?;
-            w.advance(pixels, shots_per_story[draw.story]);
+            w.advance(pixels, cfg.seed, &shots_per_story);
         }
         let recent = if is_generator { &mut g_recent } else { &mut c_recent };
         recent.push(report.loss);
@@ -525,93 +525,83 @@ fn walk_story(seed: u64, cursor: u64, stories: usize) -> usize {
 pub struct StoryWalk {
     /// How many stories were started before this one.
     pub cursor: u64,
-    /// The story in progress (drawn when its first shot comes up).
-    pub story: Option<usize>,
+    /// The story in progress.
+    pub story: usize,
     /// The next shot of it.
     pub shot: usize,
     /// Its earlier shots, decoded.
     pub history: Vec<Tensor>,
 }
 
-/// The saved walk state, next to its pixels in `history/step-N.safetensors`.
-#[derive(Debug, Serialize, Deserialize)]
-struct WalkState {
-    step: u64,
-    cursor: u64,
-    story: Option<usize>,
-    shot: usize,
-}
-
 impl StoryWalk {
-    /// The walk at `step`: a fresh one at step 0, else the one saved with that step's checkpoint.
-    pub fn resume(dir: &Path, step: u64, device: &Device) -> Result<Self> {
-        if step == 0 {
-            return Ok(Self { cursor: 0, story: None, shot: 0, history: Vec::new() });
+    /// The walk at `step`: the position follows from the seed and the story lengths (one step
+    /// per shot, stories in `walk_story` order); the decoded shots of the story in progress come
+    /// from `dir/step-N.safetensors`, saved with that step's checkpoint.
+    pub fn resume(dir: &Path, step: u64, seed: u64, shots_per_story: &[usize], device: &Device) -> Result<Self> {
+        let (mut cursor, mut left) = (0u64, step);
+        let mut story = walk_story(seed, 0, shots_per_story.len());
+        while left >= shots_per_story[story].max(1) as u64 {
+            left -= shots_per_story[story].max(1) as u64;
+            cursor += 1;
+            story = walk_story(seed, cursor, shots_per_story.len());
         }
-        let json = dir.join(format!("step-{step}.json"));
-        let text = std::fs::read_to_string(&json).map_err(|e| {
-            TrainError::File(format!(
-                "{}: {e} (the self-generated history of the story in progress at step {step} is needed to resume)",
-                json.display()
-            ))
-        })?;
-        let state: WalkState =
-            serde_json::from_str(&text).map_err(|e| TrainError::File(format!("{}: {e}", json.display())))?;
-        let pixels = dir.join(format!("step-{step}.safetensors"));
-        let mut history = Vec::with_capacity(state.shot);
-        if state.shot > 0 {
-            let tensors = candle_core::safetensors::load(&pixels, device)
-                .map_err(|e| TrainError::File(format!("{}: {e}", pixels.display())))?;
-            for k in 0..state.shot {
+        let shot = left as usize;
+        let mut history = Vec::with_capacity(shot);
+        if shot > 0 {
+            let pixels = dir.join(format!("step-{step}.safetensors"));
+            let tensors = candle_core::safetensors::load(&pixels, device).map_err(|e| {
+                TrainError::File(format!(
+                    "{}: {e} (the self-generated history of the story in progress at step {step} is needed to resume)",
+                    pixels.display()
+                ))
+            })?;
+            for k in 0..shot {
                 let t = tensors
                     .get(&format!("shot.{k}"))
                     .ok_or_else(|| TrainError::File(format!("{}: no pixels for shot {k}", pixels.display())))?;
                 history.push(t.clone());
             }
         }
-        Ok(Self { cursor: state.cursor, story: state.story, shot: state.shot, history })
+        Ok(Self { cursor, story, shot, history })
     }
 
     /// Records the shot just rolled out; after the story's last shot the next story begins.
-    pub fn advance(&mut self, pixels: Tensor, shots_in_story: usize) {
+    pub fn advance(&mut self, pixels: Tensor, seed: u64, shots_per_story: &[usize]) {
         self.history.push(pixels);
         self.shot += 1;
-        if self.shot >= shots_in_story {
+        if self.shot >= shots_per_story[self.story] {
             self.cursor += 1;
-            self.story = None;
+            self.story = walk_story(seed, self.cursor, shots_per_story.len());
             self.shot = 0;
             self.history.clear();
         }
     }
 
-    /// Saves the walk for a checkpoint at `step`, keeping the newest three saves (a run can be
-    /// resumed from an older checkpoint when the newest is removed).
+    /// Saves the decoded shots of the story in progress for a checkpoint at `step` (nothing
+    /// when it is at its first shot), keeping the newest three saves, so a run can also resume
+    /// from an older checkpoint when the newest is removed.
     pub fn save(&self, dir: &Path, step: u64) -> Result<()> {
+        if self.history.is_empty() {
+            return Ok(());
+        }
         std::fs::create_dir_all(dir).map_err(|e| TrainError::File(format!("{}: {e}", dir.display())))?;
         let tensors: std::collections::HashMap<String, Tensor> =
             self.history.iter().enumerate().map(|(k, t)| (format!("shot.{k}"), t.clone())).collect();
-        if !tensors.is_empty() {
-            storyreel_nn::checkpoint::save_safetensors(&dir.join(format!("step-{step}.safetensors")), &tensors)?;
-        }
-        let state = WalkState { step, cursor: self.cursor, story: self.story, shot: self.shot };
-        write_text(&dir.join(format!("step-{step}.json")), &serde_json::to_string(&state).unwrap_or_default())?;
+        storyreel_nn::checkpoint::save_safetensors(&dir.join(format!("step-{step}.safetensors")), &tensors)?;
         let mut saved: Vec<u64> = std::fs::read_dir(dir)
             .map(|entries| {
                 entries
                     .flatten()
                     .filter_map(|e| {
                         let name = e.file_name().to_string_lossy().to_string();
-                        name.strip_prefix("step-")?.strip_suffix(".json")?.parse::<u64>().ok()
+                        name.strip_prefix("step-")?.strip_suffix(".safetensors")?.parse::<u64>().ok()
                     })
                     .collect()
             })
             .unwrap_or_default();
         saved.sort_unstable();
-        let keep_from = saved.len().saturating_sub(3);
-        for old in &saved[..keep_from] {
-            for ext in ["json", "safetensors"] {
-                let _ = std::fs::remove_file(dir.join(format!("step-{old}.{ext}")));
-            }
+        for old in &saved[..saved.len().saturating_sub(3)] {
+            let _ = std::fs::remove_file(dir.join(format!("step-{old}.safetensors")));
         }
         Ok(())
     }
@@ -619,7 +609,7 @@ impl StoryWalk {
 
 /// The drawn shot's conditioning with context picked from the walk's own earlier shots
 /// (dropped → zeros, like ground truth).
-fn self_conditioning(
+pub fn self_conditioning(
     teacher: &StoryModel,
     truth: &ShotConditioning,
     draw: &DmdDraw,

@@ -20,7 +20,7 @@ use storyreel_engine::story_model::{self, ModelCard, ModelKind, StudentSampling}
 use storyreel_engine::teacher_story::caption_embeddings;
 use storyreel_engine::{FewStepSampler, StoryModel};
 use storyreel_nn::codec::VideoCodec;
-use storyreel_nn::{RopeConfig, WanModel};
+use storyreel_nn::WanModel;
 use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
@@ -309,7 +309,7 @@ pub fn trainable_dit(teacher: &StoryModel, varmap: &VarMap, device: &Device) -> 
         }
     }
     let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
-    let rope = RopeConfig { shot_phase: teacher.card.shot_phase.then_some(1.0 / 6.0), ..RopeConfig::default() };
+    let rope = story_model::story_rope(teacher.card.shot_phase);
     Ok(WanModel::load(vb.pp(DIT_PREFIX), &cfg, rope)?)
 }
 

@@ -28,7 +28,7 @@ use storyreel_nn::checkpoint::save_safetensors;
 use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::text::toy::{ToyTextConfig, ToyTextEncoder, ToyTokenizer};
 use storyreel_nn::vae::WanVae;
-use storyreel_nn::{RopeConfig, WanConfig, WanModel};
+use storyreel_nn::{WanConfig, WanModel};
 use storyreel_world::rng::{mix64, WorldRng};
 use storyreel_world::{caption_vocabulary, generate_story, render_story, Story, StoryOptions};
 
@@ -440,7 +440,7 @@ impl TeacherNetworks {
         init_variables(varmap, &wan, &cfg.text, &tokenizer, cfg.init_seed, device)?;
         let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
         let text = ToyTextEncoder::trainable_in(cfg.text.clone(), tokenizer, &vb.pp(TEXT_PREFIX))?;
-        let rope = RopeConfig { shot_phase: cfg.shot_phase.then_some(1.0 / 6.0), ..RopeConfig::default() };
+        let rope = story_model::story_rope(cfg.shot_phase);
         let dit = WanModel::load(vb.pp(DIT_PREFIX), &wan, rope)?;
         Ok(Self { dit, text })
     }

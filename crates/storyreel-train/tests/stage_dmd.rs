@@ -8,14 +8,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{student_copy, tiny_teacher};
+use common::{student_copy, tiny_dmd_config, tiny_teacher};
 use storyreel_engine::session::LatentHistory;
 use storyreel_engine::teacher_story::caption_embeddings;
 use storyreel_engine::{FewStepSampler, GivenContext, NoContext, SeededNoise, Session, SessionConfig, StoryModel};
 use storyreel_nn::kv_cache::LocalWindow;
 use storyreel_train::stage_dmd::{dmd_loss, rollout, run_dmd_stage, DmdConfig, ShotConditioning};
 use storyreel_train::stage_ode_init::trainable_dit;
-use storyreel_train::stage_teacher::TeacherData;
 
 fn conditioning(model: &StoryModel) -> ShotConditioning {
     let context = Tensor::randn(0f32, 1.0, (6, 4, 8, 8), &Device::Cpu).unwrap();
@@ -105,20 +104,7 @@ fn the_dmd_gradient_reaches_every_generator_weight_through_the_caches() {
 }
 
 fn tiny_dmd(teacher: &Path, student: &Path, out: &Path, steps: u64) -> DmdConfig {
-    let mut cfg = DmdConfig {
-        teacher: teacher.to_path_buf(),
-        student: student.to_path_buf(),
-        data: TeacherData { first_seed: 50, stories: 2, width: 32, height: 32 },
-        generator_every: 2,
-        steps,
-        checkpoint_every: 1,
-        out_dir: out.to_path_buf(),
-        progress: false,
-        ..DmdConfig::default()
-    };
-    cfg.generator.schedule.warmup_steps = 1;
-    cfg.critic.schedule.warmup_steps = 1;
-    cfg
+    tiny_dmd_config(DmdConfig::default(), teacher, student, out, steps)
 }
 
 fn weights(path: &Path) -> HashMap<String, Tensor> {

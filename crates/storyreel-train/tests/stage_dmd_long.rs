@@ -8,33 +8,15 @@ mod common;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{student_copy, tiny_teacher};
+use common::{student_copy, tiny_dmd_config, tiny_teacher};
 use storyreel_engine::teacher_story::caption_embeddings;
 use storyreel_engine::{FewStepSampler, ModelKind, SeededNoise, StoryModel};
 use storyreel_train::lora::{lora_dit, merge_lora_model, save_lora_folder, LoraSpec, LORA_PREFIX};
 use storyreel_train::stage_dmd::{rollout, run_dmd_stage, DmdConfig, History, ShotConditioning};
-use storyreel_train::stage_teacher::TeacherData;
 
 fn tiny_long(teacher: &Path, student: &Path, out: &Path, steps: u64) -> DmdConfig {
-    let mut cfg = DmdConfig {
-        teacher: teacher.to_path_buf(),
-        student: student.to_path_buf(),
-        data: TeacherData { first_seed: 50, stories: 2, width: 32, height: 32 },
-        generator_every: 2,
-        steps,
-        checkpoint_every: 1,
-        lora: Some(LoraSpec { rank: 2, alpha: 4.0 }),
-        out_dir: out.to_path_buf(),
-        progress: false,
-        ..DmdConfig::inter_shot()
-    };
-    cfg.generator.schedule.warmup_steps = 1;
-    cfg.critic.schedule.warmup_steps = 1;
-    cfg
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let base = DmdConfig { lora: Some(LoraSpec { rank: 2, alpha: 4.0 }), ..DmdConfig::inter_shot() };
+    tiny_dmd_config(base, teacher, student, out, steps)
 }
 
 #[test]
@@ -47,18 +29,17 @@ fn stage_four_walks_stories_on_its_own_history_trains_only_adapters_and_resumes_
     let report = run_dmd_stage(&tiny_long(&teacher, &student, &out, 4)).unwrap();
     assert_eq!((report.steps, report.generator_steps), (4, 2));
 
-    // After two steps the walk is on shot 2 of its first story with shots 0 and 1 decoded, or
-    // (a two-shot story) at the start of the next story with nothing kept.
-    let state = json(&out.join("history/step-2.json"));
-    if state["cursor"] == 0 {
-        assert_eq!(state["shot"], 2, "{state}");
-        let pixels = candle_core::safetensors::load(out.join("history/step-2.safetensors"), &Device::Cpu).unwrap();
-        assert_eq!(pixels.len(), 2);
-        assert_eq!(&pixels["shot.1"].dims()[1..], &[3, 32, 32]);
-    } else {
-        assert_eq!((state["cursor"].as_u64(), state["shot"].as_u64()), (Some(1), Some(0)), "{state}");
+    // Each checkpoint keeps the decoded shots of the story in progress: one tensor per earlier
+    // shot, [F, 3, 32, 32] (a story at its first shot has nothing to keep).
+    let saved: Vec<_> = std::fs::read_dir(out.join("history")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(!saved.is_empty() && saved.len() <= 3, "{saved:?}");
+    for path in &saved {
+        let pixels = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+        assert!(!pixels.is_empty());
+        for k in 0..pixels.len() {
+            assert_eq!(&pixels[&format!("shot.{k}")].dims()[1..], &[3, 32, 32], "{path:?}");
+        }
     }
-    assert!(!out.join("history/step-1.json").exists(), "only the newest three saves are kept");
 
     // Only adapters are trained: the checkpoints hold lora.* variables and nothing else.
     let g = candle_core::safetensors::load(out.join("generator/checkpoints/step-2/model.safetensors"), &Device::Cpu)
@@ -86,10 +67,11 @@ fn stage_four_walks_stories_on_its_own_history_trains_only_adapters_and_resumes_
     assert_eq!(std::fs::read(again.model_dir.join("dit/model.safetensors")).unwrap(), final_model);
 
     // Without the history of the step it resumes from, the run says what is missing.
+    assert!(out.join("history/step-3.safetensors").is_file(), "step 3 is inside a story");
     std::fs::remove_dir_all(out.join("critic/checkpoints/step-2")).unwrap();
-    std::fs::remove_file(out.join("history/step-3.json")).unwrap();
+    std::fs::remove_file(out.join("history/step-3.safetensors")).unwrap();
     let err = run_dmd_stage(&tiny_long(&teacher, &student, &out, 4)).unwrap_err().to_string();
-    assert!(err.contains("step-3.json") && err.contains("history"), "{err}");
+    assert!(err.contains("step-3.safetensors") && err.contains("history"), "{err}");
 }
 
 #[test]
@@ -131,4 +113,54 @@ fn the_lora_merge_equals_the_adapted_model() {
     let err =
         merge_lora_model(&student_dir, &student_dir.join("dit"), &dir.path().join("x"), None).unwrap_err().to_string();
     assert!(err.contains("LoRA"), "{err}");
+}
+
+#[test]
+fn stage_four_conditions_on_its_own_decoded_shots_picked_as_at_inference() {
+    use storyreel_engine::context::{ContextMemory, DynamicSampling};
+    use storyreel_engine::teacher_story::encode_context;
+    use storyreel_train::stage_dmd::{self_conditioning, DmdDraw};
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = StoryModel::load(&tiny_teacher(dir.path()), &Device::Cpu).unwrap();
+    let embeddings = caption_embeddings(&teacher.text, "", &["a red fox walks", "the same red fox jumps"]).unwrap();
+    let truth = ShotConditioning {
+        shot: 1,
+        context: Tensor::ones((6, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        flags: vec![1; 6],
+        embeddings,
+        frames: 3,
+    };
+    let history = vec![Tensor::randn(0f32, 0.5, (9, 3, 32, 32), &Device::Cpu).unwrap().clamp(-1f32, 1f32).unwrap()];
+    let memory = DynamicSampling { max_frames: 6 };
+    let mut draw = DmdDraw { story: 0, shot: 1, exit: 0, t: 500.0, context_dropped: false, noise_seed: 1 };
+    let own = self_conditioning(&teacher, &truth, &draw, &history, &memory).unwrap();
+    let picks = memory.select(&[9]);
+    let (want, flags) = encode_context(teacher.vae.as_ref(), &history, &picks, 6, (8, 8), &Device::Cpu).unwrap();
+    assert_eq!(own.flags, flags);
+    let d = (&own.context - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(d, 0.0, "the context is the walk's own frames, not the ground truth");
+    assert_eq!((own.shot, own.frames), (1, 3));
+    // Dropped context (or no earlier shot) is zeros with flags 0, as in stage 3.
+    draw.context_dropped = true;
+    let dropped = self_conditioning(&teacher, &truth, &draw, &history, &memory).unwrap();
+    assert_eq!(dropped.flags, vec![0; 6]);
+    assert_eq!(dropped.context.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    draw.context_dropped = false;
+    let first = self_conditioning(&teacher, &truth, &draw, &[], &memory).unwrap();
+    assert_eq!(first.flags, vec![0; 6]);
+}
+
+#[test]
+fn bad_lora_settings_are_clear_errors() {
+    let cfg = DmdConfig { lora: Some(LoraSpec { rank: 0, alpha: 1.0 }), ..DmdConfig::inter_shot() };
+    assert!(cfg.validate().unwrap_err().to_string().contains("lora.rank"));
+    let cfg = DmdConfig { lora: Some(LoraSpec { rank: 4, alpha: f64::NAN }), ..DmdConfig::inter_shot() };
+    assert!(cfg.validate().unwrap_err().to_string().contains("lora.alpha"));
+    // A rank wider than the model's narrowest linear is refused when the adapters are made.
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = StoryModel::load(&tiny_teacher(dir.path()), &Device::Cpu).unwrap();
+    let err = lora_dit(&teacher, &LoraSpec { rank: 4096, alpha: 1.0 }, 1, &candle_nn::VarMap::new(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lora.rank") && err.contains("narrowest"), "{err}");
 }

@@ -148,9 +148,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
             let (written, t) = generate_one(&model, args, file, &video)?;
             frames += written;
-            times.context_s += t.context_s;
-            times.denoise_s += t.denoise_s;
-            times.decode_s += t.decode_s;
+            times += t;
             std::fs::copy(file, args.out.join("stories").join(format!("{stem}.json")))
                 .with_context(|| format!("copying {}", file.display()))?;
         }

@@ -329,6 +329,19 @@ fn generate_without_a_model_flag_uses_the_embedded_default() {
         assert_eq!(storyreel_media::read_mp4(&video).unwrap().1.len(), 9);
         // Unpacked once into the cache, reused after.
         assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 1);
+        // A cache that cannot be written is named in the error.
+        let blocked = dir.path().join("not-a-folder");
+        std::fs::write(&blocked, "x").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_storyreel"))
+            .args(["generate", "--story", p(&story), "-o", p(&dir.path().join("b.mp4"))])
+            .env("STORYREEL_CACHE", &blocked)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("unpacking the default model") && err.contains("not-a-folder"),
+            "{err}"
+        );
     } else {
         assert!(!out.status.success());
         assert!(err.contains("without the default model") && err.contains("--model"), "{err}");

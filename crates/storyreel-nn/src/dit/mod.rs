@@ -265,6 +265,17 @@ impl WanModel {
         self.linears_mut().into_iter().map(|(n, _)| n).collect()
     }
 
+    /// The linear layers LoRA may adapt, with their weight shapes `[out, in]`.
+    pub fn lora_target_shapes(&mut self) -> Result<Vec<(String, [usize; 2])>> {
+        self.linears_mut()
+            .into_iter()
+            .map(|(n, l)| {
+                let (out, inp) = l.weight().dims2()?;
+                Ok((n, [out, inp]))
+            })
+            .collect()
+    }
+
     fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, b) in self.blocks.iter_mut().enumerate() {

@@ -47,3 +47,28 @@ pub fn student_copy(teacher: &Path, dir: &Path) -> PathBuf {
     write_student_model(&model, &vars, sampling, "a copy of the teacher", &out).unwrap();
     out
 }
+
+/// A DMD config over `base` for the tiny models: 2 training stories at 32×32, a generator step
+/// every other step, a checkpoint after every step.
+pub fn tiny_dmd_config(
+    base: storyreel_train::stage_dmd::DmdConfig,
+    teacher: &Path,
+    student: &Path,
+    out: &Path,
+    steps: u64,
+) -> storyreel_train::stage_dmd::DmdConfig {
+    let mut cfg = storyreel_train::stage_dmd::DmdConfig {
+        teacher: teacher.to_path_buf(),
+        student: student.to_path_buf(),
+        data: TeacherData { first_seed: 50, stories: 2, width: 32, height: 32 },
+        generator_every: 2,
+        steps,
+        checkpoint_every: 1,
+        out_dir: out.to_path_buf(),
+        progress: false,
+        ..base
+    };
+    cfg.generator.schedule.warmup_steps = 1;
+    cfg.critic.schedule.warmup_steps = 1;
+    cfg
+}
