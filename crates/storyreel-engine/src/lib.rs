@@ -11,7 +11,7 @@ pub mod schedule;
 pub mod session;
 pub mod shot_plan;
 pub mod story_model;
-pub mod student_story;
+pub mod story_stream;
 pub mod teacher;
 pub mod teacher_story;
 
@@ -24,5 +24,5 @@ pub use schedule::FlowSchedule;
 pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig, ShotRun};
 pub use shot_plan::ShotPlan;
 pub use story_model::{ModelCard, ModelKind, StoryModel, StudentSampling, TeacherSampling};
-pub use student_story::{generate_student_story, StudentStoryEvents, StudentStoryOptions};
-pub use teacher_story::{generate_teacher_story, GeneratedShot, ShotRequest, StoryTimes, TeacherStoryOptions};
+pub use story_stream::{generate_story, shot_progress_units, ShotEvents, StoryEvents, StoryOptions, StoryStream};
+pub use teacher_story::{GeneratedShot, ShotRequest, StoryTimes};

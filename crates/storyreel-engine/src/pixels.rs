@@ -111,3 +111,20 @@ pub fn to_rgb_frames(frames: &Tensor) -> Result<Vec<RgbFrame>> {
         })
         .collect()
 }
+
+/// 8-bit RGB frames back to `[F, 3, H, W]` in [−1, 1] (the inverse of [`to_rgb_frames`] up to
+/// rounding), on `device`.
+pub fn from_rgb_frames(frames: &[RgbFrame], device: &Device) -> Result<Tensor> {
+    let first = frames.first().ok_or_else(|| EngineError::Input("no frames to convert".into()))?;
+    let (w, h) = (first.width as usize, first.height as usize);
+    let mut data = Vec::with_capacity(frames.len() * 3 * h * w);
+    for (i, f) in frames.iter().enumerate() {
+        if f.size() != first.size() {
+            return Err(EngineError::Input(format!("frame {i} is {}x{}; frame 0 is {w}x{h}", f.width, f.height)));
+        }
+        for c in 0..3 {
+            data.extend(f.data.iter().skip(c).step_by(3).map(|&v| v as f32 / 127.5 - 1.0));
+        }
+    }
+    Ok(Tensor::from_vec(data, (frames.len(), 3, h, w), device)?)
+}

@@ -1,11 +1,9 @@
-//! A whole story from the bidirectional teacher, shot by shot: each shot is conditioned on
-//! context frames picked from the story's own earlier decoded shots (the pixel round trip of
-//! shotstream.md §2.2), sampled with multi-step Euler + CFG, and decoded before the next starts.
+//! The conditioning pieces of a story's shots: context frames picked from the story's own
+//! earlier decoded shots and encoded one frame each (the pixel round trip of shotstream.md
+//! §2.2), the prompts' caption embeddings, and the types a generated story is reported in.
 //!
-//! The conditioning pieces ([`encode_context`], [`caption_embeddings`]) are shared with the
-//! teacher's training so that training and sampling build the same inputs.
-
-use std::time::Instant;
+//! They are shared by inference ([`crate::story_stream`]) and training, so that both build the
+//! same inputs.
 
 use candle_core::{DType, Device, Tensor};
 use storyreel_nn::codec::VideoCodec;
@@ -13,14 +11,9 @@ use storyreel_nn::kv_cache::CaptionCache;
 use storyreel_nn::text::toy::ToyTextEncoder;
 use storyreel_nn::WanModel;
 
-use crate::context::{ContextMemory, ContextPick};
+use crate::context::ContextPick;
 use crate::error::{EngineError, Result};
-use crate::noise::{NoiseSource, SeededNoise};
 use crate::prompt::story_prompts;
-use crate::sampler::EulerSampler;
-use crate::shot_plan::ShotPlan;
-use crate::story_model::StoryModel;
-use crate::teacher::{sample_shot, TeacherInputs};
 
 /// Context latents `[n, C, h, w]` and their shot flags for the frames `picks` of `shots`
 /// (each `[F, 3, H, W]` in [−1, 1]), every frame encoded on its own. No picks give `n` zero
@@ -91,16 +84,6 @@ pub struct ShotRequest {
     pub frames: usize,
 }
 
-/// How to sample a story.
-pub struct TeacherStoryOptions {
-    /// Seed of every shot's noise.
-    pub seed: u64,
-    /// The Euler + CFG sampler.
-    pub sampler: EulerSampler,
-    /// Which earlier frames become context.
-    pub memory: Box<dyn ContextMemory>,
-}
-
 /// A finished shot.
 pub struct GeneratedShot {
     /// Shot index.
@@ -129,58 +112,4 @@ impl std::ops::AddAssign for StoryTimes {
         self.denoise_s += other.denoise_s;
         self.decode_s += other.decode_s;
     }
-}
-
-/// Generates every shot of a story with a teacher; `on_shot` sees each shot as soon as it is
-/// decoded (an error from it stops generation), `on_step(shot, step)` each Euler step;
-/// returns where the time went.
-pub fn generate_teacher_story(
-    model: &StoryModel,
-    global: &str,
-    shots: &[ShotRequest],
-    options: &TeacherStoryOptions,
-    on_shot: &mut dyn FnMut(&GeneratedShot) -> Result<()>,
-    on_step: &mut dyn FnMut(usize, usize),
-    cancelled: &dyn Fn() -> bool,
-) -> Result<StoryTimes> {
-    let mut times = StoryTimes::default();
-    let device = model.dit.device().clone();
-    let card = &model.card;
-    let scale = model.vae.spatial_scale();
-    let (h, w) = (card.height as usize / scale, card.width as usize / scale);
-    let c = model.dit.config().in_dim;
-    let uncond = unconditional_caption(&model.dit, &device)?;
-    let mut noise = SeededNoise::new(options.seed);
-    let mut history: Vec<Tensor> = Vec::with_capacity(shots.len());
-    let captions: Vec<&str> = shots.iter().map(|s| s.caption.as_str()).collect();
-    for (k, request) in shots.iter().enumerate() {
-        let f = latent_frames(request.frames)?;
-        let lens: Vec<usize> = history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
-        let picks = options.memory.select(&lens);
-        let clock = Instant::now();
-        let (context, flags) =
-            encode_context(model.vae.as_ref(), &history, &picks, card.context_frames, (h, w), &device)?;
-        times.context_s += clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
-        let embeddings = caption_embeddings(&model.text, global, &captions[..=k])?;
-        let caption_cache = model.dit.embed_captions(&embeddings)?;
-        let plan = ShotPlan::new(k, &flags, k + 1)?;
-        let inputs = TeacherInputs { plan: &plan, captions: &caption_cache, uncond: Some(&uncond), context: &context };
-        let x = noise.noise(k, 0, 0, &[f, c, h, w], &device)?;
-        let mut step = 0usize;
-        let mut step_seen = |_: usize, _: &Tensor| -> Result<()> {
-            on_step(k, step);
-            step += 1;
-            Ok(())
-        };
-        let latents = sample_shot(&model.dit, &inputs, &options.sampler, x, &mut step_seen, cancelled)?;
-        times.denoise_s += clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
-        let frames = model.vae.clone().decode(&latents)?.clamp(-1f32, 1f32)?;
-        times.decode_s += clock.elapsed().as_secs_f64();
-        let shot = GeneratedShot { shot: k, frames, context: picks };
-        on_shot(&shot)?;
-        history.push(shot.frames);
-    }
-    Ok(times)
 }

@@ -208,22 +208,10 @@ impl ClipSource for DatasetClips {
 
 /// Frames as the VAE takes them: `[F, 3, H, W]` in [−1, 1].
 pub fn frames_to_tensor(frames: &[RgbFrame], device: &Device) -> Result<Tensor> {
-    let first = frames.first().ok_or_else(|| TrainError::out_of_range("frames", 0, "at least 1"))?;
-    let (w, h) = (first.width as usize, first.height as usize);
-    let mut data = Vec::with_capacity(frames.len() * 3 * h * w);
-    for (i, f) in frames.iter().enumerate() {
-        if f.size() != first.size() {
-            return Err(TrainError::out_of_range(
-                format!("size of frame {i}"),
-                format!("{}x{}", f.width, f.height),
-                format!("{w}x{h} like frame 0"),
-            ));
-        }
-        for c in 0..3 {
-            data.extend(f.data.iter().skip(c).step_by(3).map(|&v| v as f32 / 127.5 - 1.0));
-        }
+    if frames.is_empty() {
+        return Err(TrainError::out_of_range("frames", 0, "at least 1"));
     }
-    Ok(Tensor::from_vec(data, (frames.len(), 3, h, w), device)?)
+    Ok(storyreel_engine::pixels::from_rgb_frames(frames, device)?)
 }
 
 /// `[F, 3, H, W]` values in [−1, 1] back to frames (clamped), for previews and evaluation.

@@ -9,13 +9,13 @@ use std::path::Path;
 use common::tiny_teacher;
 
 use candle_core::{Device, Tensor};
-use storyreel_engine::context::{DynamicSampling, NoContext};
+use storyreel_engine::context::DynamicSampling;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{sample_shot, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
 use storyreel_engine::{
-    generate_student_story, EulerSampler, FewStepSampler, ModelKind, NoiseSource, SeededNoise, ShotRequest, StoryModel,
-    StudentStoryEvents, StudentStoryOptions,
+    generate_story, EulerSampler, FewStepSampler, ModelKind, NoiseSource, SeededNoise, ShotRequest, StoryEvents,
+    StoryModel, StoryOptions,
 };
 use storyreel_train::ode_pairs::{load_ode_pairs, make_ode_pairs, OdePairsConfig};
 use storyreel_train::stage_ode_init::{
@@ -209,13 +209,18 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
     let got = std::cell::RefCell::new(Vec::new());
     let events = std::cell::RefCell::new(Vec::new());
     let streamed = std::cell::RefCell::new(Vec::new());
-    let options = StudentStoryOptions { seed: 1, memory: Box::new(DynamicSampling { max_frames: 6 }) };
-    generate_student_story(
+    let options = StoryOptions {
+        seed: 1,
+        memory: Box::new(DynamicSampling { max_frames: 6 }),
+        sampler: EulerSampler::new(2, 8.0, 2.0).unwrap(),
+        decoder: None,
+    };
+    generate_story(
         &student,
         "",
         &shots,
-        &options,
-        StudentStoryEvents {
+        options,
+        StoryEvents {
             on_frames: &mut |shot, frames| {
                 events.borrow_mut().push(format!("frames {shot} {}", frames.dim(0).unwrap()));
                 streamed.borrow_mut().push(frames.clone());
@@ -231,7 +236,7 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
                 assert_eq!(d, 0.0);
                 Ok(())
             },
-            on_chunk: &mut |shot, chunk, n| events.borrow_mut().push(format!("chunk {shot} {chunk}/{n}")),
+            on_progress: &mut |shot, chunk, n| events.borrow_mut().push(format!("chunk {shot} {chunk}/{n}")),
             cancelled: &|| false,
         },
     )
@@ -242,16 +247,6 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
     // decoded); 9 frames = 3 latents in one chunk.
     assert_eq!(
         events.into_inner(),
-        ["chunk 0 0/2", "frames 0 9", "chunk 0 1/2", "frames 0 8", "shot 0", "chunk 1 0/1", "frames 1 9", "shot 1"]
+        ["chunk 0 1/2", "frames 0 9", "chunk 0 2/2", "frames 0 8", "shot 0", "chunk 1 1/1", "frames 1 9", "shot 1"]
     );
-    // The student is not a teacher: asking it for the teacher's loop is refused, and back.
-    let no = StudentStoryOptions { seed: 1, memory: Box::new(NoContext) };
-    let events = StudentStoryEvents {
-        on_frames: &mut |_, _| Ok(()),
-        on_shot: &mut |_| Ok(()),
-        on_chunk: &mut |_, _, _| {},
-        cancelled: &|| false,
-    };
-    let err = generate_student_story(&teacher, "", &shots, &no, events).unwrap_err().to_string();
-    assert!(err.contains("not a student"), "{err}");
 }

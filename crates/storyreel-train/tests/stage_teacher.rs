@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use storyreel_engine::context::NoContext;
 use storyreel_engine::FlowSchedule;
-use storyreel_engine::{generate_teacher_story, EulerSampler, ShotRequest, StoryModel, TeacherStoryOptions};
+use storyreel_engine::{generate_story, EulerSampler, ShotRequest, StoryEvents, StoryModel, StoryOptions};
 use storyreel_nn::text::toy::ToyTextConfig;
 use storyreel_nn::vae::WanVae;
 use storyreel_train::stage_teacher::{
@@ -136,22 +136,31 @@ fn a_run_writes_a_story_model_and_resumes_exactly() {
         ShotRequest { caption: "a red fox walks in a meadow".into(), frames: 5 },
         ShotRequest { caption: "the same red fox jumps".into(), frames: 9 },
     ];
-    let options =
-        TeacherStoryOptions { seed: 1, sampler: EulerSampler::new(2, 8.0, 2.0).unwrap(), memory: Box::new(NoContext) };
+    let options = StoryOptions {
+        seed: 1,
+        sampler: EulerSampler::new(2, 8.0, 2.0).unwrap(),
+        memory: Box::new(NoContext),
+        decoder: None,
+    };
     let mut got = Vec::new();
-    generate_teacher_story(
+    let mut steps = Vec::new();
+    generate_story(
         &model,
         "",
         &shots,
-        &options,
-        &mut |s| {
-            got.push(s.frames.dims().to_vec());
-            Ok(())
+        options,
+        StoryEvents {
+            on_frames: &mut |_, _| Ok(()),
+            on_shot: &mut |s| {
+                got.push(s.frames.dims().to_vec());
+                Ok(())
+            },
+            on_progress: &mut |shot, step, n| steps.push((shot, step, n)),
+            cancelled: &|| false,
         },
-        &mut |_, _| {},
-        &|| false,
     )
     .unwrap();
+    assert_eq!(steps, vec![(0, 1, 2), (0, 2, 2), (1, 1, 2), (1, 2, 2)]);
     assert_eq!(got, vec![vec![5, 3, 32, 32], vec![9, 3, 32, 32]]);
 
     // Interrupted after the step-2 checkpoint, the run resumes there and ends bit-identical.

@@ -23,6 +23,8 @@ pub enum What {
     Text(crate::bench_text::TextArgs),
     /// Square f32/bf16 matmul, the reference for achievable GFLOP/s.
     Matmul(MatmulArgs),
+    /// The server end to end: append → first frame and streaming rate over HTTP + WebSocket.
+    Serve(crate::bench_serve::ServeBenchArgs),
 }
 
 /// Flags of `bench dit`.
@@ -99,6 +101,7 @@ pub fn run(what: &What) -> Result<()> {
         What::Matmul(a) => matmul(a),
         What::Vae(a) => crate::bench_vae::run(a),
         What::Text(a) => crate::bench_text::run(a),
+        What::Serve(a) => crate::bench_serve::run(a),
     }
 }
 

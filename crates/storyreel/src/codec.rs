@@ -11,7 +11,8 @@ use storyreel_nn::vae::WanVae;
 /// Which autoencoder turns latents into pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DecoderChoice {
-    /// The Wan2.1 VAE (exact; slow on CPU at full resolution).
+    /// The model's full VAE (exact; slow on CPU at full resolution).
+    #[value(alias = "full")]
     Wan,
     /// The tiny TAEHV-style decoder (fast preview, low memory).
     Tiny,

@@ -1,6 +1,7 @@
 //! The `storyreel` command line.
 
 mod bench;
+mod bench_serve;
 mod bench_text;
 mod bench_vae;
 mod codec;
@@ -12,6 +13,7 @@ mod eval_cmd;
 mod frames_out;
 mod generate_cmd;
 mod generate_latents;
+mod serve_cmd;
 mod testcase;
 mod train_cmd;
 mod world_cmd;
@@ -38,6 +40,8 @@ enum Command {
     },
     /// Generate a story (or a folder of stories) with a story model, shot by shot.
     Generate(generate_cmd::Args),
+    /// Serve the HTTP + WebSocket API and the web page (interactive stories in a browser).
+    Serve(serve_cmd::Args),
     /// Run one shot of the streaming loop from given inputs (for comparison with the reference).
     GenerateLatents(generate_latents::Args),
     /// Decode latents to video (MP4, PNG folder, contact sheet, GIF) or to a frames tensor.
@@ -74,6 +78,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Inspect { path } => inspect(&path),
         Command::Generate(args) => generate_cmd::run(&args),
+        Command::Serve(args) => serve_cmd::run(&args),
         Command::GenerateLatents(args) => generate_latents::run(&args),
         Command::Decode(args) => decode::run_decode(&args),
         Command::EncodeFrames(args) => decode::run_encode(&args),
