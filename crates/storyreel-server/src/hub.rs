@@ -654,7 +654,8 @@ impl Hub {
         let idle: Vec<String> = st
             .sessions
             .values()
-            .filter(|s| s.pending() == 0 && s.last_active.elapsed() >= timeout)
+            // A session someone is watching stays, however quiet.
+            .filter(|s| s.pending() == 0 && s.events.receiver_count() == 0 && s.last_active.elapsed() >= timeout)
             .map(|s| s.id.clone())
             .collect();
         for id in idle {
@@ -744,6 +745,10 @@ impl Hub {
     /// file calls it done.
     pub(crate) fn finish_job(&self, job: &Job, outcome: JobOutcome) {
         let root = &self.config.journal_dir;
+        // A session deleted while its shot ran gets nothing written back into its folder.
+        if !self.lock().sessions.contains_key(&job.id) {
+            return;
+        }
         let outcome = match outcome {
             JobOutcome::Done { frames, seconds, first_frame_seconds } => {
                 match journal::write_shot_frames(root, &job.id, job.index, &frames) {

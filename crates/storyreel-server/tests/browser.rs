@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 macro_rules! wait_for {
     ($what:expr, $timeout:expr, $check:expr) => {{
         let start = Instant::now();
-        while !$check {
+        while !($check) {
             assert!(start.elapsed() < $timeout, "timed out waiting for {}", $what);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -138,6 +138,20 @@ async fn a_person_types_two_shots_watches_them_stream_and_downloads_the_mp4() {
             browser.find(Locator::Id("download-mp4")).await?.attr("href").await?.is_some()
         );
         browser.find(Locator::Id("download-mp4")).await?.click().await?;
+        // The browser itself plays the story back: 18 frames at 16 fps.
+        browser.find(Locator::Id("replay-story")).await?.click().await?;
+        let loaded = || async {
+            let d = browser
+                .execute(
+                    "const v = document.getElementById('replay'); return v.readyState >= 1 ? v.duration : 0;",
+                    vec![],
+                )
+                .await;
+            d.ok().and_then(|v| v.as_f64()).filter(|d| *d > 0.0)
+        };
+        wait_for!("the replay to load", Duration::from_secs(20), loaded().await.is_some());
+        let d = loaded().await.unwrap_or(0.0);
+        assert!((d - 18.0 / 16.0).abs() < 0.1, "replay duration {d} s");
         Ok::<(), fantoccini::error::CmdError>(())
     }
     .await;
