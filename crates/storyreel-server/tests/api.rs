@@ -362,3 +362,45 @@ fn the_openapi_document_lists_every_route() {
         paths.values().map(|p| p.as_object().unwrap().keys().filter(|k| methods.contains(&k.as_str())).count()).sum();
     assert!(documented <= storyreel_server::ROUTES.len() + 1, "docs/openapi.json documents routes the server lacks");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_sessions_complete_with_no_lost_shot() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start_in(dir.path(), |_| {}).await;
+    let tasks: Vec<_> = (0..8u64)
+        .map(|i| {
+            let base = t.base.clone();
+            tokio::spawn(async move {
+                let id = create(&base, json!({"seed": i})).await;
+                let (mut socket, _) = connect(&base, &id).await;
+                let mut frames = 0;
+                for caption in &CAPTIONS[..2] {
+                    let (status, e) =
+                        post(&base, &format!("/api/sessions/{id}/shots"), json!({"caption": caption})).await;
+                    assert_eq!(status, 202, "{e}");
+                }
+                let mut done = 0;
+                while done < 2 {
+                    match next(&mut socket).await {
+                        Message::Binary(_) => frames += 1,
+                        Message::Text(text) => {
+                            let e: serde_json::Value = serde_json::from_str(&text).unwrap();
+                            assert_ne!(e["type"], "shot_failed", "{e}");
+                            if e["type"] == "shot_done" {
+                                done += 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                (id, frames)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (id, frames) = task.await.unwrap();
+        assert_eq!(frames, 10, "session {id} streamed {frames} frames");
+        assert_eq!(video_frames(&t.base, &id).await, 10);
+    }
+    t.server.shutdown().await.unwrap();
+}
