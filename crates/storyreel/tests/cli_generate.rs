@@ -77,7 +77,10 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     assert!(ok, "{err}");
     let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.iter().filter(|e| e["event"] == "shot_done").count(), 2, "{stdout}");
-    assert_eq!(events[1]["context"].as_array().unwrap().len(), 6, "shot 1 is conditioned on 6 frames of shot 0");
+    let started: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "shot_started").collect();
+    assert_eq!(started.len(), 2, "{stdout}");
+    assert!(started[0]["context"].as_array().unwrap().is_empty(), "shot 0 has no earlier frames");
+    assert_eq!(started[1]["context"].as_array().unwrap().len(), 6, "shot 1 is conditioned on 6 frames of shot 0");
     let done = events.last().unwrap();
     assert_eq!((done["event"].as_str(), done["frames"].as_u64()), (Some("story_done"), Some(14)));
     let (_, frames) = storyreel_media::read_mp4(&video).unwrap();
@@ -131,7 +134,8 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     assert!(bad(r#"{"shots": []}"#).contains("no shots"));
     assert!(bad(r#"{"shots": [{"caption": "a fox", "frames": 6}]}"#).contains("4k+1"));
     assert!(bad(r#"{"shots": [{"caption": "a zorblax"}]}"#).contains("zorblax"));
-    assert!(bad(r#"{"shots": [{"caption": "#).contains("not a story JSON"));
+    let err = bad(r#"{"shots": [{"caption": "#);
+    assert!(err.contains("line 1, column 23") && err.contains("shots[0].caption"), "{err}");
     std::fs::write(&story, r#"{"shots": [{"caption": "a red fox"}]}"#).unwrap();
     let (ok, _, err) =
         storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&video), "--context", "magic"]);
@@ -142,7 +146,7 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let (ok, _, err) = storyreel(&["generate", "--model", p(&model), "--story", p(&empty), "-o", p(&batch)]);
-    assert!(!ok && err.contains("no story JSON"), "{err}");
+    assert!(!ok && err.contains("no story files"), "{err}");
     // check-captions: one JSON report; bad counts and missing models are named errors.
     let (ok, stdout, err) = storyreel(&["train", "check-captions", "--model", p(&model), "--stories", "2", "--json"]);
     assert!(ok, "{err}");
