@@ -62,6 +62,20 @@ pub fn shot_progress_units(model: &StoryModel, sampler: &EulerSampler, frames: u
     })
 }
 
+/// What one shot is conditioned on.
+#[derive(Clone, Copy)]
+struct ShotInputs<'a> {
+    /// The shot's index in the story (its RoPE phase and caption routing).
+    shot: usize,
+    /// Its latent frames.
+    latent_frames: usize,
+    /// Caption embeddings of shots 0..=shot.
+    embeddings: &'a Tensor,
+    /// Context latents and their shot flags.
+    context: &'a Tensor,
+    flags: &'a [i64],
+}
+
 /// A story being generated shot by shot.
 pub struct StoryStream<'m> {
     model: &'m StoryModel,
@@ -168,9 +182,11 @@ impl<'m> StoryStream<'m> {
         let clock = Instant::now();
         let embeddings = caption_embeddings(&self.model.text, &self.global, &captions)?;
         times.denoise_s += clock.elapsed().as_secs_f64();
+        let inputs =
+            ShotInputs { shot: k, latent_frames: f, embeddings: &embeddings, context: &context, flags: &flags };
         let frames = match card.kind {
-            ModelKind::Student => self.student_shot(k, f, &embeddings, &context, &flags, events, &mut times)?,
-            ModelKind::Teacher => self.teacher_shot(k, f, &embeddings, &context, &flags, events, &mut times)?,
+            ModelKind::Student => self.student_shot(&inputs, events, &mut times)?,
+            ModelKind::Teacher => self.teacher_shot(&inputs, events, &mut times)?,
         };
         self.times += times;
         self.captions.push(request.caption.clone());
@@ -182,17 +198,8 @@ impl<'m> StoryStream<'m> {
     /// decoded through the shot's causal decode stream as soon as it is denoised. A shot whose
     /// latent length is not whole chunks is generated to the next whole chunk and the padding
     /// is never decoded.
-    #[allow(clippy::too_many_arguments)]
-    fn student_shot(
-        &self,
-        k: usize,
-        f: usize,
-        embeddings: &Tensor,
-        context: &Tensor,
-        flags: &[i64],
-        events: ShotEvents<'_>,
-        times: &mut StoryTimes,
-    ) -> Result<Tensor> {
+    fn student_shot(&self, inputs: &ShotInputs<'_>, events: ShotEvents<'_>, times: &mut StoryTimes) -> Result<Tensor> {
+        let ShotInputs { shot: k, latent_frames: f, embeddings, context, flags } = *inputs;
         let ShotEvents { on_frames, on_progress, cancelled, .. } = events;
         let card = &self.model.card;
         let student = card.student.as_ref().ok_or_else(|| EngineError::Config("no student sampling".into()))?;
@@ -233,17 +240,13 @@ impl<'m> StoryStream<'m> {
     }
 
     /// A teacher's shot: multi-step Euler with CFG over [context ‖ target], then one decode.
-    #[allow(clippy::too_many_arguments)]
     fn teacher_shot(
         &mut self,
-        k: usize,
-        f: usize,
-        embeddings: &Tensor,
-        context: &Tensor,
-        flags: &[i64],
+        inputs: &ShotInputs<'_>,
         events: ShotEvents<'_>,
         times: &mut StoryTimes,
     ) -> Result<Tensor> {
+        let ShotInputs { shot: k, latent_frames: f, embeddings, context, flags } = *inputs;
         let ShotEvents { on_frames, on_progress, cancelled, .. } = events;
         let dit = &self.model.dit;
         let device = dit.device().clone();

@@ -56,110 +56,102 @@ pub enum Event {
 /// A finished shot's caption and frames.
 pub type FinishedShot = (String, Arc<Vec<RgbFrame>>);
 
-/// A shot in memory.
-pub(crate) struct Shot {
-    pub caption: String,
-    pub frames: usize,
-    pub status: ShotStatus,
-    pub error: Option<String>,
-    pub context: Vec<[usize; 2]>,
-    pub seconds: Option<f64>,
-    pub first_frame_seconds: Option<f64>,
-    /// The decoded frames, once done.
-    pub rgb: Option<Arc<Vec<RgbFrame>>>,
-}
-
-/// A session in memory.
+/// A session in memory: its record exactly as journaled, and the frames of its done shots.
 pub(crate) struct Session {
-    pub id: String,
-    pub global_caption: String,
-    pub seed: u64,
-    pub frames: usize,
-    pub context: String,
-    pub created_unix: u64,
-    pub shots: Vec<Shot>,
+    pub record: JournalSession,
+    /// Decoded frames of each shot of `record.shots` (Some once done).
+    pub rgb: Vec<Option<Arc<Vec<RgbFrame>>>>,
     pub events: broadcast::Sender<Event>,
     /// Set to stop the running shot.
     pub cancel: Arc<AtomicBool>,
     pub last_active: Instant,
 }
 
+/// Whether shots are waiting or running.
+fn state_of(shots: &[JournalShot]) -> SessionState {
+    if shots.iter().any(|s| s.status == ShotStatus::Generating) {
+        SessionState::Generating
+    } else if shots.iter().any(|s| s.status.is_pending()) {
+        SessionState::Queued
+    } else {
+        SessionState::Idle
+    }
+}
+
+/// Shot `index` of `record` as the API shows it.
+fn shot_view(record: &JournalSession, index: usize) -> ShotView {
+    let s = &record.shots[index];
+    let first_frame = (s.status == ShotStatus::Done)
+        .then(|| record.shots[..index].iter().filter(|p| p.status == ShotStatus::Done).map(|p| p.frames).sum());
+    ShotView {
+        index,
+        caption: s.caption.clone(),
+        frames: s.frames,
+        status: s.status,
+        error: s.error.clone(),
+        context: s.context.clone(),
+        first_frame,
+        seconds: s.seconds,
+        first_frame_seconds: s.first_frame_seconds,
+    }
+}
+
+/// A session's record as the API shows it.
+fn session_view(record: &JournalSession, info: &ModelInfo) -> SessionView {
+    SessionView {
+        id: record.id.clone(),
+        global_caption: record.global_caption.clone(),
+        seed: record.seed,
+        frames: record.frames,
+        context: record.context.clone(),
+        created_unix: record.created_unix,
+        state: state_of(&record.shots),
+        frames_done: record.shots.iter().filter(|s| s.status == ShotStatus::Done).map(|s| s.frames).sum(),
+        fps: info.fps,
+        width: info.width,
+        height: info.height,
+        shots: (0..record.shots.len()).map(|i| shot_view(record, i)).collect(),
+    }
+}
+
+/// A new shot waiting for the engine.
+fn queued_shot(caption: String, frames: usize) -> JournalShot {
+    JournalShot {
+        caption,
+        frames,
+        status: ShotStatus::Queued,
+        error: None,
+        context: Vec::new(),
+        seconds: None,
+        first_frame_seconds: None,
+    }
+}
+
 impl Session {
+    fn new(record: JournalSession, rgb: Vec<Option<Arc<Vec<RgbFrame>>>>) -> Self {
+        Self {
+            record,
+            rgb,
+            events: broadcast::channel(EVENT_BUFFER).0,
+            cancel: Arc::new(AtomicBool::new(false)),
+            last_active: Instant::now(),
+        }
+    }
+
     fn pending(&self) -> usize {
-        self.shots.iter().filter(|s| s.status.is_pending()).count()
+        self.record.shots.iter().filter(|s| s.status.is_pending()).count()
     }
 
     fn generating(&self) -> bool {
-        self.shots.iter().any(|s| s.status == ShotStatus::Generating)
-    }
-
-    pub fn state(&self) -> SessionState {
-        if self.generating() {
-            SessionState::Generating
-        } else if self.pending() > 0 {
-            SessionState::Queued
-        } else {
-            SessionState::Idle
-        }
+        self.record.shots.iter().any(|s| s.status == ShotStatus::Generating)
     }
 
     pub fn shot_view(&self, index: usize) -> ShotView {
-        let s = &self.shots[index];
-        let first_frame = (s.status == ShotStatus::Done)
-            .then(|| self.shots[..index].iter().filter(|p| p.status == ShotStatus::Done).map(|p| p.frames).sum());
-        ShotView {
-            index,
-            caption: s.caption.clone(),
-            frames: s.frames,
-            status: s.status,
-            error: s.error.clone(),
-            context: s.context.clone(),
-            first_frame,
-            seconds: s.seconds,
-            first_frame_seconds: s.first_frame_seconds,
-        }
+        shot_view(&self.record, index)
     }
 
     pub fn view(&self, info: &ModelInfo) -> SessionView {
-        SessionView {
-            id: self.id.clone(),
-            global_caption: self.global_caption.clone(),
-            seed: self.seed,
-            frames: self.frames,
-            context: self.context.clone(),
-            created_unix: self.created_unix,
-            state: self.state(),
-            frames_done: self.shots.iter().filter(|s| s.status == ShotStatus::Done).map(|s| s.frames).sum(),
-            fps: info.fps,
-            width: info.width,
-            height: info.height,
-            shots: (0..self.shots.len()).map(|i| self.shot_view(i)).collect(),
-        }
-    }
-
-    fn journal(&self) -> JournalSession {
-        JournalSession {
-            version: journal::JOURNAL_VERSION,
-            id: self.id.clone(),
-            global_caption: self.global_caption.clone(),
-            seed: self.seed,
-            frames: self.frames,
-            context: self.context.clone(),
-            created_unix: self.created_unix,
-            shots: self
-                .shots
-                .iter()
-                .map(|s| JournalShot {
-                    caption: s.caption.clone(),
-                    frames: s.frames,
-                    status: s.status,
-                    error: s.error.clone(),
-                    context: s.context.clone(),
-                    seconds: s.seconds,
-                    first_frame_seconds: s.first_frame_seconds,
-                })
-                .collect(),
-        }
+        session_view(&self.record, info)
     }
 
     /// Sends an event to the session's clients (none listening is fine).
@@ -280,37 +272,8 @@ impl Hub {
         for r in &repairs {
             eprintln!("storyreel serve: session {}: {r}", session.id);
         }
-        let shots = session
-            .shots
-            .into_iter()
-            .zip(frames)
-            .map(|(s, rgb)| Shot {
-                caption: s.caption,
-                frames: s.frames,
-                status: s.status,
-                error: s.error,
-                context: s.context,
-                seconds: s.seconds,
-                first_frame_seconds: s.first_frame_seconds,
-                rgb,
-            })
-            .collect();
         let id = session.id.clone();
-        st.sessions.insert(
-            id.clone(),
-            Session {
-                id: session.id,
-                global_caption: session.global_caption,
-                seed: session.seed,
-                frames: session.frames,
-                context: session.context,
-                created_unix: session.created_unix,
-                shots,
-                events: broadcast::channel(EVENT_BUFFER).0,
-                cancel: Arc::new(AtomicBool::new(false)),
-                last_active: Instant::now(),
-            },
-        );
+        st.sessions.insert(id.clone(), Session::new(session, frames));
         st.rotation.push_back(id);
     }
 
@@ -382,7 +345,7 @@ impl Hub {
     fn check_room(&self, st: &HubState, session: Option<&Session>, n: usize) -> Result<(), ApiError> {
         let limits = &self.config.limits;
         if let Some(s) = session {
-            let counted = s.shots.iter().filter(|x| x.status.counts()).count();
+            let counted = s.record.shots.iter().filter(|x| x.status.counts()).count();
             if counted + n > limits.max_shots {
                 return Err(ApiError::invalid(
                     "too_many_shots",
@@ -425,7 +388,7 @@ impl Hub {
     }
 
     fn write_journal(&self, s: &Session) -> Result<(), ApiError> {
-        journal::write_session(&self.config.journal_dir, &s.journal()).map_err(ApiError::from)
+        journal::write_session(&self.config.journal_dir, &s.record).map_err(ApiError::from)
     }
 
     /// Creates a session (queuing the shots its request gives).
@@ -457,31 +420,17 @@ impl Hub {
         }
         self.check_room(&st, None, body.shots.len())?;
         let id = format!("s-{:012x}", self.random() >> 16);
-        let session = Session {
+        let record = JournalSession {
+            version: journal::JOURNAL_VERSION,
             id: id.clone(),
             global_caption: body.global_caption,
             seed: body.seed.unwrap_or_else(|| self.random() >> 1),
             frames,
             context,
             created_unix: now_unix(),
-            shots: body
-                .shots
-                .into_iter()
-                .map(|s| Shot {
-                    caption: s.caption,
-                    frames: s.frames.unwrap_or(frames),
-                    status: ShotStatus::Queued,
-                    error: None,
-                    context: Vec::new(),
-                    seconds: None,
-                    first_frame_seconds: None,
-                    rgb: None,
-                })
-                .collect(),
-            events: broadcast::channel(EVENT_BUFFER).0,
-            cancel: Arc::new(AtomicBool::new(false)),
-            last_active: Instant::now(),
+            shots: body.shots.into_iter().map(|s| queued_shot(s.caption, s.frames.unwrap_or(frames))).collect(),
         };
+        let session = Session::new(record.clone(), vec![None; record.shots.len()]);
         self.write_journal(&session)?;
         let view = session.view(&self.info);
         st.sessions.insert(id.clone(), session);
@@ -506,37 +455,7 @@ impl Hub {
                 continue;
             }
             if let Ok(loaded) = journal::read_session(&self.config.journal_dir, &id) {
-                let s = loaded.session;
-                let shots: Vec<ShotView> = s
-                    .shots
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| ShotView {
-                        index: i,
-                        caption: x.caption.clone(),
-                        frames: x.frames,
-                        status: x.status,
-                        error: x.error.clone(),
-                        context: x.context.clone(),
-                        first_frame: None,
-                        seconds: x.seconds,
-                        first_frame_seconds: x.first_frame_seconds,
-                    })
-                    .collect();
-                views.push(SessionView {
-                    id: s.id,
-                    global_caption: s.global_caption,
-                    seed: s.seed,
-                    frames: s.frames,
-                    context: s.context,
-                    created_unix: s.created_unix,
-                    state: SessionState::Idle,
-                    frames_done: s.shots.iter().filter(|x| x.status == ShotStatus::Done).map(|x| x.frames).sum(),
-                    fps: self.info.fps,
-                    width: self.info.width,
-                    height: self.info.height,
-                    shots,
-                });
+                views.push(session_view(&loaded.session, &self.info));
             }
         }
         views.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(a.id.cmp(&b.id)));
@@ -549,7 +468,7 @@ impl Hub {
         let mut st = self.lock();
         let frames = {
             let s = self.session(&mut st, id)?;
-            body.frames.unwrap_or(s.frames)
+            body.frames.unwrap_or(s.record.frames)
         };
         self.check_frames("frames", frames)?;
         {
@@ -557,19 +476,12 @@ impl Hub {
             self.check_room(&st, Some(s), 1)?;
         }
         let s = st.sessions.get_mut(id).ok_or_else(|| ApiError::no_session(id))?;
-        s.shots.push(Shot {
-            caption: body.caption,
-            frames,
-            status: ShotStatus::Queued,
-            error: None,
-            context: Vec::new(),
-            seconds: None,
-            first_frame_seconds: None,
-            rgb: None,
-        });
-        let index = s.shots.len() - 1;
+        s.record.shots.push(queued_shot(body.caption, frames));
+        s.rgb.push(None);
+        let index = s.record.shots.len() - 1;
         if let Err(e) = self.write_journal(s) {
-            s.shots.pop();
+            s.record.shots.pop();
+            s.rgb.pop();
             return Err(e);
         }
         let view = s.shot_view(index);
@@ -584,7 +496,7 @@ impl Hub {
         let mut st = self.lock();
         let s = self.session(&mut st, id)?;
         let mut cancelled = Vec::new();
-        for (i, shot) in s.shots.iter_mut().enumerate() {
+        for (i, shot) in s.record.shots.iter_mut().enumerate() {
             match shot.status {
                 ShotStatus::Generating => s.cancel.store(true, Ordering::SeqCst),
                 ShotStatus::Queued => {
@@ -626,10 +538,12 @@ impl Hub {
         let mut st = self.lock();
         let s = self.session(&mut st, id)?;
         let shots: Vec<_> = s
+            .record
             .shots
             .iter()
-            .filter(|x| x.status == ShotStatus::Done)
-            .filter_map(|x| x.rgb.clone().map(|f| (x.caption.clone(), f)))
+            .zip(&s.rgb)
+            .filter(|(x, _)| x.status == ShotStatus::Done)
+            .filter_map(|(x, rgb)| rgb.clone().map(|f| (x.caption.clone(), f)))
             .collect();
         if shots.is_empty() {
             return Err(ApiError::new(
@@ -656,7 +570,7 @@ impl Hub {
             .values()
             // A session someone is watching stays, however quiet.
             .filter(|s| s.pending() == 0 && s.events.receiver_count() == 0 && s.last_active.elapsed() >= timeout)
-            .map(|s| s.id.clone())
+            .map(|s| s.record.id.clone())
             .collect();
         for id in idle {
             st.sessions.remove(&id);
@@ -697,27 +611,30 @@ impl Hub {
                 if s.generating() {
                     continue;
                 }
-                let Some(index) = s.shots.iter().position(|x| x.status == ShotStatus::Queued) else { continue };
+                let Some(index) = s.record.shots.iter().position(|x| x.status == ShotStatus::Queued) else {
+                    continue;
+                };
                 s.cancel.store(false, Ordering::SeqCst);
-                s.shots[index].status = ShotStatus::Generating;
+                s.record.shots[index].status = ShotStatus::Generating;
                 s.last_active = Instant::now();
                 let mut done = Vec::new();
                 let mut done_indices = Vec::new();
-                for (i, x) in s.shots[..index].iter().enumerate() {
-                    if let (ShotStatus::Done, Some(rgb)) = (x.status, &x.rgb) {
+                for (i, (x, rgb)) in s.record.shots[..index].iter().zip(&s.rgb).enumerate() {
+                    if let (ShotStatus::Done, Some(rgb)) = (x.status, rgb) {
                         done.push((x.caption.clone(), rgb.clone()));
                         done_indices.push(i);
                     }
                 }
                 let first_frame = done.iter().map(|(_, f)| f.len()).sum();
+                let r = &s.record;
                 return Some(Job {
-                    id: s.id.clone(),
+                    id: r.id.clone(),
                     index,
-                    caption: s.shots[index].caption.clone(),
-                    frames: s.shots[index].frames,
-                    global_caption: s.global_caption.clone(),
-                    seed: s.seed,
-                    context: s.context.clone(),
+                    caption: r.shots[index].caption.clone(),
+                    frames: r.shots[index].frames,
+                    global_caption: r.global_caption.clone(),
+                    seed: r.seed,
+                    context: r.context.clone(),
                     done,
                     done_indices,
                     first_frame,
@@ -733,7 +650,7 @@ impl Hub {
     pub(crate) fn shot_started(&self, job: &Job, context: Vec<[usize; 2]>) {
         let mut st = self.lock();
         if let Some(s) = st.sessions.get_mut(&job.id) {
-            if let Some(shot) = s.shots.get_mut(job.index) {
+            if let Some(shot) = s.record.shots.get_mut(job.index) {
                 shot.context = context;
             }
             let view = s.shot_view(job.index);
@@ -762,11 +679,13 @@ impl Hub {
         let st_shutdown = st.shutdown;
         // A session deleted (or expired) meanwhile keeps nothing of the shot.
         let Some(s) = st.sessions.get_mut(&job.id) else { return };
-        let Some(shot) = s.shots.get_mut(job.index) else { return };
+        let Some(shot) = s.record.shots.get_mut(job.index) else { return };
         let event = match outcome {
             JobOutcome::Done { frames, seconds, first_frame_seconds } => {
                 shot.status = ShotStatus::Done;
-                shot.rgb = Some(Arc::new(frames));
+                if let Some(rgb) = s.rgb.get_mut(job.index) {
+                    *rgb = Some(Arc::new(frames));
+                }
                 shot.seconds = Some(seconds);
                 shot.first_frame_seconds = first_frame_seconds;
                 "shot_done"

@@ -1,32 +1,12 @@
 //! Every example story in `examples/stories` parses, validates, and is detected as the format it
 //! is written in; the readings match what the files say.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::{example_files, examples_dir};
 use storyreel_story::{detect_format, parse_stories, read_stories, validate, Limits, StoryFormat};
-
-fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stories")
-}
-
-/// Every story file under `examples/stories` (READMEs are not stories).
-fn example_files() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(dir).expect("examples dir").map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for path in entries {
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e != "md") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&examples_dir(), &mut files);
-    files
-}
 
 /// The format each example is written in, by its path under `examples/stories`.
 fn expected_format(relative: &str) -> StoryFormat {

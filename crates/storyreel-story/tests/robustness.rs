@@ -3,8 +3,11 @@
 //! Each must return `Ok` or `Err`, never panic. A small seeded PRNG keeps every run identical, so
 //! a failure names a case that reproduces; `fuzz/` runs the same check open-ended.
 
+mod common;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+
+use common::{example_files, examples_dir};
 
 use storyreel_story::{detect_format, parse_stories_with, read_stories, validate, Limits, StoryError, StoryFormat};
 
@@ -119,23 +122,6 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn example_files() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for path in entries {
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e != "md") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stories"), &mut files);
-    files
-}
-
 /// Runs everything a caller could run on `text`; a panic anywhere is the failure.
 fn exercise(text: &str, caption_json: &str) {
     let mut load = |path: &str| -> Result<(String, String), StoryError> {
@@ -174,10 +160,7 @@ fn mutated_examples_never_panic() {
     let files = example_files();
     let originals: Vec<(String, Vec<u8>)> =
         files.iter().map(|p| (p.display().to_string(), std::fs::read(p).unwrap())).collect();
-    let caption_json = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stories/formats/shotstream/caption.json"),
-    )
-    .unwrap();
+    let caption_json = std::fs::read_to_string(examples_dir().join("formats/shotstream/caption.json")).unwrap();
     let mut rng = Rng(0x5EED_0F57_021E_5EED);
     let mut cases = 0;
     for (name, original) in &originals {

@@ -53,3 +53,46 @@ fn shots_typed_while_the_story_streams_join_the_video() {
     let (info, _) = storyreel_media::read_mp4(&video).unwrap();
     assert_eq!(info.frame_count, 18);
 }
+
+/// Runs the binary with `stdin` as its input; returns success and stderr.
+fn run_with_input(args: &[&str], stdin: &str, cache: &std::path::Path) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storyreel"))
+        .args(args)
+        .env("STORYREEL_CACHE", cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn bad_story_input_and_flags_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let video = dir.path().join("v.mp4");
+    let v = video.to_str().unwrap();
+    let story = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/stories/rabbit-and-fox.json");
+    let several = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/stories/formats/longlive.jsonl");
+    // A story on stdin: plain text works, a broken JSON names its line and column.
+    let (ok, err) =
+        run_with_input(&["generate", "--story", "-", "--frames", "5", "-o", v], "A red fox jumps in a city.\n", &cache);
+    assert!(ok, "{err}");
+    let (ok, err) = run_with_input(&["generate", "--story", "-", "-o", v], "{\"shots\": [{\"caption\": 3}]}", &cache);
+    assert!(!ok && err.contains("<stdin>") && err.contains("shots[0].caption"), "{err}");
+    for (args, expect) in [
+        (vec!["generate", "--story", story, "-o", v, "--format", "bogus"], "choose one of native"),
+        (vec!["generate", "--story", story, "-o", v, "--fps", "0", "--frames", "5"], "fps = 0"),
+        (vec!["generate", "--story", story, "-o", v, "--decoder", "tiny"], "no tiny decoder weights"),
+        (vec!["generate", "-o", v], "give --story"),
+        (vec!["generate", "--interactive", "--story", several, "-o", v], "continues one story"),
+        (vec!["serve", "--max-sessions", "0", "--journal", "j"], "--max-sessions must be at least 1"),
+        (vec!["serve", "--frames", "6", "--journal", "j"], "--frames 6 must be 4k+1"),
+    ] {
+        let (ok, err) = run_with_input(&args, "", &cache);
+        assert!(!ok && err.contains(expect), "{args:?}: {err}");
+    }
+}
