@@ -227,3 +227,24 @@ fn bad_inputs_are_errors_not_panics() {
     let err = m.forward_chunk(&x, &frames, &caps, &context, &mut local, 0).unwrap_err().to_string();
     assert!(err.contains("not been filled"), "{err}");
 }
+
+#[test]
+fn separate_frames_equal_one_forward_per_frame() {
+    // Image batches of the teacher stage: each frame alone, with its own t and caption; the
+    // position and shot flag of a lone frame cancel out of its attention.
+    let cfg = WanConfig::tiny();
+    let m = model(&cfg, RopeConfig::default());
+    let caps = m.embed_captions(&captions(3)).unwrap();
+    let x = latents(3, 5);
+    let frames = [frame(990.0, 0, 1, 0), frame(500.0, 4, 3, 1), frame(20.0, 0, 1, 2)];
+    let batched = m.forward_separate_frames(&x, &frames, &caps).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        let own = FrameInfo { phase: FramePhase { position: 9, shot_flag: 5 }, ..*f };
+        let alone = m.forward_bidirectional(&x.narrow(0, i, 1).unwrap(), &[own], &caps).unwrap();
+        let e = rel_err(&batched.narrow(0, i, 1).unwrap(), &alone);
+        assert!(e <= 1e-5, "frame {i}: relative error {e}");
+    }
+    // Not the bidirectional forward over all three: there frames see each other.
+    let joint = m.forward_bidirectional(&x, &frames, &caps).unwrap();
+    assert!(rel_err(&batched, &joint) > 1e-3);
+}

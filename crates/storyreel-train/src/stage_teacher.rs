@@ -8,6 +8,10 @@
 //! table by default, ShotStream's w(t) on request: [`TimestepWeighting`]). Captions are dropped (all zero) and context is dropped (zero latents,
 //! flags 0) with 10% probability each.
 //!
+//! Every step also trains on `image_samples` single frames (Wan's text-to-image pretraining,
+//! interleaved): frames encoded alone, each under its own shot's prompt, with no context. They
+//! cost a fraction of a shot sample and teach the caption–picture mapping from many more pairs.
+//!
 //! The training stories are rendered and encoded once, before the first step, into
 //! `OUT/latents/` (reused on resume when the VAE and data settings are unchanged).
 
@@ -160,6 +164,18 @@ pub struct TeacherStageConfig {
     pub low_noise_shift: Option<f32>,
     /// Share of the samples drawn from `low_noise_shift`'s table.
     pub low_noise_share: f64,
+    /// Single-frame samples added to every step, Wan's text-to-image pretraining interleaved
+    /// with the shots: each is one frame encoded alone (a shot's first latent or a context
+    /// latent) under its own shot's prompt, with no context and no other frame. One costs
+    /// about 1/15 of a shot sample (64 tokens against about 960), so a step sees many more
+    /// caption–picture pairs for little time; 0 turns them off.
+    pub image_samples: usize,
+    /// Shift of the image samples' timestep table. Lower than the shots' because one frame has
+    /// 1/15 of a shot's tokens, so the same σ hides less of it (SD3's resolution argument), and
+    /// because the images are where the low-noise details get most of their samples.
+    pub image_shift: f32,
+    /// Weight of the image samples' mean loss against the shot sample's.
+    pub image_weight: f64,
     /// How the loss is weighted over timesteps. Uniform by default: ShotStream's weighting
     /// fine-tunes a base that already follows text, and from scratch it starves the high-noise
     /// steps where only the caption can tell what to draw (docs/BENCHMARKS.md, "the teacher").
@@ -198,6 +214,9 @@ impl Default for TeacherStageConfig {
             shift: 24.0,
             low_noise_shift: None,
             low_noise_share: 0.5,
+            image_samples: 8,
+            image_shift: 8.0,
+            image_weight: 1.0,
             timestep_weighting: TimestepWeighting::Uniform,
             sampler: TeacherSampling { steps: 20, shift: 8.0, guidance: 3.0 },
             steps: 4000,
@@ -233,6 +252,15 @@ impl TeacherStageConfig {
         }
         if let Some(low) = self.low_noise_shift.filter(|s| !(*s > 0.0 && s.is_finite())) {
             return Err(TrainError::out_of_range("low_noise_shift", low, "a positive number"));
+        }
+        if !(self.image_shift > 0.0 && self.image_shift.is_finite()) {
+            return Err(TrainError::out_of_range("image_shift", self.image_shift, "a positive number"));
+        }
+        if self.image_samples > 256 {
+            return Err(TrainError::out_of_range("image_samples", self.image_samples, "at most 256"));
+        }
+        if !(self.image_weight >= 0.0 && self.image_weight.is_finite()) {
+            return Err(TrainError::out_of_range("image_weight", self.image_weight, "a finite weight ≥ 0"));
         }
         if !(0.0..=1.0).contains(&self.low_noise_share) {
             return Err(TrainError::out_of_range("low_noise_share", self.low_noise_share, "a share in [0, 1]"));
@@ -282,6 +310,102 @@ pub struct TeacherCorpus {
     pub stories: Vec<EncodedStory>,
 }
 
+/// A single-frame latent of the corpus and the shot whose prompt describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Story index.
+    pub story: usize,
+    /// The shot the frame belongs to (its prompt is the caption).
+    pub shot: usize,
+    /// Where the latent is kept.
+    pub source: ImageSource,
+}
+
+/// Where an image latent is kept in the corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSource {
+    /// Latent frame 0 of the shot.
+    FirstFrame,
+    /// Context latent `index` of target shot `target`.
+    Context {
+        /// The shot whose context holds it.
+        target: usize,
+        /// Its place among that shot's context latents.
+        index: usize,
+    },
+}
+
+/// Draws the image samples of micro-batch `index`: (image, table index, caption dropped) each.
+/// Pure in `(seed, index)`, and apart from [`draw_sample`] so the shot samples stay the same.
+pub fn draw_images(
+    seed: u64,
+    index: u64,
+    count: usize,
+    images: usize,
+    table: usize,
+    caption_dropout: f64,
+) -> Vec<(usize, usize, bool)> {
+    let mut rng = WorldRng::derived(mix64(seed ^ 0x1a6e_5a3b), index);
+    (0..count)
+        .map(|_| {
+            let image = rng.range(0, images.saturating_sub(1));
+            let t = rng.range(0, table - 1);
+            (image, t, rng.chance(caption_dropout))
+        })
+        .collect()
+}
+
+/// One image sample.
+#[derive(Clone, Copy)]
+pub struct ImageSample<'a> {
+    /// The latent `[1, C, h, w]`.
+    pub latent: &'a Tensor,
+    /// Its story (for the prompt).
+    pub story: &'a EncodedStory,
+    /// The shot it belongs to.
+    pub shot: usize,
+    /// Zero the caption embedding.
+    pub caption_dropped: bool,
+    /// Index into the image timestep table.
+    pub table_index: usize,
+    /// Noise seed.
+    pub noise_seed: u64,
+}
+
+/// Mean flow-matching loss of a batch of image samples, run as one forward in which each
+/// frame sees only itself under its own shot's prompt and timestep (a single frame attends
+/// only to itself, so its RoPE position and shot phase cancel out). Returns the loss and its
+/// value.
+pub fn image_loss(
+    nets: &TeacherNetworks,
+    samples: &[ImageSample<'_>],
+    schedule: &FlowSchedule,
+) -> Result<(Tensor, f64)> {
+    if samples.is_empty() {
+        return Err(TrainError::out_of_range("image samples", 0, "at least 1"));
+    }
+    let device = nets.dit.device().clone();
+    let (mut noisy, mut targets, mut embeddings, mut frames) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, s) in samples.iter().enumerate() {
+        let sigma = schedule.sigmas()[s.table_index] as f64;
+        let t = schedule.timesteps()[s.table_index];
+        let eps = SeededNoise::new(s.noise_seed).noise(s.shot, 0, 0, s.latent.dims(), &device)?;
+        noisy.push(((s.latent * (1.0 - sigma))? + (&eps * sigma)?)?);
+        targets.push((&eps - s.latent)?);
+        let prompt = storyreel_engine::prompt::shot_prompt(&s.story.global, s.shot, &s.story.captions[s.shot]);
+        let e = nets.text.encode_one(&prompt)?.embeddings;
+        embeddings.push(if s.caption_dropped { e.zeros_like()? } else { e });
+        let mut frame = ShotPlan::new(0, &[], 1)?.shot_frames(0, 1, t);
+        frame[0].caption = i;
+        frames.extend(frame);
+    }
+    let captions = nets.dit.embed_captions(&Tensor::stack(&embeddings, 0)?)?;
+    let v = nets.dit.forward_separate_frames(&Tensor::cat(&noisy, 0)?, &frames, &captions)?;
+    let mse = (v - Tensor::cat(&targets, 0)?)?.sqr()?.mean_all()?;
+    let value = mse.to_scalar::<f32>()? as f64;
+    Ok((mse, value))
+}
+
 /// Draws the training sample of micro-batch `index`: (story, target shot, table index, caption
 /// dropped, context dropped). Pure in `(seed, index)` so that a resumed run sees the same data.
 pub fn draw_sample(
@@ -321,6 +445,45 @@ impl TeacherCorpus {
         }
         bar.finish();
         Ok(Self { stories })
+    }
+
+    /// Every single-frame latent of the corpus: each shot's first latent (the causal VAE encodes
+    /// the first frame alone) and each context latent that is not padding. A frame picked as
+    /// context for several later shots appears once per pick.
+    pub fn images(&self) -> Result<Vec<ImageRef>> {
+        let mut out = Vec::new();
+        for (story, s) in self.stories.iter().enumerate() {
+            for shot in 0..s.shots.len() {
+                out.push(ImageRef { story, shot, source: ImageSource::FirstFrame });
+            }
+            for (target, context) in s.contexts.iter().enumerate() {
+                let Some((z, flags)) = context else { continue };
+                for (index, &flag) in flags.iter().enumerate() {
+                    let padding = z.get(index)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+                    if !padding && (flag as usize) < s.captions.len() {
+                        out.push(ImageRef {
+                            story,
+                            shot: flag as usize,
+                            source: ImageSource::Context { target, index },
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latent `[1, C, h, w]` of `image`.
+    pub fn image_latent(&self, image: &ImageRef) -> Result<Tensor> {
+        let s = &self.stories[image.story];
+        let z = match image.source {
+            ImageSource::FirstFrame => s.shots[image.shot].narrow(0, 0, 1)?,
+            ImageSource::Context { target, index } => match &s.contexts[target] {
+                Some((z, _)) => z.narrow(0, index, 1)?,
+                None => return Err(TrainError::File(format!("story {} shot {target} has no context", image.story))),
+            },
+        };
+        Ok(z)
     }
 
     /// Shots of each story.
@@ -629,6 +792,8 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
         let w = cfg.timestep_weighting.weights(table.timesteps());
         (table, w)
     });
+    let images = if cfg.image_samples > 0 { corpus.images()? } else { Vec::new() };
+    let image_table = FlowSchedule::new(1000, cfg.image_shift);
     let accumulate = cfg.train.accumulate as u64;
     let mut recent: Vec<f64> = Vec::new();
     while trainer.step_count() < cfg.steps {
@@ -662,7 +827,39 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
                 _ => (&schedule, &weights),
             };
             let loss = teacher_loss(&nets, &sample, table, table_weights, cfg.context_frames)?;
-            Ok((loss.total, vec![("mse".into(), loss.mse), ("t".into(), loss.t as f64)]))
+            let mut metrics = vec![("mse".into(), loss.mse), ("t".into(), loss.t as f64)];
+            let mut total = loss.total;
+            if !images.is_empty() {
+                let draws = draw_images(
+                    cfg.train.seed,
+                    index,
+                    cfg.image_samples,
+                    images.len(),
+                    image_table.sigmas().len(),
+                    cfg.caption_dropout,
+                );
+                let latents = draws
+                    .iter()
+                    .map(|&(image, _, _)| corpus.image_latent(&images[image]))
+                    .collect::<Result<Vec<_>>>()?;
+                let samples: Vec<ImageSample<'_>> = draws
+                    .iter()
+                    .zip(&latents)
+                    .enumerate()
+                    .map(|(j, (&(image, table_index, caption_dropped), latent))| ImageSample {
+                        latent,
+                        story: &corpus.stories[images[image].story],
+                        shot: images[image].shot,
+                        caption_dropped,
+                        table_index,
+                        noise_seed: mix64(cfg.train.seed ^ 0x1a6e ^ (index.wrapping_mul(257) + j as u64)),
+                    })
+                    .collect();
+                let (loss, value) = image_loss(&nets, &samples, &image_table)?;
+                total = (total + (loss * cfg.image_weight)?)?;
+                metrics.push(("image_mse".into(), value));
+            }
+            Ok((total, metrics))
         })?;
         recent.push(report.loss);
         if recent.len() > 100 {

@@ -12,8 +12,8 @@ use storyreel_engine::{generate_story, EulerSampler, ShotRequest, StoryEvents, S
 use storyreel_nn::text::toy::ToyTextConfig;
 use storyreel_nn::vae::WanVae;
 use storyreel_train::stage_teacher::{
-    draw_sample, run_teacher_stage, teacher_loss, timestep_weights, TeacherCorpus, TeacherData, TeacherNetworks,
-    TeacherSample, TeacherStageConfig, TimestepWeighting, ToyDitShape,
+    draw_images, draw_sample, image_loss, run_teacher_stage, teacher_loss, timestep_weights, ImageSample, ImageSource,
+    TeacherCorpus, TeacherData, TeacherNetworks, TeacherSample, TeacherStageConfig, TimestepWeighting, ToyDitShape,
 };
 use storyreel_train::stage_vae::ToyVaeShape;
 use storyreel_train::{AdamW, AdamWConfig, NamedParams};
@@ -119,6 +119,64 @@ fn a_few_steps_reduce_the_loss_on_a_fixed_sample() {
 }
 
 #[test]
+fn image_samples_are_single_frames_under_their_own_shot_prompt() {
+    let (corpus, varmap, nets) = tiny_networks();
+    let images = corpus.images().unwrap();
+    let shots: usize = corpus.stories.iter().map(|s| s.shots.len()).sum();
+    let first: Vec<_> = images.iter().filter(|i| i.source == ImageSource::FirstFrame).collect();
+    assert_eq!(first.len(), shots, "every shot's first latent");
+    assert!(images.len() > shots, "context latents are images too");
+    for image in &images {
+        let z = corpus.image_latent(image).unwrap();
+        assert_eq!(z.dim(0).unwrap(), 1);
+        let nonzero = z.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0;
+        assert!(nonzero, "padding is not an image: {image:?}");
+        assert!(image.shot < corpus.stories[image.story].captions.len());
+        if let ImageSource::Context { target, .. } = image.source {
+            assert!(image.shot < target, "a context frame comes from an earlier shot");
+        }
+    }
+
+    // Draws are pure, in range, and drop captions at the configured rate.
+    let draws = draw_images(3, 9, 20_000, images.len(), 1000, 0.1);
+    assert_eq!(draws, draw_images(3, 9, 20_000, images.len(), 1000, 0.1));
+    assert!(draws.iter().all(|&(i, t, _)| i < images.len() && t < 1000));
+    let dropped = draws.iter().filter(|d| d.2).count() as f64 / draws.len() as f64;
+    assert!((dropped - 0.1).abs() < 0.01, "caption dropout {dropped}");
+
+    // A batch is the mean of its samples run one by one, and a few steps lower it.
+    let schedule = FlowSchedule::new(1000, 8.0);
+    let latents: Vec<_> = images.iter().take(3).map(|i| corpus.image_latent(i).unwrap()).collect();
+    let samples: Vec<ImageSample<'_>> = images
+        .iter()
+        .take(3)
+        .zip(&latents)
+        .enumerate()
+        .map(|(j, (i, latent))| ImageSample {
+            latent,
+            story: &corpus.stories[i.story],
+            shot: i.shot,
+            caption_dropped: j == 1,
+            table_index: 300 * j + 50,
+            noise_seed: j as u64,
+        })
+        .collect();
+    let (_, batched) = image_loss(&nets, &samples, &schedule).unwrap();
+    let alone: f64 =
+        samples.iter().map(|s| image_loss(&nets, std::slice::from_ref(s), &schedule).unwrap().1).sum::<f64>() / 3.0;
+    assert!((batched - alone).abs() < 1e-5 * alone.max(1.0), "batched {batched}, one by one {alone}");
+    let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
+    let mut last = batched;
+    for _ in 0..15 {
+        let (loss, value) = image_loss(&nets, &samples, &schedule).unwrap();
+        last = value;
+        opt.step(&loss.backward().unwrap(), 3e-3).unwrap();
+    }
+    assert!(last < batched * 0.8, "loss {batched} -> {last}");
+    assert!(image_loss(&nets, &[], &schedule).is_err());
+}
+
+#[test]
 fn a_run_writes_a_story_model_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     write_vae(&dir.path().join("vae"));
@@ -195,6 +253,15 @@ fn bad_settings_are_clear_errors() {
     p.low_noise_shift = Some(3.0);
     p.low_noise_share = 2.0;
     assert!(p.validate().unwrap_err().to_string().contains("low_noise_share"));
+    p.low_noise_share = 0.5;
+    p.image_shift = 0.0;
+    assert!(p.validate().unwrap_err().to_string().contains("image_shift"));
+    p.image_shift = 8.0;
+    p.image_samples = 100_000;
+    assert!(p.validate().unwrap_err().to_string().contains("image_samples"));
+    p.image_samples = 4;
+    p.image_weight = f64::NAN;
+    assert!(p.validate().unwrap_err().to_string().contains("image_weight"));
     let typo = dir.path().join("t.json");
     std::fs::write(&typo, r#"{"context_dropuot": 0.2}"#).unwrap();
     assert!(TeacherStageConfig::read(&typo).unwrap_err().to_string().contains("context_dropuot"));

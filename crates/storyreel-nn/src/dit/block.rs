@@ -57,6 +57,8 @@ pub enum SelfKeys<'a> {
     All,
     /// Query rows attend to a prefix of the forward's own tokens (block-causal mask).
     Prefix(&'a [(std::ops::Range<usize>, usize)]),
+    /// Each range of rows attends only to itself (independent samples in one forward).
+    Separate(&'a [std::ops::Range<usize>]),
     /// Keys come from caches: `write` receives this forward's keys (to store them) and
     /// `spans` returns the cached spans to attend to once they are stored.
     Cached(&'a mut dyn CachedKeys),
@@ -170,6 +172,16 @@ impl WanBlock {
                     .map(|(rows, n)| QuerySegment {
                         rows: rows.clone(),
                         spans: vec![KvSpan { k: &k, v: &v, rows: 0..*n }],
+                    })
+                    .collect();
+                attention(&q, &segs, scale)?
+            }
+            SelfKeys::Separate(ranges) => {
+                let segs: Vec<_> = ranges
+                    .iter()
+                    .map(|rows| QuerySegment {
+                        rows: rows.clone(),
+                        spans: vec![KvSpan { k: &k, v: &v, rows: rows.clone() }],
                     })
                     .collect();
                 attention(&q, &segs, scale)?

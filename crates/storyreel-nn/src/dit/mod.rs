@@ -144,6 +144,17 @@ impl WanModel {
         self.run(x, frames, captions, &mut SelfKeys::All)
     }
 
+    /// Every frame attends only to its own tokens: a batch of independent single-frame samples
+    /// (images) in one forward, each with its own timestep and caption. Same result as one
+    /// [`WanModel::forward_bidirectional`] per frame, with the linear layers batched.
+    pub fn forward_separate_frames(&self, x: &Tensor, frames: &[FrameInfo], captions: &CaptionCache) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (hp, wp) = self.token_grid(h, w)?;
+        let p = hp * wp;
+        let ranges: Vec<_> = (0..frames.len()).map(|f| f * p..(f + 1) * p).collect();
+        self.run(x, frames, captions, &mut SelfKeys::Separate(&ranges))
+    }
+
     /// One-pass block-causal forward: frame f sees frames g with `block[g] ≤ block[f]`.
     ///
     /// Blocks must be non-decreasing along the frames (context = block 0, then the chunks).
