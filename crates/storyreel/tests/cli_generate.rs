@@ -351,3 +351,39 @@ fn generate_without_a_model_flag_uses_the_embedded_default() {
         assert!(err.contains("without the default model") && err.contains("--model"), "{err}");
     }
 }
+
+#[test]
+fn the_shipped_teacher_generates_a_story_from_its_own_context() {
+    let teacher = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/toy-teacher");
+    let dir = tempfile::tempdir().unwrap();
+    let story = dir.path().join("story.json");
+    std::fs::write(
+        &story,
+        r#"{"global_caption": "a story about the pink rabbit.", "seed": 3, "shots": [
+            {"caption": "A pink rabbit walks right in a meadow in daylight, wide shot.", "frames": 5},
+            {"caption": "The same pink rabbit jumps in the same meadow at dusk, close-up.", "frames": 5}]}"#,
+    )
+    .unwrap();
+    let video = dir.path().join("teacher.mp4");
+    let (ok, stdout, err) = storyreel(&[
+        "generate",
+        "--model",
+        p(&teacher),
+        "--story",
+        p(&story),
+        "-o",
+        p(&video),
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(storyreel_media::read_mp4(&video).unwrap().1.len(), 10);
+    // The second shot's context was picked from the first shot's decoded frames.
+    let second = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "shot_started" && e["shot"] == 1)
+        .expect("a shot_started event for shot 1");
+    assert!(second["context"].as_array().is_some_and(|c| !c.is_empty()), "{second}");
+}
