@@ -23,6 +23,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use storyreel_engine::context::{ContextMemory, DynamicSampling};
+use storyreel_engine::sampler::add_noise;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::story_model::{self, ModelCard, ModelKind, TeacherSampling};
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
@@ -167,11 +168,11 @@ pub struct TeacherStageConfig {
     /// Single-frame samples added to every step, Wan's text-to-image pretraining interleaved
     /// with the shots: each is one frame encoded alone (a shot's first latent or a context
     /// latent) under its own shot's prompt, with no context and no other frame. One costs
-    /// about 1/15 of a shot sample (64 tokens against about 960), so a step sees many more
+    /// about 1/14 of a shot sample (64 tokens against about 960), so a step sees many more
     /// caption–picture pairs for little time; 0 turns them off.
     pub image_samples: usize,
     /// Shift of the image samples' timestep table. Lower than the shots' because one frame has
-    /// 1/15 of a shot's tokens, so the same σ hides less of it (SD3's resolution argument), and
+    /// about 1/15 of a shot's tokens, so the same σ hides less of it (SD3's resolution argument), and
     /// because the images are where the low-noise details get most of their samples.
     pub image_shift: f32,
     /// Weight of the image samples' mean loss against the shot sample's.
@@ -387,10 +388,10 @@ pub fn image_loss(
     let device = nets.dit.device().clone();
     let (mut noisy, mut targets, mut embeddings, mut frames) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, s) in samples.iter().enumerate() {
-        let sigma = schedule.sigmas()[s.table_index] as f64;
+        let sigma = schedule.sigmas()[s.table_index];
         let t = schedule.timesteps()[s.table_index];
         let eps = SeededNoise::new(s.noise_seed).noise(s.shot, 0, 0, s.latent.dims(), &device)?;
-        noisy.push(((s.latent * (1.0 - sigma))? + (&eps * sigma)?)?);
+        noisy.push(add_noise(s.latent, &eps, sigma)?);
         targets.push((&eps - s.latent)?);
         let prompt = storyreel_engine::prompt::shot_prompt(&s.story.global, s.shot, &s.story.captions[s.shot]);
         let e = nets.text.encode_one(&prompt)?.embeddings;
@@ -697,7 +698,7 @@ pub fn teacher_loss(
     let sigma = schedule.sigmas()[sample.table_index];
     let t = schedule.timesteps()[sample.table_index];
     let eps = SeededNoise::new(sample.noise_seed).noise(sample.shot, 0, 0, x0.dims(), &device)?;
-    let x_t = ((x0 * (1.0 - sigma) as f64)? + (&eps * sigma as f64)?)?;
+    let x_t = add_noise(x0, &eps, sigma)?;
     let target = (&eps - x0)?;
     let (context, flags) = match (&sample.story.contexts[sample.shot], sample.context_dropped) {
         (Some((z, f)), false) => (z.clone(), f.clone()),
