@@ -376,7 +376,10 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
             lora_dit(&student, spec, cfg.seed ^ 0x6e, &g_vars, &device)?,
             lora_dit(&teacher, spec, cfg.seed ^ 0xc7, &c_vars, &device)?,
         ),
-        None => (trainable_dit(&student, &g_vars, &device)?, trainable_dit(&teacher, &c_vars, &device)?),
+        None => (
+            trainable_dit(&student, student.card.shot_phase, &g_vars, &device)?,
+            trainable_dit(&teacher, teacher.card.shot_phase, &c_vars, &device)?,
+        ),
     };
     let mut g_cfg = cfg.generator.clone();
     let mut c_cfg = cfg.critic.clone();
@@ -499,7 +502,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
             merge_lora_model(&cfg.student, &g_lora, &model_dir, Some(&description))?;
             // The merged folder keeps the base's card; the student's sampling comes with it.
         }
-        None => write_student_model(&student, &g_vars, sampling, &description, &model_dir)?,
+        None => write_student_model(&student, &g_vars, sampling, student.card.shot_phase, &description, &model_dir)?,
     }
     let report = DmdReport {
         steps: step,

@@ -41,6 +41,9 @@ pub struct OdeInitConfig {
     pub pairs: PathBuf,
     /// Probability of zeroing every caption embedding of a sample (10% in ShotStream).
     pub caption_dropout: f64,
+    /// The student's RoPE shot-phase indicator: `None` keeps the teacher's; `false` trains the
+    /// no-phase ablation (the student and every stage after it run without the indicator).
+    pub shot_phase: Option<bool>,
     /// Optimisation steps.
     pub steps: u64,
     /// Optimiser, schedule, checkpoints, output folder.
@@ -60,6 +63,7 @@ impl Default for OdeInitConfig {
             teacher: PathBuf::from("runs/toy-teacher/model"),
             pairs: PathBuf::from("runs/ode-pairs"),
             caption_dropout: 0.1,
+            shot_phase: None,
             steps: 2000,
             train,
         }
@@ -216,8 +220,9 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
         })
         .collect::<Result<Vec<_>>>()?;
 
+    let shot_phase = cfg.shot_phase.unwrap_or(teacher.card.shot_phase);
     let varmap = VarMap::new();
-    let student = trainable_dit(&teacher, &varmap, &device)?;
+    let student = trainable_dit(&teacher, shot_phase, &varmap, &device)?;
     let mut train = cfg.train.clone();
     train.schedule.total_steps = cfg.steps;
     train.schedule.warmup_steps = train.schedule.warmup_steps.min(cfg.steps);
@@ -248,12 +253,13 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
     let student_sampling =
         StudentSampling { steps: index.student_steps.clone(), shift: index.shift, chunk_frames: index.chunk_frames };
     let description = format!(
-        "toy causal student, ODE init: {} steps on {} ODE pairs of the teacher {}",
+        "toy causal student, ODE init: {} steps on {} ODE pairs of the teacher {}{}",
         cfg.steps,
         prepared.len(),
-        cfg.teacher.display()
+        cfg.teacher.display(),
+        if shot_phase { "" } else { ", without the RoPE shot phase (ablation)" }
     );
-    write_student_model(&teacher, &varmap, student_sampling, &description, &model_dir)?;
+    write_student_model(&teacher, &varmap, student_sampling, shot_phase, &description, &model_dir)?;
     let report = OdeInitReport {
         steps: trainer.step_count(),
         final_loss,
@@ -294,8 +300,9 @@ fn check_pairs_fit(teacher: &StoryModel, index: &OdePairsIndex, pairs: &[OdePair
 }
 
 /// A trainable copy of a story model's DiT (the student's start from its teacher, the DMD
-/// generator and critic), its weights held as variables in `varmap`.
-pub fn trainable_dit(teacher: &StoryModel, varmap: &VarMap, device: &Device) -> Result<WanModel> {
+/// generator and critic), its weights held as variables in `varmap`, with the RoPE shot phase
+/// on or off.
+pub fn trainable_dit(teacher: &StoryModel, shot_phase: bool, varmap: &VarMap, device: &Device) -> Result<WanModel> {
     let cfg = teacher.dit.config().clone();
     let dit_dir = teacher.dir.join(story_model::DIT_DIR);
     let loaded = storyreel_nn::checkpoint::load_dit_checkpoint(&dit_dir, &cfg, DType::F32, device)?;
@@ -309,16 +316,18 @@ pub fn trainable_dit(teacher: &StoryModel, varmap: &VarMap, device: &Device) -> 
         }
     }
     let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
-    let rope = story_model::story_rope(teacher.card.shot_phase);
+    let rope = story_model::story_rope(shot_phase);
     Ok(WanModel::load(vb.pp(DIT_PREFIX), &cfg, rope)?)
 }
 
 /// Writes a student story model folder: the DiT from `varmap`, the text encoder and VAE of
-/// `base` (the teacher, or the student a stage started from), and a card of kind student.
+/// `base` (the teacher, or the student a stage started from), and a card of kind student
+/// that records whether the DiT was trained with the RoPE shot phase.
 pub fn write_student_model(
     base: &StoryModel,
     varmap: &VarMap,
     student: StudentSampling,
+    shot_phase: bool,
     description: &str,
     dir: &Path,
 ) -> Result<()> {
@@ -329,6 +338,7 @@ pub fn write_student_model(
     let card = ModelCard {
         kind: ModelKind::Student,
         student: Some(student),
+        shot_phase,
         description: description.to_string(),
         ..base.card.clone()
     };

@@ -33,7 +33,7 @@ fn the_training_rollout_is_the_inference_session() {
 
     // Training: trainable weights (autograd's attention path), exit at the last step.
     let vars = candle_nn::VarMap::new();
-    let generator = trainable_dit(&student, &vars, &Device::Cpu).unwrap();
+    let generator = trainable_dit(&student, true, &vars, &Device::Cpu).unwrap();
     let trained = rollout(&generator, &sampler, 3, &cond, 3, &mut SeededNoise::new(9)).unwrap();
 
     // Inference: the streaming session on the loaded weights, same context and noise.
@@ -79,7 +79,7 @@ fn the_dmd_gradient_reaches_every_generator_weight_through_the_caches() {
     let student = StoryModel::load(&student_copy(&teacher, dir.path()), &Device::Cpu).unwrap();
     let cond = conditioning(&student);
     let vars = candle_nn::VarMap::new();
-    let generator = trainable_dit(&student, &vars, &Device::Cpu).unwrap();
+    let generator = trainable_dit(&student, true, &vars, &Device::Cpu).unwrap();
     for exit in [0, 2] {
         let x_hat =
             rollout(&generator, &FewStepSampler::shotstream(), 3, &cond, exit, &mut SeededNoise::new(3)).unwrap();

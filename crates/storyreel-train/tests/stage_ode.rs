@@ -19,7 +19,7 @@ use storyreel_engine::{
 };
 use storyreel_train::ode_pairs::{load_ode_pairs, make_ode_pairs, OdePairsConfig};
 use storyreel_train::stage_ode_init::{
-    draw_ode_sample, ode_regression_loss, run_ode_init_stage, trainable_dit, OdeInitConfig, PreparedPair,
+    draw_ode_sample, ode_regression_loss, run_ode_init_stage, trainable_dit, OdeDraw, OdeInitConfig, PreparedPair,
 };
 use storyreel_train::stage_teacher::TeacherData;
 use storyreel_train::{AdamW, AdamWConfig, NamedParams};
@@ -179,7 +179,7 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
 
     // A few AdamW steps on one sample lower its loss.
     let varmap = candle_nn::VarMap::new();
-    let student = trainable_dit(&teacher, &varmap, &Device::Cpu).unwrap();
+    let student = trainable_dit(&teacher, true, &varmap, &Device::Cpu).unwrap();
     let sampler = FewStepSampler::new(&index.student_steps, index.shift).unwrap();
     let draw = draw_ode_sample(0, 0, &prepared, 3, 4, 0.0);
     let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
@@ -249,4 +249,29 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
         events.into_inner(),
         ["chunk 0 1/2", "frames 0 9", "chunk 0 2/2", "frames 0 8", "shot 0", "chunk 1 1/1", "frames 1 9", "shot 1"]
     );
+    assert!(student.card.shot_phase && student.dit.rope().config().shot_phase.is_some());
+
+    // The no-phase ablation: the card says so and the loaded DiT turns no shot phase, so the
+    // same pair's loss no longer depends on the context's shot flags.
+    let mut ablation = OdeInitConfig { shot_phase: Some(false), ..init.clone() };
+    ablation.train.out_dir = dir.path().join("ode-init-no-phase");
+    let no_phase = StoryModel::load(&run_ode_init_stage(&ablation).unwrap().model_dir, &Device::Cpu).unwrap();
+    assert!(!no_phase.card.shot_phase && no_phase.dit.rope().config().shot_phase.is_none());
+    assert!(no_phase.card.description.contains("without the RoPE shot phase"));
+    let flagged = prepared.iter().position(|p| p.pair.flags.iter().any(|&f| f != 0)).unwrap();
+    let draw = OdeDraw {
+        pair: flagged,
+        states: vec![0; prepared[flagged].pair.x0.dim(0).unwrap() / 3],
+        caption_dropped: false,
+    };
+    let mut unflagged =
+        PreparedPair { pair: prepared[flagged].pair.clone(), embeddings: prepared[flagged].embeddings.clone() };
+    unflagged.pair.flags.iter_mut().for_each(|f| *f = 0);
+    let loss_of = |model: &StoryModel, p: &PreparedPair| {
+        let vars = candle_nn::VarMap::new();
+        let dit = trainable_dit(model, model.card.shot_phase, &vars, &Device::Cpu).unwrap();
+        ode_regression_loss(&dit, p, &draw, &sampler, 3).unwrap().1
+    };
+    assert_eq!(loss_of(&no_phase, &prepared[flagged]), loss_of(&no_phase, &unflagged));
+    assert_ne!(loss_of(&student, &prepared[flagged]), loss_of(&student, &unflagged));
 }

@@ -41,10 +41,10 @@ pub fn tiny_teacher(dir: &Path) -> PathBuf {
 pub fn student_copy(teacher: &Path, dir: &Path) -> PathBuf {
     let model = StoryModel::load(teacher, &Device::Cpu).unwrap();
     let vars = candle_nn::VarMap::new();
-    trainable_dit(&model, &vars, &Device::Cpu).unwrap();
+    trainable_dit(&model, true, &vars, &Device::Cpu).unwrap();
     let sampling = StudentSampling { steps: vec![1000, 740, 500, 260], shift: 8.0, chunk_frames: 3 };
     let out = dir.join("student");
-    write_student_model(&model, &vars, sampling, "a copy of the teacher", &out).unwrap();
+    write_student_model(&model, &vars, sampling, true, "a copy of the teacher", &out).unwrap();
     out
 }
 
