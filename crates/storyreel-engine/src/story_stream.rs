@@ -23,7 +23,8 @@ use crate::shot_plan::ShotPlan;
 use crate::story_model::{ModelKind, StoryModel};
 use crate::teacher::{sample_shot, TeacherInputs};
 use crate::teacher_story::{
-    caption_embeddings, encode_context, latent_frames, unconditional_caption, GeneratedShot, ShotRequest, StoryTimes,
+    caption_embeddings, encode_context_cached, latent_frames, unconditional_caption, ContextLatents, GeneratedShot,
+    ShotRequest, StoryTimes,
 };
 
 /// How a story's shots are sampled.
@@ -84,6 +85,8 @@ pub struct StoryStream<'m> {
     decoder: Arc<dyn VideoCodec>,
     captions: Vec<String>,
     history: Vec<Tensor>,
+    /// Latents of history frames already used as context (each is encoded once per story).
+    context_latents: ContextLatents,
     times: StoryTimes,
     uncond: Option<CaptionCache>,
 }
@@ -121,6 +124,7 @@ impl<'m> StoryStream<'m> {
             decoder,
             captions: Vec::new(),
             history: Vec::new(),
+            context_latents: ContextLatents::default(),
             times: StoryTimes::default(),
             uncond: None,
         })
@@ -174,8 +178,15 @@ impl<'m> StoryStream<'m> {
         let latent_hw = (card.height as usize / scale, card.width as usize / scale);
         let device = self.model.dit.device().clone();
         let clock = Instant::now();
-        let (context, flags) =
-            encode_context(self.model.vae.as_ref(), &self.history, &picks, card.context_frames, latent_hw, &device)?;
+        let (context, flags) = encode_context_cached(
+            self.model.vae.as_ref(),
+            &self.history,
+            &picks,
+            card.context_frames,
+            latent_hw,
+            &device,
+            &mut self.context_latents,
+        )?;
         let mut times = StoryTimes { context_s: clock.elapsed().as_secs_f64(), ..StoryTimes::default() };
         let mut captions: Vec<&str> = self.captions.iter().map(String::as_str).collect();
         captions.push(&request.caption);

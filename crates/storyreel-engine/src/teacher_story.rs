@@ -27,6 +27,40 @@ pub fn encode_context(
     latent_hw: (usize, usize),
     device: &Device,
 ) -> Result<(Tensor, Vec<i64>)> {
+    encode_context_cached(codec, shots, picks, n, latent_hw, device, &mut ContextLatents::default())
+}
+
+/// Latents of a story's frames already encoded as context, by (shot, frame). A frame is
+/// encoded on its own, so its latent does not depend on which other frames were picked with
+/// it, and a story's later shots can reuse it (dynamic sampling picks many frames again).
+#[derive(Debug, Default)]
+pub struct ContextLatents {
+    latents: std::collections::HashMap<(usize, usize), Tensor>,
+}
+
+impl ContextLatents {
+    /// Frames held.
+    pub fn len(&self) -> usize {
+        self.latents.len()
+    }
+
+    /// Whether no frame is held.
+    pub fn is_empty(&self) -> bool {
+        self.latents.is_empty()
+    }
+}
+
+/// [`encode_context`] that encodes only the frames `cache` does not hold yet and keeps them.
+/// The cache belongs to one story whose finished shots never change.
+pub fn encode_context_cached(
+    codec: &dyn VideoCodec,
+    shots: &[Tensor],
+    picks: &[ContextPick],
+    n: usize,
+    latent_hw: (usize, usize),
+    device: &Device,
+    cache: &mut ContextLatents,
+) -> Result<(Tensor, Vec<i64>)> {
     if picks.len() > n {
         return Err(EngineError::Input(format!("{} context frames picked; the model takes {n}", picks.len())));
     }
@@ -43,8 +77,15 @@ pub fn encode_context(
         if p.frame >= len {
             return Err(EngineError::Input(format!("shot {} has {len} frames; frame {} was picked", p.shot, p.frame)));
         }
-        let z = codec.encode(&frames.narrow(0, p.frame, 1)?)?;
-        latents.push(z.to_device(device)?.to_dtype(DType::F32)?);
+        let z = match cache.latents.get(&(p.shot, p.frame)) {
+            Some(z) => z.clone(),
+            None => {
+                let z = codec.encode(&frames.narrow(0, p.frame, 1)?)?.to_device(device)?.to_dtype(DType::F32)?;
+                cache.latents.insert((p.shot, p.frame), z.clone());
+                z
+            }
+        };
+        latents.push(z);
         flags.push(p.shot as i64);
     }
     Ok((Tensor::cat(&latents, 0)?, flags))

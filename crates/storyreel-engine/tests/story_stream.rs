@@ -72,3 +72,33 @@ fn resumed_and_cancelled_stories_continue_as_the_uninterrupted_one() {
     let short = Tensor::zeros((4, 3, 64, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(resumed.push_finished("x", short).is_err());
 }
+
+#[test]
+fn context_frames_are_encoded_once_per_story_and_reused_exactly() {
+    use storyreel_engine::context::ContextPick;
+    use storyreel_engine::teacher_story::{encode_context, encode_context_cached, ContextLatents};
+    let model = model();
+    let device = Device::Cpu;
+    let shots: Vec<Tensor> =
+        (0..2).map(|i| Tensor::rand(-1f32, 1f32, (5 + 4 * i, 3, 64, 64), &device).unwrap()).collect();
+    let hw = (16, 16);
+    let pick = |shot, frame| ContextPick { shot, frame };
+    let mut cache = ContextLatents::default();
+    let vae = model.vae.as_ref();
+    // Two shots' context, the second picking two frames again (as dynamic sampling does).
+    let first = [pick(0, 0), pick(0, 4)];
+    let second = [pick(0, 0), pick(0, 4), pick(1, 0), pick(1, 8)];
+    for picks in [&first[..], &second[..]] {
+        let (want, want_flags) = encode_context(vae, &shots, picks, 6, hw, &device).unwrap();
+        let (got, flags) = encode_context_cached(vae, &shots, picks, 6, hw, &device, &mut cache).unwrap();
+        assert_eq!(max_diff(&want, &got), 0.0);
+        assert_eq!(flags, want_flags);
+    }
+    assert_eq!(cache.len(), 4, "each distinct frame is encoded once");
+    // A held frame is not encoded again: with the pixels gone, the cache still gives the
+    // latents of the frames it saw.
+    let (want, _) = encode_context(vae, &shots, &second, 6, hw, &device).unwrap();
+    let blank: Vec<Tensor> = shots.iter().map(|s| s.zeros_like().unwrap()).collect();
+    let (got, _) = encode_context_cached(vae, &blank, &second, 6, hw, &device, &mut cache).unwrap();
+    assert_eq!(max_diff(&want, &got), 0.0);
+}
