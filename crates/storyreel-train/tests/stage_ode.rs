@@ -275,3 +275,14 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
     assert_eq!(loss_of(&no_phase, &prepared[flagged]), loss_of(&no_phase, &unflagged));
     assert_ne!(loss_of(&student, &prepared[flagged]), loss_of(&student, &unflagged));
 }
+
+#[test]
+fn a_malformed_shot_phase_setting_is_a_named_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ode-init.json");
+    std::fs::write(&path, r#"{"shot_phase": "no"}"#).unwrap();
+    let err = OdeInitConfig::read(&path).unwrap_err().to_string();
+    assert!(err.contains("ode-init.json") && err.contains("expected a boolean"), "{err}");
+    std::fs::write(&path, r#"{"shot_phase": false}"#).unwrap();
+    assert_eq!(OdeInitConfig::read(&path).unwrap().shot_phase, Some(false));
+}
