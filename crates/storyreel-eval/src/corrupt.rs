@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use storyreel_media::RgbFrame;
+use storyreel_world::catalog::LOOKS;
 use storyreel_world::rng::WorldRng;
 use storyreel_world::{render_story, Story, CHARACTERS};
 
@@ -16,6 +17,9 @@ pub enum Corruption {
     ShuffledShots,
     /// Every other shot shows different characters (re-rendered).
     SwappedCharacters,
+    /// Every other shot shows the same characters and places in other looks (re-rendered): what
+    /// a generator that ignores its context does, since captions never name a look.
+    ChangedLooks,
     /// Each shot shows only its first frame.
     FrozenFrames,
     /// Every cut comes this many frames late.
@@ -26,9 +30,10 @@ pub enum Corruption {
 
 impl Corruption {
     /// The corruptions of the benchmark table, in its order.
-    pub const TABLE: [Corruption; 5] = [
+    pub const TABLE: [Corruption; 6] = [
         Corruption::ShuffledShots,
         Corruption::SwappedCharacters,
+        Corruption::ChangedLooks,
         Corruption::FrozenFrames,
         Corruption::ShiftedCuts(4),
         Corruption::Noise(40.0),
@@ -39,6 +44,7 @@ impl Corruption {
         match self {
             Corruption::ShuffledShots => "shuffled shots".into(),
             Corruption::SwappedCharacters => "swapped characters".into(),
+            Corruption::ChangedLooks => "changed looks".into(),
             Corruption::FrozenFrames => "frozen frames".into(),
             Corruption::ShiftedCuts(k) => format!("cuts shifted {k} frames"),
             Corruption::Noise(s) => format!("noise sigma {s}"),
@@ -73,6 +79,17 @@ pub fn corrupt(story: &Story, frames: &[RgbFrame], corruption: Corruption, seed:
                 }
             }
             render_story(&swapped)?.frames
+        }
+        Corruption::ChangedLooks => {
+            let mut changed = story.clone();
+            for (i, shot) in changed.shots.iter_mut().enumerate() {
+                if i % 2 == 1 {
+                    let w = &mut shot.world;
+                    w.place_look = next_look(w.place_look);
+                    w.character_looks = (0..w.characters.len()).map(|k| next_look(w.character_look(k))).collect();
+                }
+            }
+            render_story(&changed)?.frames
         }
         Corruption::FrozenFrames => {
             ranges.iter().flat_map(|&(start, end)| std::iter::repeat_n(frames[start].clone(), end - start)).collect()
@@ -111,4 +128,9 @@ pub fn corrupt(story: &Story, frames: &[RgbFrame], corruption: Corruption, seed:
                 .collect::<std::result::Result<_, _>>()?
         }
     })
+}
+
+/// The next look, wrapping round.
+fn next_look(look: u8) -> u8 {
+    ((look as usize + 1) % LOOKS) as u8
 }

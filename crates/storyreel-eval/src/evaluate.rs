@@ -6,13 +6,16 @@
 //! - `intra_shot_consistency`: VBench's subject-consistency formula over the probe embedding of
 //!   each frame, within each of the story's shots, averaged over shots.
 //! - `inter_shot_character_consistency`: for each pair of shots with the same cast, the cosine
-//!   of the probe's mean character-identity readings (its probabilities over the world's ten
-//!   characters) in the two shots. OneStory's C-Cons compares DINOv2 features of segmented
-//!   characters; the probe's identity head plays DINOv2's part here. Colour statistics of the
-//!   foreground were tried first and rejected: noise makes every region's colours alike, so
-//!   noisy videos scored as the most consistent.
-//! - `inter_shot_place_consistency`: the same with the probe's place readings, for pairs of
-//!   shots set in the same place (OneStory's E-Cons).
+//!   of the probe's mean character readings in the two shots, over (character, look) pairs: the
+//!   ten characters times their looks (a scarf the captions never mention). OneStory's C-Cons
+//!   compares DINOv2 features of segmented characters, which see such details; the probe's
+//!   look-aware identity head plays DINOv2's part here, so a fox that loses its scarf between
+//!   shots scores lower, as it would with DINOv2. Colour statistics of the foreground were
+//!   tried first and rejected: noise makes every region's colours alike, so noisy videos scored
+//!   as the most consistent.
+//! - `inter_shot_place_consistency`: the same for pairs of shots set in the same place
+//!   (OneStory's E-Cons), over (place, look) pairs: the product of the probe's place and
+//!   place-look readings, so a city whose brick turns to glass between shots scores lower.
 //! - `prompt_adherence`: per shot, the mean of three checks against the caption's facts: the
 //!   probe's place is the captioned place, its framing is the captioned framing, and the Jaccard
 //!   overlap of the characters it sees with the captioned characters.
@@ -24,7 +27,7 @@
 
 use serde::{Deserialize, Serialize};
 use storyreel_media::RgbFrame;
-use storyreel_world::catalog::{Framing, Place};
+use storyreel_world::catalog::{Framing, Place, LOOKS};
 use storyreel_world::detect::{detect_cuts, DetectorConfig};
 use storyreel_world::Story;
 
@@ -32,7 +35,7 @@ use crate::consistency::{cosine, vbench_consistency};
 use crate::error::{EvalError, Result};
 use crate::frechet::{frechet_distance_eps, Gaussian};
 use crate::motion::{clip_motion, dynamic_degree, MotionConfig};
-use crate::probe::{Probe, ProbeReading, N_CHARACTERS};
+use crate::probe::{Probe, ProbeReading, N_CHARACTERS, N_CHARACTER_LOOKS};
 use crate::sca::{shot_cut_accuracy, ScaReport};
 
 /// The headline numbers of a report (higher is better except `quality_fd`).
@@ -147,17 +150,46 @@ fn expectations(story: &Story, i: usize) -> (Option<Place>, Option<Framing>, Vec
     (Some(w.place), Some(w.framing), w.characters.clone())
 }
 
-/// Mean place, framing and character probabilities over a shot's readings.
-fn mean_reading(readings: &[ProbeReading]) -> ([f32; 6], [f32; 3], [f32; N_CHARACTERS]) {
+/// A shot's mean probe readings.
+struct ShotReading {
+    /// Place probabilities.
+    place: [f32; 6],
+    /// Framing probabilities.
+    framing: [f32; 3],
+    /// Character presence.
+    characters: [f32; N_CHARACTERS],
+    /// (character, look) presence.
+    character_looks: [f32; N_CHARACTER_LOOKS],
+    /// (place, look) probabilities: per frame the product of the place and place-look readings.
+    place_looks: [f32; PLACE_LOOKS],
+}
+
+/// Number of (place, look) pairs.
+const PLACE_LOOKS: usize = 6 * LOOKS;
+
+/// Mean readings over a shot's frames.
+fn mean_reading(readings: &[ProbeReading]) -> ShotReading {
     let n = readings.len().max(1) as f32;
-    let (mut p, mut f, mut c) = ([0.0f32; 6], [0.0f32; 3], [0.0f32; N_CHARACTERS]);
+    let mut m = ShotReading {
+        place: [0.0; 6],
+        framing: [0.0; 3],
+        characters: [0.0; N_CHARACTERS],
+        character_looks: [0.0; N_CHARACTER_LOOKS],
+        place_looks: [0.0; PLACE_LOOKS],
+    };
     let accumulate = |acc: &mut [f32], v: &[f32]| acc.iter_mut().zip(v).for_each(|(a, x)| *a += x / n);
     for r in readings {
-        accumulate(&mut p, &r.place);
-        accumulate(&mut f, &r.framing);
-        accumulate(&mut c, &r.characters);
+        accumulate(&mut m.place, &r.place);
+        accumulate(&mut m.framing, &r.framing);
+        accumulate(&mut m.characters, &r.characters);
+        accumulate(&mut m.character_looks, &r.character_looks);
+        for (p, &pp) in r.place.iter().enumerate() {
+            for (l, &pl) in r.place_look.iter().enumerate() {
+                m.place_looks[p * LOOKS + l] += pp * pl / n;
+            }
+        }
     }
-    (p, f, c)
+    m
 }
 
 fn jaccard(a: &[usize], b: &[usize]) -> f64 {
@@ -204,7 +236,8 @@ pub fn evaluate_story(
     let mut clips = Vec::with_capacity(story.shots.len());
     for (i, (start, end)) in story.shot_ranges().into_iter().enumerate() {
         let r = &readings[start..end];
-        let (place_p, framing_p, chars_p) = mean_reading(r);
+        let reading = mean_reading(r);
+        let (place_p, framing_p, chars_p) = (reading.place, reading.framing, reading.characters);
         let (expected_place, expected_framing, expected_characters) = expectations(story, i);
         let seen_place = Place::ALL[crate::probe::argmax(&place_p)];
         let seen_framing = Framing::ALL[crate::probe::argmax(&framing_p)];
@@ -214,7 +247,7 @@ pub fn evaluate_story(
         let chars_ok = jaccard(&expected_characters, &seen_characters);
         let embeddings: Vec<Vec<f32>> = r.iter().map(|x| x.embedding.clone()).collect();
         let clip = clip_motion(&frames[start..end], fps, &options.motion)?;
-        readings_per_shot.push((place_p, chars_p));
+        readings_per_shot.push(reading);
         shots.push(ShotReport {
             index: i,
             caption: story.shots[i].caption.clone(),
@@ -241,11 +274,12 @@ pub fn evaluate_story(
             ca.sort();
             cb.sort();
             if ca == cb {
-                let similarity = cosine(&readings_per_shot[a].1, &readings_per_shot[b].1).max(0.0);
+                let similarity =
+                    cosine(&readings_per_shot[a].character_looks, &readings_per_shot[b].character_looks).max(0.0);
                 pairs.push(PairScore { a, b, kind: "character".into(), similarity });
             }
             if sa.place == sb.place {
-                let similarity = cosine(&readings_per_shot[a].0, &readings_per_shot[b].0).max(0.0);
+                let similarity = cosine(&readings_per_shot[a].place_looks, &readings_per_shot[b].place_looks).max(0.0);
                 pairs.push(PairScore { a, b, kind: "place".into(), similarity });
             }
         }

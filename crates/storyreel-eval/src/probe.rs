@@ -12,7 +12,7 @@ use candle_nn::{linear, Linear, Optimizer, VarBuilder, VarMap};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use storyreel_media::RgbFrame;
-use storyreel_world::catalog::{Framing, Lighting, Place, CHARACTERS};
+use storyreel_world::catalog::{Framing, Lighting, Place, CHARACTERS, LOOKS};
 use storyreel_world::rng::WorldRng;
 use storyreel_world::{generate_story, render_story, FrameTruth, StoryOptions};
 
@@ -21,6 +21,8 @@ use crate::features::{global_features, ProbeImage, GLOBAL_FEATURES, GRID, PROBE_
 
 /// Number of characters the probe knows.
 pub const N_CHARACTERS: usize = CHARACTERS.len();
+/// Number of (character, look) pairs the probe tells apart.
+pub const N_CHARACTER_LOOKS: usize = N_CHARACTERS * LOOKS;
 /// Width of the probe's embedding (its last hidden layer).
 pub const EMBEDDING: usize = 128;
 const HIDDEN: usize = 256;
@@ -44,6 +46,10 @@ pub struct ProbeReading {
     pub lighting: [f32; 3],
     /// Probability that each character is in view, [`CHARACTERS`] order.
     pub characters: [f32; N_CHARACTERS],
+    /// Probability that character `c` in look `l` is in view, at index `c * LOOKS + l`.
+    pub character_looks: [f32; N_CHARACTER_LOOKS],
+    /// Probability of each look of the place.
+    pub place_look: [f32; LOOKS],
     /// Probability that each grid cell (row-major, [`GRID`]²) is mostly foreground.
     pub foreground: [f32; CELLS],
     /// The last hidden layer.
@@ -90,6 +96,10 @@ pub struct ProbeSample {
     pub lighting: u32,
     /// 1 for each character in view.
     pub characters: [f32; N_CHARACTERS],
+    /// 1 at `c * LOOKS + l` for each character `c` in view wearing look `l`.
+    pub character_looks: [f32; N_CHARACTER_LOOKS],
+    /// The place's look.
+    pub place_look: u32,
     /// Fraction of each grid cell covered by a character box.
     pub foreground: [f32; CELLS],
 }
@@ -149,6 +159,12 @@ pub struct ProbeAccuracy {
     pub characters_f1: f64,
     /// Fraction of grid cells whose foreground call (coverage > 0.5) is right.
     pub foreground: f64,
+    /// Fraction with the right look of the place.
+    #[serde(default)]
+    pub place_look: f64,
+    /// F1 of (character, look) presence over all (frame, character, look) triples.
+    #[serde(default)]
+    pub character_looks_f1: f64,
 }
 
 /// The fitted probe.
@@ -161,6 +177,8 @@ pub struct Probe {
     framing: Linear,
     lighting: Linear,
     characters: Linear,
+    character_looks: Linear,
+    place_look: Linear,
     foreground: Linear,
 }
 
@@ -170,6 +188,8 @@ struct Heads {
     framing: Tensor,
     lighting: Tensor,
     characters: Tensor,
+    character_looks: Tensor,
+    place_look: Tensor,
     foreground: Tensor,
 }
 
@@ -184,6 +204,8 @@ impl Probe {
             framing: linear(EMBEDDING, Framing::ALL.len(), vb.pp("framing"))?,
             lighting: linear(EMBEDDING, Lighting::ALL.len(), vb.pp("lighting"))?,
             characters: linear(EMBEDDING, N_CHARACTERS, vb.pp("characters"))?,
+            character_looks: linear(EMBEDDING, N_CHARACTER_LOOKS, vb.pp("character_looks"))?,
+            place_look: linear(EMBEDDING, LOOKS, vb.pp("place_look"))?,
             foreground: linear(EMBEDDING, CELLS, vb.pp("foreground"))?,
         })
     }
@@ -197,6 +219,8 @@ impl Probe {
             framing: self.framing.forward(&e)?,
             lighting: self.lighting.forward(&e)?,
             characters: self.characters.forward(&e)?,
+            character_looks: self.character_looks.forward(&e)?,
+            place_look: self.place_look.forward(&e)?,
             foreground: self.foreground.forward(&e)?,
             embedding: e,
         })
@@ -227,7 +251,12 @@ impl Probe {
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
             .map_err(|e| EvalError::Mismatch(format!("{origin}: {e}")))?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        Self::build(vb).map_err(|e| EvalError::Mismatch(format!("{origin}: not a world probe: {e}")))
+        Self::build(vb).map_err(|e| {
+            EvalError::Mismatch(format!(
+                "{origin}: not a world probe of this version (probes fitted before character and place looks lack \
+                 their heads; refit with `storyreel eval fit-probe`): {e}"
+            ))
+        })
     }
 
     /// Writes the weights and a card with how the probe was fitted and how accurate it is.
@@ -243,6 +272,8 @@ impl Probe {
             ("framing", &self.framing),
             ("lighting", &self.lighting),
             ("characters", &self.characters),
+            ("character_looks", &self.character_looks),
+            ("place_look", &self.place_look),
             ("foreground", &self.foreground),
         ] {
             map.insert(format!("{name}.weight"), l.weight().clone());
@@ -279,6 +310,10 @@ impl Probe {
             let lighting =
                 candle_nn::ops::softmax(&h.lighting, D::Minus1).and_then(|t| t.to_vec2::<f32>()).map_err(cerr)?;
             let chars = candle_nn::ops::sigmoid(&h.characters).and_then(|t| t.to_vec2::<f32>()).map_err(cerr)?;
+            let char_looks =
+                candle_nn::ops::sigmoid(&h.character_looks).and_then(|t| t.to_vec2::<f32>()).map_err(cerr)?;
+            let place_look =
+                candle_nn::ops::softmax(&h.place_look, D::Minus1).and_then(|t| t.to_vec2::<f32>()).map_err(cerr)?;
             let fg = candle_nn::ops::sigmoid(&h.foreground).and_then(|t| t.to_vec2::<f32>()).map_err(cerr)?;
             let emb = h.embedding.to_vec2::<f32>().map_err(cerr)?;
             for i in 0..chunk.len() {
@@ -287,6 +322,8 @@ impl Probe {
                     framing: to_array(&framing[i]),
                     lighting: to_array(&lighting[i]),
                     characters: to_array(&chars[i]),
+                    character_looks: to_array(&char_looks[i]),
+                    place_look: to_array(&place_look[i]),
                     foreground: to_array(&fg[i]),
                     embedding: emb[i].clone(),
                 });
@@ -303,7 +340,17 @@ impl Probe {
         let mut acc = ProbeAccuracy { frames: samples.len(), ..Default::default() };
         let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
         let mut cells_right = 0usize;
+        let (mut ltp, mut lfp, mut lfn) = (0usize, 0usize, 0usize);
         for (r, s) in readings.iter().zip(samples) {
+            acc.place_look += (argmax(&r.place_look) as u32 == s.place_look) as u8 as f64;
+            for k in 0..N_CHARACTER_LOOKS {
+                match (r.character_looks[k] > 0.5, s.character_looks[k] > 0.5) {
+                    (true, true) => ltp += 1,
+                    (true, false) => lfp += 1,
+                    (false, true) => lfn += 1,
+                    _ => {}
+                }
+            }
             acc.place += (argmax(&r.place) as u32 == s.place) as u8 as f64;
             acc.framing += (argmax(&r.framing) as u32 == s.framing) as u8 as f64;
             acc.lighting += (argmax(&r.lighting) as u32 == s.lighting) as u8 as f64;
@@ -325,6 +372,8 @@ impl Probe {
         acc.framing /= n;
         acc.lighting /= n;
         acc.characters_exact /= n;
+        acc.place_look /= n;
+        acc.character_looks_f1 = if ltp == 0 { 0.0 } else { 2.0 * ltp as f64 / (2 * ltp + lfp + lfn) as f64 };
         acc.characters_f1 = if tp == 0 { 0.0 } else { 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64 };
         acc.foreground = cells_right as f64 / (n * CELLS as f64);
         Ok(acc)
@@ -373,10 +422,12 @@ impl Probe {
             ("framing", Framing::ALL.len()),
             ("lighting", Lighting::ALL.len()),
             ("characters", N_CHARACTERS),
+            ("character_looks", N_CHARACTER_LOOKS),
+            ("place_look", LOOKS),
             ("foreground", CELLS),
         ]
         .map(|(name, out)| linear(EMBEDDING, out, vb.pp(name)));
-        let [place, framing, lighting, characters, foreground] = heads;
+        let [place, framing, lighting, characters, character_looks, place_look, foreground] = heads;
         let mut probe = Probe {
             mean: Tensor::from_vec(mean, GLOBAL_FEATURES, &dev).map_err(cerr)?,
             std: Tensor::from_vec(std, GLOBAL_FEATURES, &dev).map_err(cerr)?,
@@ -386,6 +437,8 @@ impl Probe {
             framing: framing.map_err(cerr)?,
             lighting: lighting.map_err(cerr)?,
             characters: characters.map_err(cerr)?,
+            character_looks: character_looks.map_err(cerr)?,
+            place_look: place_look.map_err(cerr)?,
             foreground: foreground.map_err(cerr)?,
         };
         let mut opt = candle_nn::AdamW::new(
@@ -401,6 +454,8 @@ impl Probe {
         let framing_t = labels(&|s| s.framing).map_err(cerr)?;
         let lighting_t = labels(&|s| s.lighting).map_err(cerr)?;
         let chars_t = stack(&samples.iter().map(|s| s.characters.to_vec()).collect::<Vec<_>>())?;
+        let char_looks_t = stack(&samples.iter().map(|s| s.character_looks.to_vec()).collect::<Vec<_>>())?;
+        let place_look_t = labels(&|s| s.place_look).map_err(cerr)?;
         let fg_t = stack(&samples.iter().map(|s| s.foreground.to_vec()).collect::<Vec<_>>())?;
 
         let mut rng = WorldRng::new(options.seed);
@@ -422,6 +477,8 @@ impl Probe {
                     a.add(&candle_nn::loss::cross_entropy(&h.framing, &pick(&framing_t)?)?)?
                         .add(&(candle_nn::loss::cross_entropy(&h.lighting, &pick(&lighting_t)?)? * 0.5)?)?
                         .add(&(bce_with_logits(&h.characters, &pick(&chars_t)?)? * 3.0)?)?
+                        .add(&(bce_with_logits(&h.character_looks, &pick(&char_looks_t)?)? * 3.0)?)?
+                        .add(&candle_nn::loss::cross_entropy(&h.place_look, &pick(&place_look_t)?)?)?
                         .add(&bce_with_logits(&h.foreground, &pick(&fg_t)?)?)
                 }))
                 .map_err(cerr)?;
@@ -438,6 +495,8 @@ impl Probe {
         probe.framing = detach(&probe.framing)?;
         probe.lighting = detach(&probe.lighting)?;
         probe.characters = detach(&probe.characters)?;
+        probe.character_looks = detach(&probe.character_looks)?;
+        probe.place_look = detach(&probe.place_look)?;
         probe.foreground = detach(&probe.foreground)?;
         Ok(probe)
     }
@@ -500,8 +559,10 @@ fn io_err(path: &Path, e: std::io::Error) -> EvalError {
 /// A labelled sample from a rendered frame and its ground truth.
 pub fn sample_from(image: &ProbeImage, truth: &FrameTruth, width: u32, height: u32) -> ProbeSample {
     let mut characters = [0.0; N_CHARACTERS];
+    let mut character_looks = [0.0; N_CHARACTER_LOOKS];
     for c in &truth.characters {
         characters[c.character] = 1.0;
+        character_looks[c.character * LOOKS + (c.look as usize).min(LOOKS - 1)] = 1.0;
     }
     let mut foreground = [0.0; CELLS];
     let (cw, ch) = (width as f32 / GRID as f32, height as f32 / GRID as f32);
@@ -524,6 +585,8 @@ pub fn sample_from(image: &ProbeImage, truth: &FrameTruth, width: u32, height: u
         framing: truth.framing.index() as u32,
         lighting: Lighting::ALL.iter().position(|&l| l == truth.lighting).unwrap_or(0) as u32,
         characters,
+        character_looks,
+        place_look: truth.place_look as u32,
         foreground,
     }
 }

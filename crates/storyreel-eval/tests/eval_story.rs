@@ -51,6 +51,13 @@ fn ground_truth_tops_the_metrics_and_every_corruption_scores_lower() {
     assert!(swapped.adherence_characters < gt.adherence_characters - 0.2, "swapped {swapped:?}");
     assert!(swapped.inter_shot_character_consistency.unwrap() < gt_char - 0.03, "swapped {swapped:?} vs {gt:?}");
 
+    // Captions never name a look, so only the look-aware consistency measures can see this.
+    let gt_place = gt.inter_shot_place_consistency.unwrap();
+    let changed = run(&probe, &stories, Some(Corruption::ChangedLooks));
+    assert!(changed.inter_shot_character_consistency.unwrap() < gt_char - 0.1, "changed looks {changed:?} vs {gt:?}");
+    assert!(changed.inter_shot_place_consistency.unwrap() < gt_place - 0.1, "changed looks {changed:?} vs {gt:?}");
+    assert!(changed.prompt_adherence > gt.prompt_adherence - 0.05, "changed looks {changed:?} vs {gt:?}");
+
     let frozen = run(&probe, &stories, Some(Corruption::FrozenFrames));
     assert!(frozen.mean_motion < 0.2 * gt.mean_motion, "frozen {frozen:?}");
     assert!(frozen.dynamic_degree < gt.dynamic_degree, "frozen {frozen:?} vs {gt:?}");
@@ -86,6 +93,8 @@ fn shipped_probe_reads_held_out_rendered_frames() {
     assert!(acc.place > 0.97, "{acc:?}");
     assert!(acc.framing > 0.95, "{acc:?}");
     assert!(acc.characters_f1 > 0.85, "{acc:?}");
+    assert!(acc.place_look > 0.9, "{acc:?}");
+    assert!(acc.character_looks_f1 > 0.8, "{acc:?}");
     assert!(acc.foreground > 0.9, "{acc:?}");
 }
 

@@ -306,3 +306,18 @@ impl Lighting {
         }
     }
 }
+
+/// How many looks each character and each place comes in. Captions never name a look, so only
+/// a story's earlier frames tell a model which one this story uses (what context is for).
+pub const LOOKS: usize = 3;
+
+/// The scarf a character wears in `look`: none in look 0 (the catalogue's plain character), a
+/// cyan one in look 1, a white one in look 2 (black on the white rabbit, where white would vanish).
+pub fn scarf_colour(character: CharacterId, look: u8) -> Option<[f32; 3]> {
+    match look {
+        1 => Some([0.05, 0.80, 0.85]),
+        2 if CHARACTERS.get(character).is_some_and(|c| c.colour == "white") => Some([0.08, 0.08, 0.10]),
+        2 => Some([0.97, 0.97, 0.95]),
+        _ => None,
+    }
+}

@@ -7,7 +7,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use storyreel_media::RgbFrame;
 
-use crate::catalog::{Character, CharacterId, Framing, Lighting, Motion, Pattern, Place, Shape, CHARACTERS};
+use crate::catalog::{
+    scarf_colour, Character, CharacterId, Framing, Lighting, Motion, Pattern, Place, Shape, CHARACTERS, LOOKS,
+};
 use crate::error::Result;
 use crate::rng::{fbm, hash01, value_noise, WorldRng};
 use crate::story::{ShotSpec, Story, VideoFormat};
@@ -21,6 +23,9 @@ pub struct CharacterTruth {
     pub bbox: [f32; 4],
     /// +1 facing right, −1 facing left.
     pub facing: i8,
+    /// The character's look in this story ([`crate::catalog::LOOKS`]).
+    #[serde(default)]
+    pub look: u8,
 }
 
 /// Exact ground truth of one frame.
@@ -32,6 +37,9 @@ pub struct FrameTruth {
     pub frame_in_shot: usize,
     /// Background.
     pub place: Place,
+    /// The place's look in this story.
+    #[serde(default)]
+    pub place_look: u8,
     /// Camera distance.
     pub framing: Framing,
     /// The light this frame is closest to.
@@ -86,6 +94,7 @@ pub fn render_shot(
                 shot: shot_index,
                 frame_in_shot: f,
                 place: spec.place,
+                place_look: spec.place_look,
                 framing: spec.framing,
                 lighting: if t < 0.5 { spec.lighting } else { spec.final_lighting() },
                 motion: spec.motion,
@@ -228,6 +237,7 @@ impl ShotLayout {
                 };
                 Pose {
                     character: c,
+                    look: spec.character_look(i),
                     cx: cx + self.offsets[i] * scale,
                     cy: cy - bob,
                     half_w: hw * squash,
@@ -252,6 +262,7 @@ fn grow_scale(framing: Framing, t: f32) -> f32 {
 /// A character's placement in one frame.
 struct Pose {
     character: CharacterId,
+    look: u8,
     cx: f32,
     cy: f32,
     half_w: f32,
@@ -272,6 +283,7 @@ impl Pose {
                 (self.cy + self.half_h).clamp(0.0, h),
             ],
             facing: self.facing,
+            look: self.look,
         }
     }
 }
@@ -287,7 +299,7 @@ fn render_background(spec: &ShotSpec, layout: &ShotLayout, format: VideoFormat) 
             // Scene coordinates: the wide shot spans x in [0, aspect], y in [0, 1].
             let u = ((x as f32 + 0.5) / w as f32 - 0.5) * aspect_ratio / zoom + layout.focus.0 * aspect_ratio;
             let v = ((y as f32 + 0.5) / h as f32 - 0.5) / zoom + layout.focus.1;
-            *px = place_colour(spec.place, u, v);
+            *px = place_colour(spec.place, spec.place_look, u, v);
         }
     });
     out
@@ -312,65 +324,83 @@ fn sky(v: f32, top: [f32; 3], bottom: [f32; 3], u: f32, clouds: bool) -> [f32; 3
     }
 }
 
-/// The colour of `place` at scene point (u, v).
-fn place_colour(place: Place, u: f32, v: f32) -> [f32; 3] {
+/// The colour of `place` in `look` at scene point (u, v). Look 0 is the catalogue's place; the
+/// others change its palette and the seeds of its texture (where buildings stand, how dense the
+/// trees are), as two meadows or two cities differ, without changing what kind of place it is.
+fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
+    let l = (look as usize).min(LOOKS - 1);
+    // Texture seeds move with the look; look 0 keeps the original seeds.
+    let s = |base: u64| base + 100 * l as u64;
     match place {
         Place::Meadow => {
+            const GRASS: [[f32; 3]; LOOKS] = [[0.30, 0.64, 0.24], [0.58, 0.62, 0.20], [0.14, 0.50, 0.38]];
+            const FLOWER: [[f32; 3]; LOOKS] = [[0.98, 0.9, 0.3], [0.97, 0.97, 0.97], [0.92, 0.18, 0.26]];
+            const DENSITY: [f32; LOOKS] = [0.985, 0.975, 0.97];
             if v < 0.45 {
                 sky(v, [0.36, 0.60, 0.92], [0.68, 0.84, 0.98], u, true)
             } else {
-                let n = fbm(21, u * 18.0, v * 30.0);
-                let blade = ((u * 140.0 + value_noise(22, u * 8.0, v * 8.0) * 6.0).sin() * 0.5 + 0.5) * 0.12;
-                let base = scale([0.30, 0.64, 0.24], 0.8 + 0.35 * n - blade);
-                let flower = hash01(23, (u * 60.0) as i64, (v * 60.0) as i64);
-                if flower > 0.985 {
-                    [0.98, 0.9, 0.3]
+                let n = fbm(s(21), u * 18.0, v * 30.0);
+                let blade = ((u * 140.0 + value_noise(s(22), u * 8.0, v * 8.0) * 6.0).sin() * 0.5 + 0.5) * 0.12;
+                let base = scale(GRASS[l], 0.8 + 0.35 * n - blade);
+                let flower = hash01(s(23), (u * 60.0) as i64, (v * 60.0) as i64);
+                if flower > DENSITY[l] {
+                    FLOWER[l]
                 } else {
                     base
                 }
             }
         }
         Place::Beach => {
+            const SEA: [[f32; 3]; LOOKS] = [[0.08, 0.40, 0.70], [0.05, 0.62, 0.60], [0.06, 0.20, 0.45]];
+            const SAND: [[f32; 3]; LOOKS] = [[0.94, 0.84, 0.60], [0.97, 0.94, 0.86], [0.78, 0.62, 0.44]];
             if v < 0.40 {
                 sky(v, [0.30, 0.62, 0.95], [0.72, 0.88, 1.0], u, true)
             } else if v < 0.56 {
                 let wave = ((u * 40.0 + (v * 90.0).sin() * 2.0).sin() * 0.5 + 0.5) * 0.15;
-                scale([0.08, 0.40, 0.70], 0.9 + wave + 0.2 * fbm(31, u * 10.0, v * 25.0))
+                scale(SEA[l], 0.9 + wave + 0.2 * fbm(s(31), u * 10.0, v * 25.0))
             } else {
-                let n = fbm(32, u * 40.0, v * 40.0);
-                scale([0.94, 0.84, 0.60], 0.88 + 0.18 * n)
+                let n = fbm(s(32), u * 40.0, v * 40.0);
+                scale(SAND[l], 0.88 + 0.18 * n)
             }
         }
         Place::Forest => {
-            let trunk_phase = (u * 5.5 + value_noise(41, v * 2.0, 0.0) * 0.15).fract();
-            let trunk_id = (u * 5.5).floor() as i64;
-            let trunk_width = 0.16 + 0.12 * hash01(42, trunk_id, 0);
+            const LEAVES: [[f32; 3]; LOOKS] = [[0.10, 0.34, 0.14], [0.52, 0.30, 0.08], [0.05, 0.22, 0.20]];
+            const FLOOR: [[f32; 3]; LOOKS] = [[0.28, 0.36, 0.14], [0.46, 0.30, 0.12], [0.20, 0.26, 0.18]];
+            const TRUNKS: [f32; LOOKS] = [5.5, 3.8, 8.0];
+            let trunk_phase = (u * TRUNKS[l] + value_noise(s(41), v * 2.0, 0.0) * 0.15).fract();
+            let trunk_id = (u * TRUNKS[l]).floor() as i64;
+            let trunk_width = 0.16 + 0.12 * hash01(s(42), trunk_id, 0);
             if v > 0.72 {
-                let n = fbm(43, u * 25.0, v * 25.0);
-                scale([0.28, 0.36, 0.14], 0.8 + 0.4 * n)
+                let n = fbm(s(43), u * 25.0, v * 25.0);
+                scale(FLOOR[l], 0.8 + 0.4 * n)
             } else if trunk_phase < trunk_width {
                 let bark = ((v * 80.0 + u * 10.0).sin() * 0.5 + 0.5) * 0.2;
                 scale([0.36, 0.23, 0.12], 0.85 + bark)
             } else {
-                let n = fbm(44, u * 12.0, v * 12.0);
-                scale([0.10, 0.34, 0.14], 0.6 + 0.8 * n)
+                let n = fbm(s(44), u * 12.0, v * 12.0);
+                scale(LEAVES[l], 0.6 + 0.8 * n)
             }
         }
         Place::City => {
-            let col = (u * 7.0).floor() as i64;
-            let top = 0.12 + 0.35 * hash01(51, col, 1);
+            // Grey concrete, red brick, blue glass.
+            const WALL: [[f32; 3]; LOOKS] = [[1.0, 0.98, 1.05], [1.45, 0.72, 0.52], [0.72, 0.92, 1.40]];
+            const COLUMNS: [f32; LOOKS] = [7.0, 5.0, 9.0];
+            const WINDOW_COLUMNS: [f32; LOOKS] = [28.0, 20.0, 36.0];
+            let cols = COLUMNS[l];
+            let col = (u * cols).floor() as i64;
+            let top = 0.12 + 0.35 * hash01(s(51), col, 1);
             if v > 0.80 {
                 let stripe = if ((u * 12.0).fract() < 0.5) && v > 0.88 && v < 0.90 { 0.4 } else { 0.0 };
-                mix(scale([0.30, 0.30, 0.33], 0.9 + 0.2 * fbm(52, u * 30.0, v * 30.0)), [0.95, 0.95, 0.9], stripe)
+                mix(scale([0.30, 0.30, 0.33], 0.9 + 0.2 * fbm(s(52), u * 30.0, v * 30.0)), [0.95, 0.95, 0.9], stripe)
             } else if v < top {
                 sky(v, [0.55, 0.66, 0.80], [0.78, 0.82, 0.88], u, false)
             } else {
-                let tone = 0.35 + 0.35 * hash01(53, col, 2);
-                let wall = [tone, tone * 0.98, tone * 1.05];
-                let (wx, wy) = ((u * 7.0).fract(), v * 22.0);
+                let tone = 0.35 + 0.35 * hash01(s(53), col, 2);
+                let wall = [tone * WALL[l][0], tone * WALL[l][1], tone * WALL[l][2]];
+                let (wx, wy) = ((u * cols).fract(), v * 22.0);
                 let window = wx > 0.15 && wx < 0.85 && ((wx * 4.0).fract() < 0.55) && (wy.fract() < 0.55);
                 if window {
-                    let lit = hash01(54, (u * 28.0) as i64, wy as i64) > 0.45;
+                    let lit = hash01(s(54), (u * WINDOW_COLUMNS[l]) as i64, wy as i64) > 0.45;
                     if lit {
                         [0.92, 0.85, 0.50]
                     } else {
@@ -382,24 +412,34 @@ fn place_colour(place: Place, u: f32, v: f32) -> [f32; 3] {
             }
         }
         Place::Desert => {
-            let horizon = 0.42 + 0.05 * (u * 3.0).sin();
+            const DUNES: [[f32; 3]; LOOKS] = [[0.90, 0.58, 0.28], [0.95, 0.84, 0.60], [0.72, 0.30, 0.18]];
+            const PHASE: [f32; LOOKS] = [0.0, 1.3, 2.6];
+            let horizon = 0.42 + 0.05 * (u * 3.0 + PHASE[l]).sin();
             if v < horizon {
                 sky(v, [0.92, 0.72, 0.45], [0.99, 0.90, 0.70], u, false)
             } else {
-                let dune = ((u * 6.0 + v * 18.0 + (u * 2.0).sin() * 2.0).sin() * 0.5 + 0.5) * 0.22;
-                let n = fbm(61, u * 35.0, v * 35.0);
-                scale([0.90, 0.58, 0.28], 0.8 + dune + 0.12 * n)
+                let dune = ((u * 6.0 + v * 18.0 + (u * 2.0 + PHASE[l]).sin() * 2.0).sin() * 0.5 + 0.5) * 0.22;
+                let n = fbm(s(61), u * 35.0, v * 35.0);
+                scale(DUNES[l], 0.8 + dune + 0.12 * n)
             }
         }
         Place::Snowfield => {
-            let ridge = 0.40 - 0.10 * (1.0 - ((u * 3.3).fract() * 2.0 - 1.0).abs()) - 0.04 * fbm(71, u * 6.0, 0.0);
+            // Blue-grey peaks, dark rock, pine-covered slopes; the snow itself white, blue-shadowed
+            // or strewn with rocks.
+            const PEAKS: [[f32; 3]; LOOKS] = [[0.55, 0.62, 0.75], [0.30, 0.31, 0.34], [0.18, 0.40, 0.28]];
+            const SNOW: [[f32; 3]; LOOKS] = [[0.93, 0.95, 0.99], [0.80, 0.87, 0.99], [0.93, 0.95, 0.99]];
+            let ridge = 0.40 - 0.10 * (1.0 - ((u * 3.3).fract() * 2.0 - 1.0).abs()) - 0.04 * fbm(s(71), u * 6.0, 0.0);
             if v < ridge {
                 sky(v, [0.66, 0.78, 0.93], [0.85, 0.90, 0.97], u, true)
             } else if v < 0.46 {
-                scale([0.55, 0.62, 0.75], 0.9 + 0.2 * fbm(72, u * 20.0, v * 20.0))
+                scale(PEAKS[l], 0.9 + 0.2 * fbm(s(72), u * 20.0, v * 20.0))
             } else {
-                let n = fbm(73, u * 30.0, v * 30.0);
-                scale([0.93, 0.95, 0.99], 0.9 + 0.1 * n)
+                let n = fbm(s(73), u * 30.0, v * 30.0);
+                if l == 2 && hash01(s(74), (u * 40.0) as i64, (v * 40.0) as i64) > 0.985 {
+                    [0.32, 0.30, 0.30]
+                } else {
+                    scale(SNOW[l], 0.9 + 0.1 * n)
+                }
             }
         }
     }
@@ -417,8 +457,8 @@ fn coverage(shape: Shape, bu: f32, bv: f32, pixel: f32) -> f32 {
     (0.5 - d / pixel).clamp(0.0, 1.0)
 }
 
-/// The body colour at body coordinates, pattern and shading included.
-fn body_colour(ch: &Character, bu: f32, bv: f32, facing: i8) -> [f32; 3] {
+/// The body colour at body coordinates, pattern, scarf and shading included.
+fn body_colour(ch: &Character, look: u8, id: CharacterId, bu: f32, bv: f32, facing: i8) -> [f32; 3] {
     let dark = scale(ch.rgb, 0.42);
     let mut c = match ch.pattern {
         Pattern::Plain => ch.rgb,
@@ -446,6 +486,16 @@ fn body_colour(ch: &Character, bu: f32, bv: f32, facing: i8) -> [f32; 3] {
             }
         }
     };
+    // The scarf sits just below the eyes: low on the pointed outline, mid-body on the others.
+    let scarf_band = match ch.shape {
+        Shape::Triangle => (0.38, 0.68),
+        _ => (0.0, 0.34),
+    };
+    if let Some(scarf) = scarf_colour(id, look) {
+        if bv > scarf_band.0 && bv < scarf_band.1 {
+            c = scarf;
+        }
+    }
     c = scale(c, 1.06 - 0.12 * (bv + 1.0) / 2.0);
     // Eyes: two dark dots high on the body, shifted towards the facing side.
     let eye_v = match ch.shape {
@@ -499,7 +549,7 @@ fn compose_frame(
                 }
                 let a = coverage(ch.shape, bu, bv, 1.0 / pose.half_w.min(pose.half_h).max(0.5));
                 if a > 0.0 {
-                    c = mix(c, body_colour(ch, bu, bv, pose.facing), a);
+                    c = mix(c, body_colour(ch, pose.look, pose.character, bu, bv, pose.facing), a);
                 }
             }
             let grain = (hash01(grain_seed, x as i64, y as i64) - 0.5) * 0.025;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::caption::{global_caption, shot_caption, CaptionHistory};
-use crate::catalog::{CharacterId, Framing, Lighting, Motion, Place, CHARACTERS};
+use crate::catalog::{CharacterId, Framing, Lighting, Motion, Place, CHARACTERS, LOOKS};
 use crate::error::{Result, WorldError};
 use crate::rng::WorldRng;
 
@@ -72,9 +72,25 @@ pub struct ShotSpec {
     pub characters: Vec<CharacterId>,
     /// Seed of the layout (positions, facing, camera focus).
     pub layout_seed: u64,
+    /// Which of the place's [`LOOKS`] looks (palette and layout) the shot shows; captions never
+    /// name it, so it is what context frames carry from shot to shot.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub place_look: u8,
+    /// The look of each character in `characters`, in the same order (empty: all look 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub character_looks: Vec<u8>,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 impl ShotSpec {
+    /// The look of the `i`-th character of the shot (0 when the shot gives none).
+    pub fn character_look(&self, i: usize) -> u8 {
+        self.character_looks.get(i).copied().unwrap_or(0)
+    }
+
     /// The light shown at the end of the shot.
     pub fn final_lighting(&self) -> Lighting {
         self.lighting_end.unwrap_or(self.lighting)
@@ -222,6 +238,30 @@ impl Story {
             if s.world.characters.len() == 2 && s.world.characters[0] == s.world.characters[1] {
                 return Err(WorldError::malformed(at, "the same character appears twice in one shot"));
             }
+            if s.world.place_look as usize >= LOOKS {
+                return Err(WorldError::out_of_range(
+                    format!("{at}.world.place_look"),
+                    s.world.place_look,
+                    format!("a look below {LOOKS}"),
+                ));
+            }
+            if !s.world.character_looks.is_empty() && s.world.character_looks.len() != s.world.characters.len() {
+                return Err(WorldError::malformed(
+                    format!("{at}.world.character_looks"),
+                    format!(
+                        "{} looks for {} characters (give one per character, or none)",
+                        s.world.character_looks.len(),
+                        s.world.characters.len()
+                    ),
+                ));
+            }
+            if let Some(&look) = s.world.character_looks.iter().find(|&&l| l as usize >= LOOKS) {
+                return Err(WorldError::out_of_range(
+                    format!("{at}.world.character_looks"),
+                    look,
+                    format!("a look below {LOOKS}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -275,6 +315,14 @@ pub struct StoryOptions {
     pub lighting_ramp: f64,
     /// Chance that the second character is one that looks like the first.
     pub similar_pair: f64,
+    /// Draw each character's and place's look per story (kept across its shots); off, every
+    /// story uses look 0, the catalogue's plain appearance.
+    #[serde(default = "varied_looks_default")]
+    pub varied_looks: bool,
+}
+
+fn varied_looks_default() -> bool {
+    true
 }
 
 impl Default for StoryOptions {
@@ -290,6 +338,7 @@ impl Default for StoryOptions {
             fast_motion: 0.2,
             lighting_ramp: 0.15,
             similar_pair: 0.3,
+            varied_looks: true,
         }
     }
 }
@@ -432,7 +481,12 @@ pub fn generate_story(seed: u64, options: &StoryOptions) -> Result<Story> {
             fast,
             characters: cast,
             layout_seed: rng.next_u64(),
+            place_look: 0,
+            character_looks: Vec::new(),
         });
+    }
+    if options.varied_looks {
+        assign_looks(seed, &mut specs);
     }
 
     let k_lo = (options.min_shot_frames - 1) / 4;
@@ -458,6 +512,22 @@ pub fn generate_story(seed: u64, options: &StoryOptions) -> Result<Story> {
     story.global_caption = global_caption(&story);
     Ok(story)
 }
+
+/// Gives every character and place of a story one look, the same in each of its shots. The
+/// looks come from their own generator so a story's cast, places and layout are those of the
+/// same seed without looks.
+fn assign_looks(seed: u64, specs: &mut [ShotSpec]) {
+    let mut rng = WorldRng::derived(seed, LOOK_SALT);
+    let character_looks: Vec<u8> = (0..CHARACTERS.len()).map(|_| rng.range(0, LOOKS - 1) as u8).collect();
+    let place_looks: Vec<u8> = (0..Place::ALL.len()).map(|_| rng.range(0, LOOKS - 1) as u8).collect();
+    for spec in specs {
+        spec.place_look = place_looks[spec.place.index()];
+        spec.character_looks = spec.characters.iter().map(|&c| character_looks[c]).collect();
+    }
+}
+
+/// Salt of the looks' random stream.
+const LOOK_SALT: u64 = 0x4c4f_4f4b_5321;
 
 /// Who appears in each shot.
 fn casts(pattern: StoryPattern, n: usize, a: CharacterId, b: CharacterId, rng: &mut WorldRng) -> Vec<Vec<CharacterId>> {

@@ -153,6 +153,8 @@ fn captions_refer_back() {
         fast: false,
         characters: chars,
         layout_seed: 1,
+        place_look: 0,
+        character_looks: Vec::new(),
     };
     let first = caption::shot_caption(&spec(vec![0], Place::Meadow, Lighting::Day), &mut history);
     assert_eq!(first, "A red fox jumps in a meadow in daylight, wide shot.");
@@ -205,6 +207,8 @@ fn the_box_holds_the_characters_colour() {
         fast: false,
         characters: vec![0],
         layout_seed: 5,
+        place_look: 0,
+        character_looks: Vec::new(),
     };
     let format = VideoFormat::default();
     let (frames, truth) = render_shot(&spec, 0, 5, format).unwrap();
@@ -284,4 +288,81 @@ fn vocabulary_covers_every_caption_and_prompt() {
             assert!(known(&prompt).is_empty(), "unknown words {:?} in {prompt:?}", known(&prompt));
         }
     }
+}
+
+#[test]
+fn each_story_keeps_one_look_per_character_and_place_and_captions_never_name_it() {
+    let plain = StoryOptions { varied_looks: false, ..options(64) };
+    let mut seen_looks = std::collections::HashSet::new();
+    for seed in 0..60u64 {
+        let story = generate_story(seed, &options(64)).unwrap();
+        let without = generate_story(seed, &plain).unwrap();
+        // Looks come from their own stream: the cast, places, layout and captions are those of
+        // the same seed without looks.
+        assert_eq!(story.global_caption, without.global_caption);
+        let mut character_look = std::collections::HashMap::new();
+        let mut place_look = std::collections::HashMap::new();
+        for (a, b) in story.shots.iter().zip(&without.shots) {
+            assert_eq!(a.caption, b.caption, "seed {seed}");
+            assert_eq!((a.frames, a.world.layout_seed), (b.frames, b.world.layout_seed));
+            assert_eq!(a.world.characters, b.world.characters);
+            assert!(b.world.place_look == 0 && b.world.character_looks.is_empty());
+            assert_eq!(a.world.character_looks.len(), a.world.characters.len());
+            for (k, &c) in a.world.characters.iter().enumerate() {
+                let look = a.world.character_look(k);
+                assert_eq!(*character_look.entry(c).or_insert(look), look, "seed {seed}: character {c} changed look");
+                seen_looks.insert(("character", look));
+            }
+            let look = a.world.place_look;
+            assert_eq!(*place_look.entry(a.world.place).or_insert(look), look, "seed {seed}: place changed look");
+            seen_looks.insert(("place", look));
+        }
+    }
+    assert_eq!(seen_looks.len(), 2 * storyreel_world::catalog::LOOKS, "{seen_looks:?}");
+}
+
+#[test]
+fn looks_change_the_pixels_and_the_truth_but_not_the_boxes() {
+    let spec = |look: u8| ShotSpec {
+        place: Place::City,
+        framing: Framing::Medium,
+        lighting: Lighting::Day,
+        lighting_end: None,
+        motion: Motion::Jump,
+        fast: false,
+        characters: vec![0, 7],
+        layout_seed: 5,
+        place_look: look,
+        character_looks: vec![look, look],
+    };
+    let format = VideoFormat::default();
+    let (base, base_truth) = render_shot(&spec(0), 0, 5, format).unwrap();
+    let (no_looks, _) = render_shot(&ShotSpec { character_looks: Vec::new(), ..spec(0) }, 0, 5, format).unwrap();
+    assert_eq!(base, no_looks, "look 0 is the catalogue's appearance");
+    for look in 1..storyreel_world::catalog::LOOKS as u8 {
+        let (frames, truth) = render_shot(&spec(look), 0, 5, format).unwrap();
+        let changed = frames[0].data.iter().zip(&base[0].data).filter(|(a, b)| a.abs_diff(**b) > 20).count();
+        assert!(changed > frames[0].data.len() / 4, "look {look} changed only {changed} samples");
+        assert_eq!(truth[0].place_look, look);
+        for (c, b) in truth[0].characters.iter().zip(&base_truth[0].characters) {
+            assert_eq!((c.look, c.bbox), (look, b.bbox));
+        }
+    }
+}
+
+#[test]
+fn bad_looks_in_a_story_file_are_named() {
+    let story = generate_story(9, &options(64)).unwrap();
+    let mut bad = story.clone();
+    bad.shots[0].world.place_look = 7;
+    let err = Story::from_json(&bad.to_json(), "bad.json").unwrap_err().to_string();
+    assert!(err.contains("bad.json") && err.contains("shots[0].world.place_look"), "{err}");
+    let mut bad = story.clone();
+    bad.shots[1].world.character_looks = vec![0; bad.shots[1].world.characters.len() + 1];
+    let err = Story::from_json(&bad.to_json(), "bad.json").unwrap_err().to_string();
+    assert!(err.contains("shots[1].world.character_looks") && err.contains("one per character"), "{err}");
+    let mut bad = story;
+    bad.shots[0].world.character_looks = vec![3; bad.shots[0].world.characters.len()];
+    let err = Story::from_json(&bad.to_json(), "bad.json").unwrap_err().to_string();
+    assert!(err.contains("shots[0].world.character_looks") && err.contains("below 3"), "{err}");
 }

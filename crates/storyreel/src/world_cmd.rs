@@ -103,6 +103,9 @@ pub struct GenerateArgs {
     /// Only this pattern: main_subject, insert_recall or composable (default: drawn per story).
     #[arg(long, value_parser = parse_pattern)]
     pattern: Option<StoryPattern>,
+    /// Draw every character and place in look 0 (no per-story looks; the world before looks).
+    #[arg(long)]
+    plain_looks: bool,
     /// Skip the H.264 videos (captions, truth and the CSV are still written).
     #[arg(long)]
     no_videos: bool,
@@ -171,6 +174,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         min_shot_frames: args.min_frames,
         max_shot_frames: args.max_frames,
         pattern: args.pattern,
+        varied_looks: !args.plain_looks,
         ..StoryOptions::default()
     };
     let spec = DatasetSpec {
