@@ -121,6 +121,13 @@ fn fitting_lowers_the_loss_and_the_probe_round_trips() {
     assert_eq!(a[0].embedding, b[0].embedding);
     let missing = Probe::load(&dir.path().join("nope")).err().unwrap().to_string();
     assert!(missing.contains("no probe weights"), "{missing}");
+    // A probe fitted before looks lacks their heads: the error says to refit.
+    let weights = dir.path().join("probe.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    tensors.retain(|name, _| !name.starts_with("place_look") && !name.starts_with("character_looks"));
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let old = Probe::load(dir.path()).err().unwrap().to_string();
+    assert!(old.contains("fit-probe") && old.contains("looks"), "{old}");
     std::fs::write(dir.path().join("probe.safetensors"), b"not safetensors").unwrap();
     assert!(Probe::load(dir.path()).is_err());
 }
