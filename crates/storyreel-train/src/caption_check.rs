@@ -7,17 +7,14 @@
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
-use storyreel_engine::context::DynamicSampling;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
 use storyreel_engine::{NoiseSource, SeededNoise, StoryModel};
-use storyreel_nn::codec::VideoCodec;
-use storyreel_world::{generate_story, StoryOptions};
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
+use crate::held_out::{encode_held_out, validate_check_options};
 use crate::log::Progress;
-use crate::stage_teacher::{encode_story, EncodedStory};
 
 /// Timesteps checked by default: from pure noise down to the middle of the schedule.
 pub const DEFAULT_TIMESTEPS: [f32; 5] = [990.0, 950.0, 900.0, 750.0, 500.0];
@@ -71,35 +68,12 @@ pub struct CaptionCheckReport {
 
 /// Measures how much `model` relies on its captions (see the module docs).
 pub fn caption_check(model: &StoryModel, options: &CaptionCheckOptions) -> Result<CaptionCheckReport> {
-    if options.stories < 2 {
-        return Err(TrainError::out_of_range("stories", options.stories, "at least 2"));
-    }
-    if let Some(bad) = options.timesteps.iter().find(|t| !(**t > 0.0 && **t <= 1000.0)) {
-        return Err(TrainError::out_of_range("timestep", bad, "in (0, 1000]"));
-    }
-    if options.timesteps.is_empty() {
-        return Err(TrainError::out_of_range("timesteps", "none", "at least one"));
-    }
-    options
-        .first_seed
-        .checked_add(options.stories)
-        .ok_or_else(|| TrainError::out_of_range("seed range", options.first_seed, "a range that fits in u64"))?;
+    validate_check_options(options.first_seed, options.stories, &options.timesteps)?;
     let device = Device::Cpu;
     let card = &model.card;
-    let mut story_options = StoryOptions::default();
-    story_options.format.width = card.width;
-    story_options.format.height = card.height;
-    let scale = model.vae.spatial_scale();
-    let hw = (card.height as usize / scale, card.width as usize / scale);
     let n_context = card.context_frames;
-    let memory = DynamicSampling { max_frames: n_context };
     let bar = Progress::new(options.stories * 2, 0, options.progress);
-    let mut stories: Vec<EncodedStory> = Vec::with_capacity(options.stories as usize);
-    for i in 0..options.stories {
-        let story = generate_story(options.first_seed + i, &story_options)?;
-        stories.push(encode_story(&model.vae, &story, &memory, n_context, hw, &device)?);
-        bar.update(i + 1, f64::NAN);
-    }
+    let stories = encode_held_out(model, options.first_seed, options.stories, &bar)?;
     let uncond = unconditional_caption(&model.dit, &device)?;
     let k_rows = options.timesteps.len();
     let (mut own, mut other, mut none) = (vec![0f64; k_rows], vec![0f64; k_rows], vec![0f64; k_rows]);

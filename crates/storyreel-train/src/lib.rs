@@ -3,9 +3,11 @@
 //! checkpoint/resume, JSONL logs, and batches drawn from the story world.
 
 pub mod caption_check;
+pub mod context_check;
 pub mod data;
 pub mod ema;
 pub mod error;
+pub mod held_out;
 pub mod log;
 pub mod lora;
 pub mod model_files;

@@ -187,6 +187,11 @@ pub struct TeacherStageConfig {
     pub steps: u64,
     /// Seed of the initial weights.
     pub init_seed: u64,
+    /// Start from this trained teacher (a model folder written by this stage, same DiT and text
+    /// shapes, same vocabulary, trained on latents of the same VAE) instead of random weights,
+    /// e.g. to fine-tune on a changed world. The optimiser and schedule start fresh; a resumed
+    /// run ignores it.
+    pub init_from: Option<PathBuf>,
     /// Optimiser, schedule, accumulation, checkpoints, output folder.
     pub train: TrainConfig,
 }
@@ -222,6 +227,7 @@ impl Default for TeacherStageConfig {
             sampler: TeacherSampling { steps: 20, shift: 8.0, guidance: 3.0 },
             steps: 4000,
             init_seed: 1,
+            init_from: None,
             train,
         }
     }
@@ -779,6 +785,9 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
 
     let varmap = VarMap::new();
     let nets = TeacherNetworks::trainable(cfg, z, &varmap, &device)?;
+    if let Some(from) = &cfg.init_from {
+        load_initial_teacher(&varmap, from, &cfg.vae, &nets.text, &device)?;
+    }
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let mut train = cfg.train.clone();
     train.schedule.total_steps = cfg.steps;
@@ -886,9 +895,54 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
     Ok(report)
 }
 
-/// Identifies the encoded corpus: the VAE's weights and config, the data settings and the
-/// context size.
-pub(crate) fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usize) -> Result<String> {
+/// Copies a trained teacher's DiT and text-encoder weights into the stage's variables. Every
+/// variable must be present with its shape, the vocabularies must match word for word (a
+/// reordered vocabulary would silently scramble the embeddings), and the teacher must have been
+/// trained on the stage's VAE (its latents mean nothing under another one).
+pub fn load_initial_teacher(
+    varmap: &VarMap,
+    from: &Path,
+    vae_dir: &Path,
+    text: &ToyTextEncoder,
+    device: &Device,
+) -> Result<()> {
+    let bad = |what: String| TrainError::File(format!("init_from {}: {what}", from.display()));
+    let same_vae =
+        vae_fingerprint(&from.join(story_model::VAE_DIR)).map_err(|e| bad(e.to_string()))? == vae_fingerprint(vae_dir)?;
+    if !same_vae {
+        return Err(bad(format!(
+            "it was trained on another VAE than the stage's {} (its latents would mean nothing)",
+            vae_dir.display()
+        )));
+    }
+    let trained_text =
+        ToyTextEncoder::load(&from.join(story_model::TEXT_DIR), device).map_err(|e| bad(e.to_string()))?;
+    if trained_text.tokenizer().words() != text.tokenizer().words() {
+        return Err(bad("its text encoder has another vocabulary than the world's captions".into()));
+    }
+    let dit_path = from.join(story_model::DIT_DIR).join(story_model::DIT_WEIGHTS);
+    let dit = candle_core::safetensors::load(&dit_path, device).map_err(|e| bad(e.to_string()))?;
+    let text_tensors = trained_text.tensors();
+    let data = varmap.data().lock().map_err(|_| TrainError::File("the variable map's lock is poisoned".into()))?;
+    for (name, var) in data.iter() {
+        let found = if let Some(n) = name.strip_prefix(&format!("{DIT_PREFIX}.")) {
+            dit.get(n)
+        } else if let Some(n) = name.strip_prefix(&format!("{TEXT_PREFIX}.")) {
+            text_tensors.get(n)
+        } else {
+            None
+        };
+        let t = found.ok_or_else(|| bad(format!("no tensor for `{name}` (a teacher of another shape?)")))?;
+        if t.dims() != var.dims() {
+            return Err(bad(format!("`{name}` is {:?}, the stage's teacher needs {:?}", t.dims(), var.dims())));
+        }
+        var.set(&t.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
+/// Hash of a VAE folder's weights and config.
+fn vae_fingerprint(vae_dir: &Path) -> Result<u64> {
     let file = storyreel_nn::vae::find_vae_file(vae_dir)?;
     let mut h = 0u64;
     for path in [file.clone(), file.with_file_name("vae_config.json")] {
@@ -896,6 +950,13 @@ pub(crate) fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usi
             h = fold_bytes(h, &bytes);
         }
     }
+    Ok(h)
+}
+
+/// Identifies the encoded corpus: the VAE's weights and config, the data settings and the
+/// context size.
+pub(crate) fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usize) -> Result<String> {
+    let h = vae_fingerprint(vae_dir)?;
     Ok(format!("vae:{h:016x} data:{} context:{context_frames}", serde_json::to_string(data).unwrap_or_default()))
 }
 

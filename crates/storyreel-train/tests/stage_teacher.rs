@@ -352,3 +352,88 @@ fn the_caption_check_tells_a_text_blind_model_from_a_reading_one() {
     let bad_t = CaptionCheckOptions { timesteps: vec![1500.0], ..options };
     assert!(caption_check(&model, &bad_t).unwrap_err().to_string().contains("timestep"));
 }
+
+#[test]
+fn the_context_check_tells_a_context_blind_model_from_a_reading_one() {
+    use storyreel_train::context_check::{context_check, ContextCheckOptions};
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let report = run_teacher_stage(&tiny(&dir.path().join("vae"), &dir.path().join("run"), 4)).unwrap();
+    let options =
+        ContextCheckOptions { stories: 4, timesteps: vec![990.0, 500.0], progress: false, ..Default::default() };
+    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    let reading = context_check(&model, &options).unwrap();
+    assert!(reading.stories >= 1, "{reading:?}");
+    assert_eq!(reading.rows.len(), 2);
+    assert!(reading.rows.iter().all(|r| r.own != r.other && r.own != r.none), "context changes the flow: {reading:?}");
+
+    // Zero every self-attention output: no token sees another, so context cannot reach the target.
+    let weights = report.model_dir.join("dit/model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name.contains("self_attn.o.") {
+            *t = t.zeros_like().unwrap();
+        }
+    }
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let blind = context_check(&StoryModel::load(&report.model_dir, &Device::Cpu).unwrap(), &options).unwrap();
+    assert!(blind.rows.iter().all(|r| r.own == r.other && r.own == r.none), "{blind:?}");
+    assert_eq!(blind.context_gain, 0.0);
+
+    assert!(context_check(&model, &ContextCheckOptions { stories: 1, ..options.clone() })
+        .unwrap_err()
+        .to_string()
+        .contains("stories"));
+    // A no-context ablation has nothing to check.
+    let mut ablation = tiny(&dir.path().join("vae"), &dir.path().join("ablation"), 1);
+    ablation.use_context = false;
+    let ablation = run_teacher_stage(&ablation).unwrap();
+    let err = context_check(&StoryModel::load(&ablation.model_dir, &Device::Cpu).unwrap(), &options).unwrap_err();
+    assert!(err.to_string().contains("without context"), "{err}");
+}
+
+#[test]
+fn a_teacher_can_start_from_a_trained_one_and_refuses_a_mismatched_one() {
+    use storyreel_train::stage_teacher::load_initial_teacher;
+    let dir = tempfile::tempdir().unwrap();
+    let vae_dir = dir.path().join("vae");
+    write_vae(&vae_dir);
+    let first = run_teacher_stage(&tiny(&vae_dir, &dir.path().join("first"), 2)).unwrap();
+    let trained = candle_core::safetensors::load(first.model_dir.join("dit/model.safetensors"), &Device::Cpu).unwrap();
+
+    // A fresh network set takes every DiT weight of the trained teacher.
+    let cfg = tiny(&vae_dir, &dir.path().join("second"), 1);
+    let varmap = VarMap::new();
+    let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
+    load_initial_teacher(&varmap, &first.model_dir, &vae_dir, &nets.text, &Device::Cpu).unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if let Some(n) = name.strip_prefix("dit.") {
+            let diff = (var.as_tensor() - &trained[n]).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+        }
+    }
+    // The stage runs from it.
+    let mut from = tiny(&vae_dir, &dir.path().join("third"), 1);
+    from.init_from = Some(first.model_dir.clone());
+    run_teacher_stage(&from).unwrap();
+
+    // Another VAE: refused, named.
+    let other_vae = dir.path().join("other-vae");
+    let cfg_other = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
+    WanVae::random(&cfg_other, true, 99, DType::F32, &Device::Cpu).unwrap().save(&other_vae).unwrap();
+    let err = load_initial_teacher(&varmap, &first.model_dir, &other_vae, &nets.text, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("another VAE"), "{err}");
+
+    // Another DiT width: refused, naming a tensor.
+    let mut wide = tiny(&vae_dir, &dir.path().join("wide"), 1);
+    wide.dit.dim = 48;
+    wide.dit.num_heads = 2;
+    let wide_vars = VarMap::new();
+    let wide_nets = TeacherNetworks::trainable(&wide, 4, &wide_vars, &Device::Cpu).unwrap();
+    let err = load_initial_teacher(&wide_vars, &first.model_dir, &vae_dir, &wide_nets.text, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("needs"), "{err}");
+    // A missing folder.
+    let err =
+        load_initial_teacher(&varmap, &dir.path().join("nowhere"), &vae_dir, &nets.text, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("nowhere"), "{err}");
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use storyreel_train::caption_check::{caption_check, CaptionCheckOptions};
+use storyreel_train::context_check::{context_check, ContextCheckOptions};
 use storyreel_train::lora::merge_lora_model;
 use storyreel_train::ode_pairs::{make_ode_pairs, OdePairsConfig};
 use storyreel_train::stage_dmd::{run_dmd_stage, DmdConfig, History};
@@ -40,6 +41,9 @@ pub enum TrainStage {
     /// Check whether a trained teacher reads its captions: flow loss on held-out stories with
     /// their own prompts, another story's prompts and the zero caption, at a few timesteps.
     CheckCaptions(CheckCaptionsArgs),
+    /// Check whether a trained teacher reads its context: flow loss on held-out stories with
+    /// their own context latents, another story's and none, at a few timesteps.
+    CheckContext(CheckCaptionsArgs),
     /// Print a stage's full default config as JSON (a starting point for --config).
     DefaultConfig {
         /// The stage: vae, teacher, ode-pairs, ode-init, dmd or dmd-long.
@@ -138,7 +142,7 @@ pub struct MergeLoraArgs {
     out: PathBuf,
 }
 
-/// Arguments of `storyreel train check-captions`.
+/// Arguments of `storyreel train check-captions` and `check-context`.
 #[derive(Args)]
 pub struct CheckCaptionsArgs {
     /// The story model folder (a teacher).
@@ -261,6 +265,7 @@ pub fn run(stage: &TrainStage) -> Result<()> {
             Ok(())
         }
         TrainStage::CheckCaptions(args) => check_captions(args),
+        TrainStage::CheckContext(args) => check_context(args),
         TrainStage::DefaultConfig { stage } => match stage.as_str() {
             "vae" => {
                 println!("{}", serde_json::to_string_pretty(&VaeStageConfig::default())?);
@@ -321,6 +326,33 @@ fn run_dmd(
     eprintln!("DMD ({stage}) of {} for {} steps into {}", cfg.student.display(), cfg.steps, cfg.out_dir.display());
     let report = run_dmd_stage(&cfg).context("training DMD")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn check_context(args: &CheckCaptionsArgs) -> Result<()> {
+    let model = storyreel_engine::StoryModel::load(&args.model, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading the model {}", args.model.display()))?;
+    let options = ContextCheckOptions {
+        first_seed: args.first_seed,
+        stories: args.stories,
+        progress: !args.json,
+        ..ContextCheckOptions::default()
+    };
+    let report = context_check(&model, &options).context("checking context use")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("flow MSE of the last shot of {} held-out stories", report.stories);
+    println!("{:>6}  {:>8}  {:>8}  {:>8}", "t", "own", "other", "none");
+    for r in &report.rows {
+        println!("{:>6.0}  {:>8.4}  {:>8.4}  {:>8.4}", r.t, r.own, r.other, r.none);
+    }
+    println!(
+        "context gain: {:.1}% against another story's context, {:.1}% against none",
+        100.0 * report.context_gain,
+        100.0 * report.gain_over_none
+    );
     Ok(())
 }
 

@@ -1,0 +1,51 @@
+//! The held-out stories that the model checks (`check-captions`, `check-context`) measure on:
+//! rendered from the world at the model's size and encoded with its own VAE, with the context
+//! each shot gets at inference (dynamic sampling over the earlier shots).
+
+use candle_core::Device;
+use storyreel_engine::context::DynamicSampling;
+use storyreel_engine::StoryModel;
+use storyreel_nn::codec::VideoCodec;
+use storyreel_world::{generate_story, StoryOptions};
+
+use crate::error::{Result, TrainError};
+use crate::log::Progress;
+use crate::stage_teacher::{encode_story, EncodedStory};
+
+/// Checks a check's common options: at least two stories (each is also its neighbour's "other"),
+/// timesteps in (0, 1000], and a seed range that fits in u64.
+pub fn validate_check_options(first_seed: u64, stories: u64, timesteps: &[f32]) -> Result<()> {
+    if stories < 2 {
+        return Err(TrainError::out_of_range("stories", stories, "at least 2"));
+    }
+    if let Some(bad) = timesteps.iter().find(|t| !(**t > 0.0 && **t <= 1000.0)) {
+        return Err(TrainError::out_of_range("timestep", bad, "in (0, 1000]"));
+    }
+    if timesteps.is_empty() {
+        return Err(TrainError::out_of_range("timesteps", "none", "at least one"));
+    }
+    first_seed
+        .checked_add(stories)
+        .ok_or_else(|| TrainError::out_of_range("seed range", first_seed, "a range that fits in u64"))?;
+    Ok(())
+}
+
+/// Renders and encodes stories `first_seed..first_seed + stories` for `model`, advancing `bar`
+/// by one per story.
+pub fn encode_held_out(model: &StoryModel, first_seed: u64, stories: u64, bar: &Progress) -> Result<Vec<EncodedStory>> {
+    let device = Device::Cpu;
+    let card = &model.card;
+    let mut story_options = StoryOptions::default();
+    story_options.format.width = card.width;
+    story_options.format.height = card.height;
+    let scale = model.vae.spatial_scale();
+    let hw = (card.height as usize / scale, card.width as usize / scale);
+    let memory = DynamicSampling { max_frames: card.context_frames };
+    let mut out = Vec::with_capacity(stories as usize);
+    for i in 0..stories {
+        let story = generate_story(first_seed + i, &story_options)?;
+        out.push(encode_story(&model.vae, &story, &memory, card.context_frames, hw, &device)?);
+        bar.update(i + 1, f64::NAN);
+    }
+    Ok(out)
+}
