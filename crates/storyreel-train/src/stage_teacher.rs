@@ -177,6 +177,16 @@ pub struct TeacherStageConfig {
     pub image_shift: f32,
     /// Weight of the image samples' mean loss against the shot sample's.
     pub image_weight: f64,
+    /// Context samples added to every step: the first `context_sample_frames` latent frames of
+    /// a target shot past the first, with its context in front and never dropped. The looks of
+    /// a story's characters and places are in its context and nowhere in its captions, so these
+    /// are the samples that teach copying; cropped to the shot's start they cost about a third
+    /// of a full shot sample (6 + 2 frames against 6 + ≈ 15). 0 turns them off.
+    pub context_samples: usize,
+    /// Latent frames of the target kept in a context sample (from the shot's first).
+    pub context_sample_frames: usize,
+    /// Weight of the context samples' mean loss against the shot sample's.
+    pub context_sample_weight: f64,
     /// How the loss is weighted over timesteps. Uniform by default: ShotStream's weighting
     /// fine-tunes a base that already follows text, and from scratch it starves the high-noise
     /// steps where only the caption can tell what to draw (docs/BENCHMARKS.md, "the teacher").
@@ -223,6 +233,9 @@ impl Default for TeacherStageConfig {
             image_samples: 8,
             image_shift: 8.0,
             image_weight: 1.0,
+            context_samples: 0,
+            context_sample_frames: 2,
+            context_sample_weight: 1.0,
             timestep_weighting: TimestepWeighting::Uniform,
             sampler: TeacherSampling { steps: 20, shift: 8.0, guidance: 3.0 },
             steps: 4000,
@@ -268,6 +281,26 @@ impl TeacherStageConfig {
         }
         if !(self.image_weight >= 0.0 && self.image_weight.is_finite()) {
             return Err(TrainError::out_of_range("image_weight", self.image_weight, "a finite weight ≥ 0"));
+        }
+        if self.context_samples > 64 {
+            return Err(TrainError::out_of_range("context_samples", self.context_samples, "at most 64"));
+        }
+        if self.context_samples > 0 && !self.use_context {
+            return Err(TrainError::out_of_range(
+                "context_samples",
+                self.context_samples,
+                "0 when use_context is false (the samples exist to teach reading the context)",
+            ));
+        }
+        if self.context_sample_frames == 0 || self.context_sample_frames > 64 {
+            return Err(TrainError::out_of_range("context_sample_frames", self.context_sample_frames, "1..=64"));
+        }
+        if !(self.context_sample_weight >= 0.0 && self.context_sample_weight.is_finite()) {
+            return Err(TrainError::out_of_range(
+                "context_sample_weight",
+                self.context_sample_weight,
+                "a finite weight ≥ 0",
+            ));
         }
         if !(0.0..=1.0).contains(&self.low_noise_share) {
             return Err(TrainError::out_of_range("low_noise_share", self.low_noise_share, "a share in [0, 1]"));
@@ -431,6 +464,35 @@ pub fn draw_sample(
     let caption_dropped = rng.chance(caption_dropout);
     let context_dropped = rng.chance(context_dropout);
     (story, shot, t, caption_dropped, context_dropped)
+}
+
+/// Draws the context samples of micro-batch `index`: (story, target shot ≥ 1, table index,
+/// caption dropped) each. Pure in `(seed, index)`, and apart from [`draw_sample`] and
+/// [`draw_images`] so that runs without context samples see the same data as before.
+/// Stories with a single shot have no context and are never drawn; `None` when no story has two.
+pub fn draw_context_samples(
+    seed: u64,
+    index: u64,
+    count: usize,
+    shots_per_story: &[usize],
+    table: usize,
+    caption_dropout: f64,
+) -> Option<Vec<(usize, usize, usize, bool)>> {
+    let eligible: Vec<usize> = (0..shots_per_story.len()).filter(|&s| shots_per_story[s] >= 2).collect();
+    if eligible.is_empty() {
+        return None;
+    }
+    let mut rng = WorldRng::derived(mix64(seed ^ 0xc0_7e47), index);
+    Some(
+        (0..count)
+            .map(|_| {
+                let story = eligible[rng.range(0, eligible.len() - 1)];
+                let shot = rng.range(1, shots_per_story[story] - 1);
+                let t = rng.range(0, table - 1);
+                (story, shot, t, rng.chance(caption_dropout))
+            })
+            .collect(),
+    )
 }
 
 impl TeacherCorpus {
@@ -686,6 +748,8 @@ pub struct TeacherSample<'a> {
     pub caption_dropped: bool,
     /// Zero the context latents and flags.
     pub context_dropped: bool,
+    /// Keep only the target's first latent frames (`None`: the whole shot).
+    pub target_frames: Option<usize>,
     /// Noise seed.
     pub noise_seed: u64,
 }
@@ -699,7 +763,11 @@ pub fn teacher_loss(
     context_frames: usize,
 ) -> Result<TeacherLoss> {
     let device = nets.dit.device().clone();
-    let x0 = &sample.story.shots[sample.shot];
+    let whole = &sample.story.shots[sample.shot];
+    let x0 = &match sample.target_frames {
+        Some(n) => whole.narrow(0, 0, n.min(whole.dim(0)?))?,
+        None => whole.clone(),
+    };
     let (_, c, h, w) = x0.dims4()?;
     let sigma = schedule.sigmas()[sample.table_index];
     let t = schedule.timesteps()[sample.table_index];
@@ -824,6 +892,7 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
                 table_index,
                 caption_dropped,
                 context_dropped: context_dropped || !cfg.use_context,
+                target_frames: None,
                 noise_seed: mix64(cfg.train.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             };
             // Drawn apart from `draw_sample` so that runs without the second table see the
@@ -868,6 +937,39 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
                 let (loss, value) = image_loss(&nets, &samples, &image_table)?;
                 total = (total + (loss * cfg.image_weight)?)?;
                 metrics.push(("image_mse".into(), value));
+            }
+            let draws = draw_context_samples(
+                cfg.train.seed,
+                index,
+                cfg.context_samples,
+                &shots_per_story,
+                schedule.sigmas().len(),
+                cfg.caption_dropout,
+            );
+            if let Some(draws) = draws.filter(|d| !d.is_empty()) {
+                let mut sum: Option<Tensor> = None;
+                let mut value = 0.0;
+                for (j, &(story, shot, table_index, caption_dropped)) in draws.iter().enumerate() {
+                    let sample = TeacherSample {
+                        story: &corpus.stories[story],
+                        shot,
+                        table_index,
+                        caption_dropped,
+                        context_dropped: false,
+                        target_frames: Some(cfg.context_sample_frames),
+                        noise_seed: mix64(cfg.train.seed ^ 0xc07e ^ (index.wrapping_mul(263) + j as u64)),
+                    };
+                    let loss = teacher_loss(&nets, &sample, &schedule, &weights, cfg.context_frames)?;
+                    value += loss.mse / draws.len() as f64;
+                    sum = Some(match sum {
+                        Some(s) => (s + loss.total)?,
+                        None => loss.total,
+                    });
+                }
+                if let Some(sum) = sum {
+                    total = (total + (sum * (cfg.context_sample_weight / draws.len() as f64))?)?;
+                    metrics.push(("context_mse".into(), value));
+                }
             }
             Ok((total, metrics))
         })?;

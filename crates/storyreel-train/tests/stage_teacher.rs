@@ -104,6 +104,7 @@ fn a_few_steps_reduce_the_loss_on_a_fixed_sample() {
         table_index: 400,
         caption_dropped: false,
         context_dropped: false,
+        target_frames: None,
         noise_seed: 5,
     };
     let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
@@ -300,6 +301,7 @@ fn every_teacher_weight_receives_a_gradient() {
         table_index: 500,
         caption_dropped: false,
         context_dropped: false,
+        target_frames: None,
         noise_seed: 2,
     };
     let grads = teacher_loss(&nets, &sample, &schedule, &weights, 6).unwrap().total.backward().unwrap();
@@ -436,4 +438,56 @@ fn a_teacher_can_start_from_a_trained_one_and_refuses_a_mismatched_one() {
     let err =
         load_initial_teacher(&varmap, &dir.path().join("nowhere"), &vae_dir, &nets.text, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("nowhere"), "{err}");
+}
+
+#[test]
+fn context_samples_are_cropped_later_shots_with_their_context() {
+    use storyreel_train::stage_teacher::draw_context_samples;
+    let shots = [1, 5, 2, 1];
+    let a = draw_context_samples(7, 3, 50, &shots, 1000, 0.1).unwrap();
+    assert_eq!(a, draw_context_samples(7, 3, 50, &shots, 1000, 0.1).unwrap(), "pure in (seed, index)");
+    assert_ne!(a, draw_context_samples(7, 4, 50, &shots, 1000, 0.1).unwrap());
+    assert_eq!(a.len(), 50);
+    for &(story, shot, t, _) in &a {
+        assert!(story == 1 || story == 2, "one-shot stories have no context: {story}");
+        assert!(shot >= 1 && shot < shots[story] && t < 1000);
+    }
+    assert!(a.iter().any(|d| d.0 == 1) && a.iter().any(|d| d.0 == 2));
+    assert!(draw_context_samples(7, 3, 5, &[1, 1], 1000, 0.1).is_none());
+
+    // A cropped sample keeps the target's first frames and its context.
+    let (corpus, _varmap, nets) = tiny_networks();
+    let schedule = FlowSchedule::new(1000, 8.0);
+    let weights = timestep_weights(schedule.timesteps());
+    let story = &corpus.stories[0];
+    let shot = 1;
+    let sample = |target_frames| TeacherSample {
+        story,
+        shot,
+        table_index: 400,
+        caption_dropped: false,
+        context_dropped: false,
+        target_frames,
+        noise_seed: 5,
+    };
+    let whole = teacher_loss(&nets, &sample(None), &schedule, &weights, 6).unwrap();
+    let cropped = teacher_loss(&nets, &sample(Some(2)), &schedule, &weights, 6).unwrap();
+    assert!(cropped.mse.is_finite() && cropped.mse != whole.mse);
+    let all = story.shots[shot].dim(0).unwrap();
+    let past_end = teacher_loss(&nets, &sample(Some(all + 10)), &schedule, &weights, 6).unwrap();
+    assert_eq!(past_end.mse, whole.mse, "a crop longer than the shot is the whole shot");
+
+    // The stage trains with them and logs their loss; the no-context ablation refuses them.
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let mut cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 2);
+    cfg.context_samples = 2;
+    run_teacher_stage(&cfg).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("run/train.jsonl")).unwrap();
+    assert!(log.lines().all(|l| l.contains("context_mse")), "{log}");
+    cfg.use_context = false;
+    assert!(run_teacher_stage(&cfg).unwrap_err().to_string().contains("context_samples"));
+    cfg.use_context = true;
+    cfg.context_sample_frames = 0;
+    assert!(run_teacher_stage(&cfg).unwrap_err().to_string().contains("context_sample_frames"));
 }
