@@ -88,7 +88,7 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
     let bar = Progress::new(options.stories * 2, 0, options.progress);
     let stories = encode_held_out(model, options.first_seed, options.stories, &bar)?;
     let n_context = model.card.context_frames;
-    let masks: Vec<Option<Vec<bool>>> = stories.iter().map(|s| padding_mask(s)).collect::<Result<_>>()?;
+    let masks: Vec<Option<Vec<bool>>> = stories.iter().map(padding_mask).collect::<Result<_>>()?;
     let k_rows = options.timesteps.len();
     let (mut own, mut other, mut none) = (vec![0f64; k_rows], vec![0f64; k_rows], vec![0f64; k_rows]);
     let mut measured = 0u64;
