@@ -98,13 +98,12 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
             bar.update(options.stories + i as u64 + 1, f64::NAN);
             continue;
         };
-        let Some(lender) = lender(&stories, &masks, i, mask) else {
+        // The lender's mask is `Some`, so its last shot has context.
+        let Some((borrowed, _)) =
+            lender(&stories, &masks, i, mask).and_then(|j| stories[j].contexts[stories[j].shots.len() - 1].as_ref())
+        else {
             bar.update(options.stories + i as u64 + 1, f64::NAN);
             continue;
-        };
-        let borrowed = match &stories[lender].contexts[stories[lender].shots.len() - 1] {
-            Some((z, _)) => z.clone(),
-            None => continue,
         };
         let x0 = &story.shots[k];
         let (c, h, w) = (x0.dim(1)?, x0.dim(2)?, x0.dim(3)?);
@@ -124,7 +123,7 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
                 Ok((v - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
             };
             own[row] += mse(&plan, context)?;
-            other[row] += mse(&plan, &borrowed)?;
+            other[row] += mse(&plan, borrowed)?;
             none[row] += mse(&empty_plan, &empty)?;
         }
         measured += 1;
