@@ -330,8 +330,7 @@ fn run_dmd(
 }
 
 fn check_context(args: &CheckCaptionsArgs) -> Result<()> {
-    let model = storyreel_engine::StoryModel::load(&args.model, &candle_core::Device::Cpu)
-        .with_context(|| format!("loading the model {}", args.model.display()))?;
+    let model = load_checked_model(&args.model)?;
     let options = ContextCheckOptions {
         first_seed: args.first_seed,
         stories: args.stories,
@@ -343,11 +342,7 @@ fn check_context(args: &CheckCaptionsArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!("flow MSE of the last shot of {} held-out stories", report.stories);
-    println!("{:>6}  {:>8}  {:>8}  {:>8}", "t", "own", "other", "none");
-    for r in &report.rows {
-        println!("{:>6.0}  {:>8.4}  {:>8.4}  {:>8.4}", r.t, r.own, r.other, r.none);
-    }
+    print_loss_table(report.stories, "none", report.rows.iter().map(|r| (r.t, r.own, r.other, r.none)));
     println!(
         "context gain: {:.1}% against another story's context, {:.1}% against none",
         100.0 * report.context_gain,
@@ -357,8 +352,7 @@ fn check_context(args: &CheckCaptionsArgs) -> Result<()> {
 }
 
 fn check_captions(args: &CheckCaptionsArgs) -> Result<()> {
-    let model = storyreel_engine::StoryModel::load(&args.model, &candle_core::Device::Cpu)
-        .with_context(|| format!("loading the model {}", args.model.display()))?;
+    let model = load_checked_model(&args.model)?;
     let options = CaptionCheckOptions {
         first_seed: args.first_seed,
         stories: args.stories,
@@ -370,12 +364,24 @@ fn check_captions(args: &CheckCaptionsArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!("flow MSE of the last shot of {} held-out stories", report.stories);
-    println!("{:>6}  {:>8}  {:>8}  {:>8}", "t", "own", "other", "none");
-    for r in &report.rows {
-        println!("{:>6.0}  {:>8.4}  {:>8.4}  {:>8.4}", r.t, r.own, r.other, r.unconditional);
-    }
+    print_loss_table(report.stories, "none", report.rows.iter().map(|r| (r.t, r.own, r.other, r.unconditional)));
     let top = report.rows.iter().map(|r| r.t).fold(0.0, f32::max);
     println!("caption gain at t = {top:.0}: {:.1}%", 100.0 * report.caption_gain);
     Ok(())
+}
+
+/// Loads the teacher a check measures.
+fn load_checked_model(path: &std::path::Path) -> Result<storyreel_engine::StoryModel> {
+    storyreel_engine::StoryModel::load(path, &candle_core::Device::Cpu)
+        .with_context(|| format!("loading the model {}", path.display()))
+}
+
+/// Prints a check's rows: timestep, then the flow MSE with the story's own conditioning, with
+/// another story's, and with the `last` column's.
+fn print_loss_table(stories: u64, last: &str, rows: impl Iterator<Item = (f32, f64, f64, f64)>) {
+    println!("flow MSE of the last shot of {stories} held-out stories");
+    println!("{:>6}  {:>8}  {:>8}  {:>8}", "t", "own", "other", last);
+    for (t, own, other, none) in rows {
+        println!("{t:>6.0}  {own:>8.4}  {other:>8.4}  {none:>8.4}");
+    }
 }
