@@ -33,11 +33,7 @@ pub fn teacher_flow(
     let n = inputs.context.dim(0)?;
     let f = x.dim(0)?;
     let full = Tensor::cat(&[inputs.context.to_dtype(DType::F32)?, x.to_dtype(DType::F32)?], 0)?;
-    let mut frames: Vec<FrameInfo> = inputs.plan.context_frames();
-    frames.extend(inputs.plan.shot_frames(0, f, t));
-    for fr in frames.iter_mut() {
-        fr.t = t;
-    }
+    let mut frames = teacher_frames(inputs.plan, f, t);
     let captions = if conditional {
         inputs.captions
     } else {
@@ -48,6 +44,17 @@ pub fn teacher_flow(
     };
     let v = model.forward_bidirectional(&full, &frames, captions)?;
     Ok(v.narrow(0, n, f)?)
+}
+
+/// The frames of one teacher forward: the plan's context frames, then `f` target frames, all
+/// embedded at the target's `t` (the teacher does not mark its clean context by timestep).
+pub fn teacher_frames(plan: &ShotPlan, f: usize, t: f32) -> Vec<FrameInfo> {
+    let mut frames: Vec<FrameInfo> = plan.context_frames();
+    frames.extend(plan.shot_frames(0, f, t));
+    for fr in frames.iter_mut() {
+        fr.t = t;
+    }
+    frames
 }
 
 /// Samples a shot with the teacher from `noise` `[F, C, H, W]`; `on_step(i, x)` sees each step's

@@ -248,3 +248,32 @@ fn separate_frames_equal_one_forward_per_frame() {
     let joint = m.forward_bidirectional(&x, &frames, &caps).unwrap();
     assert!(rel_err(&batched, &joint) > 1e-3);
 }
+
+#[test]
+fn separate_samples_equal_one_forward_per_sample() {
+    // Batched context samples of the teacher stage: each sample (context frames + target) sees
+    // only its own frames, with its own captions and timestep.
+    let cfg = WanConfig::tiny();
+    let m = model(&cfg, RopeConfig::default());
+    let caps = m.embed_captions(&captions(4)).unwrap();
+    let x = latents(5, 11);
+    let frames = [
+        frame(900.0, 0, 0, 0),
+        frame(900.0, 1, 1, 1),
+        frame(900.0, 2, 1, 1),
+        frame(250.0, 0, 0, 2),
+        frame(250.0, 1, 1, 3),
+    ];
+    let batched = m.forward_separate_samples(&x, &frames, &[3, 2], &caps).unwrap();
+    for (start, n) in [(0, 3), (3, 2)] {
+        let alone = m.forward_bidirectional(&x.narrow(0, start, n).unwrap(), &frames[start..start + n], &caps).unwrap();
+        let e = rel_err(&batched.narrow(0, start, n).unwrap(), &alone);
+        assert!(e <= 1e-5, "sample at {start}: relative error {e}");
+    }
+    let joint = m.forward_bidirectional(&x, &frames, &caps).unwrap();
+    assert!(rel_err(&batched, &joint) > 1e-3);
+    for bad in [&[3usize, 1][..], &[3, 0, 2], &[6]] {
+        let err = m.forward_separate_samples(&x, &frames, bad, &caps).unwrap_err().to_string();
+        assert!(err.contains("do not split"), "{err}");
+    }
+}

@@ -26,7 +26,7 @@ use storyreel_engine::context::{ContextMemory, DynamicSampling};
 use storyreel_engine::sampler::add_noise;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::story_model::{self, ModelCard, ModelKind, TeacherSampling};
-use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
+use storyreel_engine::teacher::{teacher_flow, teacher_frames, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, encode_context};
 use storyreel_engine::{FlowSchedule, NoiseSource, SeededNoise};
 use storyreel_nn::checkpoint::save_safetensors;
@@ -754,14 +754,22 @@ pub struct TeacherSample<'a> {
     pub noise_seed: u64,
 }
 
-/// The flow-matching loss of one sample (shotstream.md §5.1).
-pub fn teacher_loss(
+/// One sample made ready for a forward: noisy target, flow target, context and captions.
+struct PreparedSample {
+    x_t: Tensor,
+    target: Tensor,
+    context: Tensor,
+    embeddings: Tensor,
+    plan: ShotPlan,
+    t: f32,
+}
+
+fn prepare_sample(
     nets: &TeacherNetworks,
     sample: &TeacherSample<'_>,
     schedule: &FlowSchedule,
-    weights: &[f32],
     context_frames: usize,
-) -> Result<TeacherLoss> {
+) -> Result<PreparedSample> {
     let device = nets.dit.device().clone();
     let whole = &sample.story.shots[sample.shot];
     let x0 = &match sample.target_frames {
@@ -782,14 +790,74 @@ pub fn teacher_loss(
     if sample.caption_dropped {
         embeddings = embeddings.zeros_like()?;
     }
-    let captions = nets.dit.embed_captions(&embeddings)?;
     let plan = ShotPlan::new(sample.shot, &flags, sample.shot + 1)?;
-    let inputs = TeacherInputs { plan: &plan, captions: &captions, uncond: None, context: &context };
-    let v = teacher_flow(&nets.dit, &inputs, &x_t, t, true)?;
-    let mse = (v - target)?.sqr()?.mean_all()?;
+    Ok(PreparedSample { x_t, target, context, embeddings, plan, t })
+}
+
+/// The flow-matching loss of one sample (shotstream.md §5.1).
+pub fn teacher_loss(
+    nets: &TeacherNetworks,
+    sample: &TeacherSample<'_>,
+    schedule: &FlowSchedule,
+    weights: &[f32],
+    context_frames: usize,
+) -> Result<TeacherLoss> {
+    let p = prepare_sample(nets, sample, schedule, context_frames)?;
+    let captions = nets.dit.embed_captions(&p.embeddings)?;
+    let inputs = TeacherInputs { plan: &p.plan, captions: &captions, uncond: None, context: &p.context };
+    let v = teacher_flow(&nets.dit, &inputs, &p.x_t, p.t, true)?;
+    let mse = (v - &p.target)?.sqr()?.mean_all()?;
     let mse_value = mse.to_scalar::<f32>()? as f64;
     let total = (mse * weights[sample.table_index] as f64)?;
-    Ok(TeacherLoss { total, mse: mse_value, t })
+    Ok(TeacherLoss { total, mse: mse_value, t: p.t })
+}
+
+/// The mean weighted flow-matching loss of several samples in one batched forward (each sample
+/// attends only to its own context and target). Equal to the mean of [`teacher_loss`] over the
+/// samples, at the cost of one forward and one text-encoder batch. Returns the loss and the
+/// mean unweighted MSE.
+pub fn batched_teacher_loss(
+    nets: &TeacherNetworks,
+    samples: &[TeacherSample<'_>],
+    schedule: &FlowSchedule,
+    weights: &[f32],
+    context_frames: usize,
+) -> Result<(Tensor, f64)> {
+    if samples.is_empty() {
+        return Err(TrainError::out_of_range("teacher samples", 0, "at least 1"));
+    }
+    let prepared =
+        samples.iter().map(|s| prepare_sample(nets, s, schedule, context_frames)).collect::<Result<Vec<_>>>()?;
+    let (mut inputs, mut frames, mut sizes, mut embeddings) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut caption_base = 0;
+    for p in &prepared {
+        let target_frames = p.x_t.dim(0)?;
+        inputs.push(p.context.clone());
+        inputs.push(p.x_t.clone());
+        frames.extend(teacher_frames(&p.plan, target_frames, p.t).into_iter().map(|mut f| {
+            f.caption += caption_base;
+            f
+        }));
+        sizes.push(p.context.dim(0)? + target_frames);
+        caption_base += p.embeddings.dim(0)?;
+        embeddings.push(p.embeddings.clone());
+    }
+    let captions = nets.dit.embed_captions(&Tensor::cat(&embeddings, 0)?)?;
+    let v = nets.dit.forward_separate_samples(&Tensor::cat(&inputs, 0)?, &frames, &sizes, &captions)?;
+    let (mut total, mut value, mut start) = (None::<Tensor>, 0.0, 0);
+    for ((p, s), size) in prepared.iter().zip(samples).zip(&sizes) {
+        let n = p.x_t.dim(0)?;
+        let mse = (v.narrow(0, start + size - n, n)? - &p.target)?.sqr()?.mean_all()?;
+        start += size;
+        value += mse.to_scalar::<f32>()? as f64 / samples.len() as f64;
+        let weighted = (mse * (weights[s.table_index] as f64 / samples.len() as f64))?;
+        total = Some(match total {
+            Some(acc) => (acc + weighted)?,
+            None => weighted,
+        });
+    }
+    let total = total.ok_or_else(|| TrainError::out_of_range("teacher samples", 0, "at least 1"))?;
+    Ok((total, value))
 }
 
 /// What a finished teacher stage reports (also `OUT/model/training.json`).
@@ -947,10 +1015,10 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
                 cfg.caption_dropout,
             );
             if let Some(draws) = draws.filter(|d| !d.is_empty()) {
-                let mut sum: Option<Tensor> = None;
-                let mut value = 0.0;
-                for (j, &(story, shot, table_index, caption_dropped)) in draws.iter().enumerate() {
-                    let sample = TeacherSample {
+                let samples: Vec<TeacherSample<'_>> = draws
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &(story, shot, table_index, caption_dropped))| TeacherSample {
                         story: &corpus.stories[story],
                         shot,
                         table_index,
@@ -958,18 +1026,11 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
                         context_dropped: false,
                         target_frames: Some(cfg.context_sample_frames),
                         noise_seed: mix64(cfg.train.seed ^ 0xc07e ^ (index.wrapping_mul(263) + j as u64)),
-                    };
-                    let loss = teacher_loss(&nets, &sample, &schedule, &weights, cfg.context_frames)?;
-                    value += loss.mse / draws.len() as f64;
-                    sum = Some(match sum {
-                        Some(s) => (s + loss.total)?,
-                        None => loss.total,
-                    });
-                }
-                if let Some(sum) = sum {
-                    total = (total + (sum * (cfg.context_sample_weight / draws.len() as f64))?)?;
-                    metrics.push(("context_mse".into(), value));
-                }
+                    })
+                    .collect();
+                let (loss, value) = batched_teacher_loss(&nets, &samples, &schedule, &weights, cfg.context_frames)?;
+                total = (total + (loss * cfg.context_sample_weight)?)?;
+                metrics.push(("context_mse".into(), value));
             }
             Ok((total, metrics))
         })?;

@@ -491,3 +491,54 @@ fn context_samples_are_cropped_later_shots_with_their_context() {
     cfg.context_sample_frames = 0;
     assert!(run_teacher_stage(&cfg).unwrap_err().to_string().contains("context_sample_frames"));
 }
+
+#[test]
+fn batched_samples_give_the_mean_of_the_single_losses_and_its_gradient() {
+    use storyreel_train::stage_teacher::batched_teacher_loss;
+    let (corpus, varmap, nets) = tiny_networks();
+    let schedule = FlowSchedule::new(1000, 8.0);
+    let weights = timestep_weights(schedule.timesteps());
+    // Different stories, shots, crops, timesteps and dropouts in one batch.
+    let samples: Vec<TeacherSample<'_>> = [(0, 1, Some(2), 100, false, false), (1, 0, None, 700, true, false)]
+        .iter()
+        .chain(&[(0, 2, Some(1), 950, false, true)])
+        .enumerate()
+        .map(|(j, &(story, shot, target_frames, table_index, caption_dropped, context_dropped))| TeacherSample {
+            story: &corpus.stories[story],
+            shot: shot.min(corpus.stories[story].shots.len() - 1),
+            table_index,
+            caption_dropped,
+            context_dropped,
+            target_frames,
+            noise_seed: 40 + j as u64,
+        })
+        .collect();
+    let singles: Vec<_> = samples.iter().map(|s| teacher_loss(&nets, s, &schedule, &weights, 6).unwrap()).collect();
+    let (batched, mse) = batched_teacher_loss(&nets, &samples, &schedule, &weights, 6).unwrap();
+    let n = samples.len() as f64;
+    let mean_total: f64 = singles.iter().map(|l| l.total.to_scalar::<f32>().unwrap() as f64).sum::<f64>() / n;
+    let mean_mse: f64 = singles.iter().map(|l| l.mse).sum::<f64>() / n;
+    let got = batched.to_scalar::<f32>().unwrap() as f64;
+    assert!((got - mean_total).abs() <= 1e-5 * mean_total.abs().max(1.0), "{got} vs {mean_total}");
+    assert!((mse - mean_mse).abs() <= 1e-5 * mean_mse.max(1.0), "{mse} vs {mean_mse}");
+
+    // The same gradient as the mean of the single losses.
+    let mut sum = singles[0].total.clone();
+    for l in &singles[1..] {
+        sum = (sum + &l.total).unwrap();
+    }
+    let single_grads = (sum / n).unwrap().backward().unwrap();
+    let batched_grads = batched.backward().unwrap();
+    let mut compared = 0;
+    for var in varmap.all_vars() {
+        let (Some(a), Some(b)) = (single_grads.get(var.as_tensor()), batched_grads.get(var.as_tensor())) else {
+            continue;
+        };
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+        assert!(diff <= 1e-3 * scale, "gradient differs by {diff} (scale {scale})");
+        compared += 1;
+    }
+    assert!(compared > 10, "only {compared} gradients compared");
+    assert!(batched_teacher_loss(&nets, &[], &schedule, &weights, 6).is_err());
+}

@@ -148,10 +148,37 @@ impl WanModel {
     /// (images) in one forward, each with its own timestep and caption. Same result as one
     /// [`WanModel::forward_bidirectional`] per frame, with the linear layers batched.
     pub fn forward_separate_frames(&self, x: &Tensor, frames: &[FrameInfo], captions: &CaptionCache) -> Result<Tensor> {
+        self.forward_separate_samples(x, frames, &vec![1; frames.len()], captions)
+    }
+
+    /// A batch of independent bidirectional samples in one forward: the frames are split into
+    /// consecutive samples of `sample_frames[i]` frames, and each frame attends to the frames of
+    /// its own sample only. Same result as one [`WanModel::forward_bidirectional`] per sample.
+    pub fn forward_separate_samples(
+        &self,
+        x: &Tensor,
+        frames: &[FrameInfo],
+        sample_frames: &[usize],
+        captions: &CaptionCache,
+    ) -> Result<Tensor> {
+        if sample_frames.contains(&0) || sample_frames.iter().sum::<usize>() != frames.len() {
+            return Err(NnError::Input(format!(
+                "samples of {sample_frames:?} frames do not split {} frames",
+                frames.len()
+            )));
+        }
         let (_, _, h, w) = x.dims4()?;
         let (hp, wp) = self.token_grid(h, w)?;
         let p = hp * wp;
-        let ranges: Vec<_> = (0..frames.len()).map(|f| f * p..(f + 1) * p).collect();
+        let mut start = 0;
+        let ranges: Vec<_> = sample_frames
+            .iter()
+            .map(|&n| {
+                let range = start * p..(start + n) * p;
+                start += n;
+                range
+            })
+            .collect();
         self.run(x, frames, captions, &mut SelfKeys::Separate(&ranges))
     }
 
