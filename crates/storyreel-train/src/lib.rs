@@ -9,6 +9,7 @@ pub mod ema;
 pub mod error;
 pub mod held_out;
 pub mod log;
+pub mod look_ceiling;
 pub mod lora;
 pub mod model_files;
 pub mod ode_pairs;

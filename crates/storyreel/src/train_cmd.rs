@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use storyreel_train::caption_check::{caption_check, CaptionCheckOptions};
 use storyreel_train::context_check::{context_check, ContextCheckOptions};
+use storyreel_train::look_ceiling::corpus_look_ceiling;
 use storyreel_train::lora::merge_lora_model;
 use storyreel_train::ode_pairs::{make_ode_pairs, OdePairsConfig};
 use storyreel_train::stage_dmd::{run_dmd_stage, DmdConfig, History};
@@ -44,6 +45,10 @@ pub enum TrainStage {
     /// Check whether a trained teacher reads its context: flow loss on held-out stories with
     /// their own context latents, another story's and none, at a few timesteps.
     CheckContext(CheckCaptionsArgs),
+    /// What a place's look is worth at the top of the noise schedule, on a teacher config's
+    /// encoded training corpus: the bound on what reading context can gain (see
+    /// `check-context`).
+    CheckLooks(CheckLooksArgs),
     /// Print a stage's full default config as JSON (a starting point for --config).
     DefaultConfig {
         /// The stage: vae, teacher, ode-pairs, ode-init, dmd or dmd-long.
@@ -159,6 +164,17 @@ pub struct CheckCaptionsArgs {
     json: bool,
 }
 
+/// Arguments of `storyreel train check-looks`.
+#[derive(Args)]
+pub struct CheckLooksArgs {
+    /// The teacher stage config whose encoded corpus (OUT/latents) to read.
+    #[arg(long)]
+    config: PathBuf,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs `storyreel train`.
 pub fn run(stage: &TrainStage) -> Result<()> {
     match stage {
@@ -266,6 +282,7 @@ pub fn run(stage: &TrainStage) -> Result<()> {
         }
         TrainStage::CheckCaptions(args) => check_captions(args),
         TrainStage::CheckContext(args) => check_context(args),
+        TrainStage::CheckLooks(args) => check_looks(args),
         TrainStage::DefaultConfig { stage } => match stage.as_str() {
             "vae" => {
                 println!("{}", serde_json::to_string_pretty(&VaeStageConfig::default())?);
@@ -326,6 +343,33 @@ fn run_dmd(
     eprintln!("DMD ({stage}) of {} for {} steps into {}", cfg.student.display(), cfg.steps, cfg.out_dir.display());
     let report = run_dmd_stage(&cfg).context("training DMD")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn check_looks(args: &CheckLooksArgs) -> Result<()> {
+    let cfg = TeacherStageConfig::read(&args.config).context("reading the teacher config")?;
+    let report = corpus_look_ceiling(&cfg).context("measuring what the looks are worth")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("first latent frame of {} shots, error of the best prediction at t = 1000 by:", report.shots);
+    println!("  the mean of every shot      {:.4}", report.mse_overall_mean);
+    println!("  the mean of its place       {:.4}", report.mse_place_mean);
+    println!("  the mean of its place+look  {:.4}", report.mse_look_mean);
+    println!("{} later shots whose place appeared earlier in their story:", report.later_shots);
+    println!("  place mean                  {:.4}", report.later_mse_place_mean);
+    println!(
+        "  place+look mean             {:.4}  ({:.1}% less)",
+        report.later_mse_look_mean,
+        100.0 * report.later_look_gain()
+    );
+    println!(
+        "  look read from earlier shots {:.4}  ({:.1}% less; the right look {:.0}% of the time)",
+        report.later_mse_read_look,
+        100.0 * report.later_read_gain(),
+        100.0 * report.read_look_accuracy
+    );
     Ok(())
 }
 
