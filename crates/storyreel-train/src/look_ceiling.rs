@@ -47,6 +47,21 @@ pub struct LookCeiling {
     pub later_mse_read_look: f64,
     /// How often the look read from earlier frames is the shot's look.
     pub read_look_accuracy: f64,
+    /// The place and place-and-look errors of each place's shots, by place index.
+    pub per_place: Vec<PlaceLooks>,
+}
+
+/// What the looks of one place are worth.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaceLooks {
+    /// The place, as an index.
+    pub place: usize,
+    /// Shots of the place measured.
+    pub shots: usize,
+    /// Error with the place mean.
+    pub mse_place_mean: f64,
+    /// Error with the place-and-look mean.
+    pub mse_look_mean: f64,
 }
 
 impl LookCeiling {
@@ -116,6 +131,7 @@ pub fn look_ceiling(first_frames: &[Vec<Tensor>], labels: &[Vec<ShotLabel>]) -> 
     let looks = sums(items.iter().map(|&(x, l)| (x, l)))?;
 
     let (mut overall, mut place, mut look, mut n) = (0.0, 0.0, 0.0, 0usize);
+    let mut by_place: HashMap<usize, PlaceLooks> = HashMap::new();
     let (mut later, mut later_place, mut later_look, mut later_read, mut read_right) = (0usize, 0.0, 0.0, 0.0, 0usize);
     for (frames, shot_labels) in first_frames.iter().zip(labels) {
         // Leave the whole story out of every mean used on it: its other shots of the same place
@@ -132,10 +148,20 @@ pub fn look_ceiling(first_frames: &[Vec<Tensor>], labels: &[Vec<ShotLabel>]) -> 
             ) else {
                 continue;
             };
+            let (e_place, e_look) = (mse(x, &m_place)?, mse(x, &m_look)?);
             n += 1;
             overall += mse(x, &m_all)?;
-            place += mse(x, &m_place)?;
-            look += mse(x, &m_look)?;
+            place += e_place;
+            look += e_look;
+            let row = by_place.entry(label.place).or_insert(PlaceLooks {
+                place: label.place,
+                shots: 0,
+                mse_place_mean: 0.0,
+                mse_look_mean: 0.0,
+            });
+            row.shots += 1;
+            row.mse_place_mean += e_place;
+            row.mse_look_mean += e_look;
 
             let earlier: Vec<&Tensor> = frames[..shot]
                 .iter()
@@ -157,8 +183,8 @@ pub fn look_ceiling(first_frames: &[Vec<Tensor>], labels: &[Vec<ShotLabel>]) -> 
             }
             let Some((_, read, read_mean)) = best else { continue };
             later += 1;
-            later_place += mse(x, &m_place)?;
-            later_look += mse(x, &m_look)?;
+            later_place += e_place;
+            later_look += e_look;
             later_read += mse(x, &read_mean)?;
             read_right += usize::from(read == label.look);
         }
@@ -167,6 +193,15 @@ pub fn look_ceiling(first_frames: &[Vec<Tensor>], labels: &[Vec<ShotLabel>]) -> 
         return Err(TrainError::out_of_range("shots with a group mean", 0, "at least 1"));
     }
     let per = |s: f64, k: usize| if k == 0 { f64::NAN } else { s / k as f64 };
+    let mut per_place: Vec<PlaceLooks> = by_place
+        .into_values()
+        .map(|r| PlaceLooks {
+            mse_place_mean: per(r.mse_place_mean, r.shots),
+            mse_look_mean: per(r.mse_look_mean, r.shots),
+            ..r
+        })
+        .collect();
+    per_place.sort_by_key(|r| r.place);
     Ok(LookCeiling {
         shots: n,
         mse_overall_mean: per(overall, n),
@@ -177,6 +212,7 @@ pub fn look_ceiling(first_frames: &[Vec<Tensor>], labels: &[Vec<ShotLabel>]) -> 
         later_mse_look_mean: per(later_look, later),
         later_mse_read_look: per(later_read, later),
         read_look_accuracy: per(read_right as f64, later),
+        per_place,
     })
 }
 
@@ -207,7 +243,7 @@ pub fn corpus_look_ceiling(cfg: &TeacherStageConfig) -> Result<LookCeiling> {
             )));
         }
         labels.push(
-            story.shots.iter().map(|s| ShotLabel { place: s.world.place as usize, look: s.world.place_look }).collect(),
+            story.shots.iter().map(|s| ShotLabel { place: s.world.place.index(), look: s.world.place_look }).collect(),
         );
         frames.push(encoded.shots.iter().map(|z| z.get(0)).collect::<candle_core::Result<Vec<_>>>()?);
     }

@@ -56,6 +56,9 @@ fn knowing_the_look_helps_exactly_as_much_as_the_looks_differ() {
     assert_eq!(c.read_look_accuracy, 1.0);
     assert!((c.later_mse_read_look - c.later_mse_look_mean).abs() < 1e-9);
     assert!(c.later_look_gain() > 0.9);
+    assert_eq!(c.per_place.iter().map(|r| r.place).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(c.per_place.iter().map(|r| r.shots).sum::<usize>(), 160);
+    assert!(c.per_place.iter().all(|r| r.mse_look_mean < 0.1 * r.mse_place_mean), "{c:?}");
 
     // Looks that change nothing are worth nothing, and the copier guesses.
     let (frames, labels) = stories(0.0);

@@ -370,6 +370,17 @@ fn check_looks(args: &CheckLooksArgs) -> Result<()> {
         100.0 * report.later_read_gain(),
         100.0 * report.read_look_accuracy
     );
+    println!("by place (all shots):          place mean  place+look mean");
+    for row in &report.per_place {
+        let name = storyreel_world::Place::ALL.get(row.place).map(|p| format!("{p:?}")).unwrap_or_default();
+        println!(
+            "  {name:<12} {:>5} shots      {:.4}      {:.4}  ({:.1}% less)",
+            row.shots,
+            row.mse_place_mean,
+            row.mse_look_mean,
+            100.0 * (1.0 - row.mse_look_mean / row.mse_place_mean)
+        );
+    }
     Ok(())
 }
 
