@@ -12,6 +12,15 @@ use storyreel_world::{generate_story, is_benchmark_seed, render_shot, FrameTruth
 
 use crate::error::{Result, TrainError};
 
+/// The world's default story options at a `width` × `height` frame size: how every stage and
+/// check draws its stories.
+pub fn story_options(width: u32, height: u32) -> StoryOptions {
+    let mut options = StoryOptions::default();
+    options.format.width = width;
+    options.format.height = height;
+    options
+}
+
 /// A run of frames from one shot, with its ground truth and caption.
 #[derive(Debug, Clone)]
 pub struct Clip {

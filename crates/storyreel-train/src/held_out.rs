@@ -6,8 +6,9 @@ use candle_core::Device;
 use storyreel_engine::context::DynamicSampling;
 use storyreel_engine::StoryModel;
 use storyreel_nn::codec::VideoCodec;
-use storyreel_world::{generate_story, StoryOptions};
+use storyreel_world::generate_story;
 
+use crate::data::story_options;
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
 use crate::stage_teacher::{encode_story, EncodedStory};
@@ -35,15 +36,13 @@ pub fn validate_check_options(first_seed: u64, stories: u64, timesteps: &[f32]) 
 pub fn encode_held_out(model: &StoryModel, first_seed: u64, stories: u64, bar: &Progress) -> Result<Vec<EncodedStory>> {
     let device = Device::Cpu;
     let card = &model.card;
-    let mut story_options = StoryOptions::default();
-    story_options.format.width = card.width;
-    story_options.format.height = card.height;
+    let options = story_options(card.width, card.height);
     let scale = model.vae.spatial_scale();
     let hw = (card.height as usize / scale, card.width as usize / scale);
     let memory = DynamicSampling { max_frames: card.context_frames };
     let mut out = Vec::with_capacity(stories as usize);
     for i in 0..stories {
-        let story = generate_story(first_seed + i, &story_options)?;
+        let story = generate_story(first_seed + i, &options)?;
         out.push(encode_story(&model.vae, &story, &memory, card.context_frames, hw, &device)?);
         bar.update(i + 1, f64::NAN);
     }

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use storyreel_world::{generate_story, StoryOptions};
+use storyreel_world::generate_story;
 
+use crate::data::story_options;
 use crate::error::{Result, TrainError};
 use crate::stage_teacher::{corpus_key, TeacherCorpus, TeacherStageConfig};
 
@@ -227,9 +228,7 @@ pub fn corpus_look_ceiling(cfg: &TeacherStageConfig) -> Result<LookCeiling> {
             dir.display()
         ))
     })?;
-    let mut options = StoryOptions::default();
-    options.format.width = cfg.data.width;
-    options.format.height = cfg.data.height;
+    let options = story_options(cfg.data.width, cfg.data.height);
     let mut frames = Vec::with_capacity(corpus.stories.len());
     let mut labels = Vec::with_capacity(corpus.stories.len());
     for (i, encoded) in corpus.stories.iter().enumerate() {

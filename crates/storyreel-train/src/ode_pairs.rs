@@ -20,9 +20,10 @@ use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption}
 use storyreel_engine::{EulerSampler, FlowSchedule, NoiseSource, SeededNoise, StoryModel};
 use storyreel_nn::checkpoint::save_safetensors;
 use storyreel_nn::codec::VideoCodec;
+use storyreel_world::generate_story;
 use storyreel_world::rng::mix64;
-use storyreel_world::{generate_story, StoryOptions};
 
+use crate::data::story_options;
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
 use crate::model_files::{fold_bytes, write_text};
@@ -265,9 +266,7 @@ pub fn make_ode_pairs(cfg: &OdePairsConfig) -> Result<OdePairsReport> {
         },
     };
     let card = model.card.clone();
-    let mut options = StoryOptions::default();
-    options.format.width = card.width;
-    options.format.height = card.height;
+    let options = story_options(card.width, card.height);
     let scale = model.vae.spatial_scale();
     let hw = (card.height as usize / scale, card.width as usize / scale);
     let memory = DynamicSampling { max_frames: card.context_frames };

@@ -35,9 +35,10 @@ use storyreel_nn::text::toy::{ToyTextConfig, ToyTextEncoder, ToyTokenizer};
 use storyreel_nn::vae::WanVae;
 use storyreel_nn::{WanConfig, WanModel};
 use storyreel_world::rng::{mix64, WorldRng};
-use storyreel_world::{caption_vocabulary, generate_story, render_story, Story, StoryOptions};
+use storyreel_world::{caption_vocabulary, generate_story, render_story, Story};
 
 use crate::data::frames_to_tensor;
+use crate::data::story_options;
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
 use crate::model_files::{fold_bytes, save_dit, write_text};
@@ -499,9 +500,7 @@ impl TeacherCorpus {
     /// Renders and encodes `data`'s stories with `vae`, `context_frames` dynamic context per shot.
     pub fn encode(vae: &WanVae, data: &TeacherData, context_frames: usize, progress: bool) -> Result<Self> {
         let device = Device::Cpu;
-        let mut options = StoryOptions::default();
-        options.format.width = data.width;
-        options.format.height = data.height;
+        let options = story_options(data.width, data.height);
         let scale = vae.spatial_scale();
         let hw = (data.height as usize / scale, data.width as usize / scale);
         let memory = DynamicSampling { max_frames: context_frames };
@@ -814,8 +813,8 @@ pub fn teacher_loss(
 
 /// The mean weighted flow-matching loss of several samples in one batched forward (each sample
 /// attends only to its own context and target). Equal to the mean of [`teacher_loss`] over the
-/// samples, at the cost of one forward and one text-encoder batch. Returns the loss and the
-/// mean unweighted MSE.
+/// samples, with one DiT forward for all of them (the text encoder still runs once per prompt).
+/// Returns the loss and the mean unweighted MSE.
 pub fn batched_teacher_loss(
     nets: &TeacherNetworks,
     samples: &[TeacherSample<'_>],

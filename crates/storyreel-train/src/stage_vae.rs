@@ -16,8 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use storyreel_nn::vae::{VaeConfig, WanVae};
-use storyreel_world::StoryOptions;
 
+use crate::data::story_options;
 use crate::data::{frames_to_tensor, ClipSource, DatasetClips, RenderedClips};
 use crate::error::{Result, TrainError};
 use crate::trainer::{TrainConfig, Trainer};
@@ -205,9 +205,7 @@ fn clip_source(cfg: &VaeStageConfig) -> Result<Box<dyn ClipSource>> {
     Ok(match &cfg.data.dataset {
         Some(dir) => Box::new(DatasetClips::open(dir, cfg.data.clip_frames)?),
         None => {
-            let mut options = StoryOptions::default();
-            options.format.width = cfg.data.width;
-            options.format.height = cfg.data.height;
+            let options = story_options(cfg.data.width, cfg.data.height);
             Box::new(RenderedClips::new(options, cfg.data.first_seed, cfg.data.stories, cfg.data.clip_frames)?)
         }
     })
@@ -270,9 +268,7 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     let started = Instant::now();
     let device = Device::Cpu;
     let source = clip_source(cfg)?;
-    let mut eval_options = StoryOptions::default();
-    eval_options.format.width = cfg.data.width;
-    eval_options.format.height = cfg.data.height;
+    let eval_options = story_options(cfg.data.width, cfg.data.height);
     let eval_source = RenderedClips::new(eval_options, cfg.held_out.first_seed, 1_000, cfg.data.clip_frames)?;
     let eval_clips: Vec<Tensor> = (0..cfg.held_out.clips as u64)
         .map(|i| eval_source.clip(i).and_then(|c| frames_to_tensor(&c.frames, &device)))

@@ -542,3 +542,29 @@ fn batched_samples_give_the_mean_of_the_single_losses_and_its_gradient() {
     assert!(compared > 10, "only {compared} gradients compared");
     assert!(batched_teacher_loss(&nets, &[], &schedule, &weights, 6).is_err());
 }
+
+#[test]
+fn the_look_check_reads_a_run_corpus_and_names_a_missing_or_stale_one() {
+    use storyreel_train::look_ceiling::corpus_look_ceiling;
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let mut cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
+    cfg.data.stories = 8;
+    let err = corpus_look_ceiling(&cfg).unwrap_err().to_string();
+    assert!(err.contains("no encoded corpus") && err.contains("storyreel train teacher"), "{err}");
+
+    run_teacher_stage(&cfg).unwrap();
+    let c = corpus_look_ceiling(&cfg).unwrap();
+    let corpus_shots: usize = (0..8)
+        .map(|i| {
+            storyreel_world::generate_story(11 + i, &storyreel_world::StoryOptions::default()).unwrap().shots.len()
+        })
+        .sum();
+    assert!(c.shots > 0 && c.shots <= corpus_shots, "{} of {corpus_shots}", c.shots);
+    assert_eq!(c.per_place.iter().map(|r| r.shots).sum::<usize>(), c.shots);
+    assert!(c.mse_place_mean.is_finite() && c.mse_look_mean.is_finite());
+
+    // A corpus encoded for other data is not read as this config's.
+    cfg.data.first_seed = 12;
+    assert!(corpus_look_ceiling(&cfg).unwrap_err().to_string().contains("no encoded corpus"));
+}
