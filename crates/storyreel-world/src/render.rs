@@ -325,19 +325,28 @@ fn sky(v: f32, top: [f32; 3], bottom: [f32; 3], u: f32, clouds: bool) -> [f32; 3
 }
 
 /// The colour of `place` in `look` at scene point (u, v). Look 0 is the catalogue's place; the
-/// others change its palette and the seeds of its texture (where buildings stand, how dense the
-/// trees are), as two meadows or two cities differ, without changing what kind of place it is.
+/// others change its palette, its sky and the seeds of its texture (where buildings stand, how
+/// dense the trees are), as two meadows or two cities differ, without changing what kind of place
+/// it is. The looks are bold on purpose: a look only a few percent of the frame's error can tell
+/// apart gives a model little reason to read it from context (`storyreel train check-looks`
+/// measures this per place).
 fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
     let l = (look as usize).min(LOOKS - 1);
     // Texture seeds move with the look; look 0 keeps the original seeds.
     let s = |base: u64| base + 100 * l as u64;
     match place {
         Place::Meadow => {
-            const GRASS: [[f32; 3]; LOOKS] = [[0.30, 0.64, 0.24], [0.58, 0.62, 0.20], [0.14, 0.50, 0.38]];
+            // Green under a blue sky, golden under a hazy one, blue-green under a storm.
+            const GRASS: [[f32; 3]; LOOKS] = [[0.30, 0.64, 0.24], [0.80, 0.70, 0.26], [0.08, 0.40, 0.42]];
             const FLOWER: [[f32; 3]; LOOKS] = [[0.98, 0.9, 0.3], [0.97, 0.97, 0.97], [0.92, 0.18, 0.26]];
             const DENSITY: [f32; LOOKS] = [0.985, 0.975, 0.97];
+            const SKY: [[[f32; 3]; 2]; LOOKS] = [
+                [[0.36, 0.60, 0.92], [0.68, 0.84, 0.98]],
+                [[0.80, 0.62, 0.40], [0.98, 0.86, 0.62]],
+                [[0.30, 0.32, 0.42], [0.56, 0.58, 0.66]],
+            ];
             if v < 0.45 {
-                sky(v, [0.36, 0.60, 0.92], [0.68, 0.84, 0.98], u, true)
+                sky(v, SKY[l][0], SKY[l][1], u, true)
             } else {
                 let n = fbm(s(21), u * 18.0, v * 30.0);
                 let blade = ((u * 140.0 + value_noise(s(22), u * 8.0, v * 8.0) * 6.0).sin() * 0.5 + 0.5) * 0.12;
@@ -351,10 +360,16 @@ fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
             }
         }
         Place::Beach => {
-            const SEA: [[f32; 3]; LOOKS] = [[0.08, 0.40, 0.70], [0.05, 0.62, 0.60], [0.06, 0.20, 0.45]];
-            const SAND: [[f32; 3]; LOOKS] = [[0.94, 0.84, 0.60], [0.97, 0.94, 0.86], [0.78, 0.62, 0.44]];
+            // Golden sand under a blue sky, white sand by a lagoon at sunset, black sand under cloud.
+            const SEA: [[f32; 3]; LOOKS] = [[0.08, 0.40, 0.70], [0.10, 0.72, 0.66], [0.06, 0.14, 0.30]];
+            const SAND: [[f32; 3]; LOOKS] = [[0.94, 0.84, 0.60], [0.99, 0.97, 0.94], [0.30, 0.27, 0.26]];
+            const SKY: [[[f32; 3]; 2]; LOOKS] = [
+                [[0.30, 0.62, 0.95], [0.72, 0.88, 1.0]],
+                [[0.62, 0.40, 0.62], [0.98, 0.70, 0.55]],
+                [[0.45, 0.48, 0.52], [0.70, 0.72, 0.74]],
+            ];
             if v < 0.40 {
-                sky(v, [0.30, 0.62, 0.95], [0.72, 0.88, 1.0], u, true)
+                sky(v, SKY[l][0], SKY[l][1], u, true)
             } else if v < 0.56 {
                 let wave = ((u * 40.0 + (v * 90.0).sin() * 2.0).sin() * 0.5 + 0.5) * 0.15;
                 scale(SEA[l], 0.9 + wave + 0.2 * fbm(s(31), u * 10.0, v * 25.0))
@@ -364,8 +379,9 @@ fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
             }
         }
         Place::Forest => {
-            const LEAVES: [[f32; 3]; LOOKS] = [[0.10, 0.34, 0.14], [0.52, 0.30, 0.08], [0.05, 0.22, 0.20]];
-            const FLOOR: [[f32; 3]; LOOKS] = [[0.28, 0.36, 0.14], [0.46, 0.30, 0.12], [0.20, 0.26, 0.18]];
+            // Summer green, autumn brown, spring blossom.
+            const LEAVES: [[f32; 3]; LOOKS] = [[0.10, 0.34, 0.14], [0.80, 0.42, 0.08], [0.86, 0.52, 0.64]];
+            const FLOOR: [[f32; 3]; LOOKS] = [[0.28, 0.36, 0.14], [0.58, 0.36, 0.12], [0.56, 0.46, 0.42]];
             const TRUNKS: [f32; LOOKS] = [5.5, 3.8, 8.0];
             let trunk_phase = (u * TRUNKS[l] + value_noise(s(41), v * 2.0, 0.0) * 0.15).fract();
             let trunk_id = (u * TRUNKS[l]).floor() as i64;
@@ -382,7 +398,12 @@ fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
             }
         }
         Place::City => {
-            // Grey concrete, red brick, blue glass.
+            // Grey concrete under a pale sky, red brick under smog, blue glass under a night sky.
+            const SKY: [[[f32; 3]; 2]; LOOKS] = [
+                [[0.55, 0.66, 0.80], [0.78, 0.82, 0.88]],
+                [[0.80, 0.52, 0.32], [0.96, 0.76, 0.52]],
+                [[0.06, 0.08, 0.22], [0.18, 0.20, 0.40]],
+            ];
             const WALL: [[f32; 3]; LOOKS] = [[1.0, 0.98, 1.05], [1.45, 0.72, 0.52], [0.72, 0.92, 1.40]];
             const COLUMNS: [f32; LOOKS] = [7.0, 5.0, 9.0];
             const WINDOW_COLUMNS: [f32; LOOKS] = [28.0, 20.0, 36.0];
@@ -393,7 +414,7 @@ fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
                 let stripe = if ((u * 12.0).fract() < 0.5) && v > 0.88 && v < 0.90 { 0.4 } else { 0.0 };
                 mix(scale([0.30, 0.30, 0.33], 0.9 + 0.2 * fbm(s(52), u * 30.0, v * 30.0)), [0.95, 0.95, 0.9], stripe)
             } else if v < top {
-                sky(v, [0.55, 0.66, 0.80], [0.78, 0.82, 0.88], u, false)
+                sky(v, SKY[l][0], SKY[l][1], u, false)
             } else {
                 let tone = 0.35 + 0.35 * hash01(s(53), col, 2);
                 let wall = [tone * WALL[l][0], tone * WALL[l][1], tone * WALL[l][2]];
@@ -424,18 +445,24 @@ fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
             }
         }
         Place::Snowfield => {
-            // Blue-grey peaks, dark rock, pine-covered slopes; the snow itself white, blue-shadowed
-            // or strewn with rocks.
+            // Blue-grey peaks over white snow; dark rock over deep blue-shadowed snow under an
+            // overcast sky; pine-covered slopes over rock-strewn snow lit pink by alpenglow.
             const PEAKS: [[f32; 3]; LOOKS] = [[0.55, 0.62, 0.75], [0.30, 0.31, 0.34], [0.18, 0.40, 0.28]];
-            const SNOW: [[f32; 3]; LOOKS] = [[0.93, 0.95, 0.99], [0.80, 0.87, 0.99], [0.93, 0.95, 0.99]];
+            const SNOW: [[f32; 3]; LOOKS] = [[0.93, 0.95, 0.99], [0.62, 0.74, 0.96], [0.98, 0.86, 0.80]];
+            const ROCKS: [f32; LOOKS] = [1.0, 1.0, 0.95];
+            const SKY: [[[f32; 3]; 2]; LOOKS] = [
+                [[0.66, 0.78, 0.93], [0.85, 0.90, 0.97]],
+                [[0.50, 0.52, 0.56], [0.72, 0.73, 0.76]],
+                [[0.70, 0.50, 0.70], [0.98, 0.76, 0.70]],
+            ];
             let ridge = 0.40 - 0.10 * (1.0 - ((u * 3.3).fract() * 2.0 - 1.0).abs()) - 0.04 * fbm(s(71), u * 6.0, 0.0);
             if v < ridge {
-                sky(v, [0.66, 0.78, 0.93], [0.85, 0.90, 0.97], u, true)
+                sky(v, SKY[l][0], SKY[l][1], u, true)
             } else if v < 0.46 {
                 scale(PEAKS[l], 0.9 + 0.2 * fbm(s(72), u * 20.0, v * 20.0))
             } else {
                 let n = fbm(s(73), u * 30.0, v * 30.0);
-                if l == 2 && hash01(s(74), (u * 40.0) as i64, (v * 40.0) as i64) > 0.985 {
+                if hash01(s(74), (u * 40.0) as i64, (v * 40.0) as i64) > ROCKS[l] {
                     [0.32, 0.30, 0.30]
                 } else {
                     scale(SNOW[l], 0.9 + 0.1 * n)

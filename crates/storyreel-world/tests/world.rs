@@ -366,3 +366,54 @@ fn bad_looks_in_a_story_file_are_named() {
     let err = Story::from_json(&bad.to_json(), "bad.json").unwrap_err().to_string();
     assert!(err.contains("shots[0].world.character_looks") && err.contains("below 3"), "{err}");
 }
+
+/// Every pair of a place's looks must differ by at least this much: the RMS difference (0–255)
+/// of the frame's 8×8-pixel block means, a latent's view of the frame. Subtle looks (a
+/// snowfield whose looks changed only its peaks) were worth 1–6% of the top-noise error for four
+/// of the six places (`storyreel train check-looks`), too little for context to matter.
+const BOLD_LOOK_DISTANCE: f64 = 40.0;
+
+#[test]
+fn every_place_has_bold_looks() {
+    let format = VideoFormat::default();
+    let block = 8usize;
+    for place in Place::ALL {
+        let block_means = |look: u8| {
+            let spec = ShotSpec {
+                place,
+                framing: Framing::Wide,
+                lighting: Lighting::Day,
+                lighting_end: None,
+                motion: Motion::WalkRight,
+                fast: false,
+                characters: vec![1],
+                layout_seed: 11,
+                place_look: look,
+                character_looks: vec![0],
+            };
+            let (frames, _) = render_shot(&spec, 0, 1, format).unwrap();
+            let (w, h) = (format.width as usize, format.height as usize);
+            let mut means = vec![0.0f64; (w / block) * (h / block) * 3];
+            for y in 0..h {
+                for x in 0..w {
+                    for c in 0..3 {
+                        let at = ((y / block) * (w / block) + x / block) * 3 + c;
+                        means[at] += frames[0].data[(y * w + x) * 3 + c] as f64 / (block * block) as f64;
+                    }
+                }
+            }
+            means
+        };
+        let looks: Vec<Vec<f64>> = (0..storyreel_world::catalog::LOOKS as u8).map(block_means).collect();
+        let mut weakest = f64::INFINITY;
+        for a in 0..looks.len() {
+            for b in a + 1..looks.len() {
+                let sq = looks[a].iter().zip(&looks[b]).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+                let d = (sq / looks[a].len() as f64).sqrt();
+                eprintln!("{place:?} looks {a}/{b}: {d:.1}");
+                weakest = weakest.min(d);
+            }
+        }
+        assert!(weakest >= BOLD_LOOK_DISTANCE, "{place:?}: two looks differ by only {weakest:.1}");
+    }
+}
