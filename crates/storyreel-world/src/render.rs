@@ -449,6 +449,7 @@ fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
             // overcast sky; pine-covered slopes over rock-strewn snow lit pink by alpenglow.
             const PEAKS: [[f32; 3]; LOOKS] = [[0.55, 0.62, 0.75], [0.30, 0.31, 0.34], [0.18, 0.40, 0.28]];
             const SNOW: [[f32; 3]; LOOKS] = [[0.93, 0.95, 0.99], [0.62, 0.74, 0.96], [0.98, 0.86, 0.80]];
+            // A snow cell is a rock when its hash exceeds this (never at 1.0).
             const ROCKS: [f32; LOOKS] = [1.0, 1.0, 0.95];
             const SKY: [[[f32; 3]; 2]; LOOKS] = [
                 [[0.66, 0.78, 0.93], [0.85, 0.90, 0.97]],
@@ -462,7 +463,7 @@ fn place_colour(place: Place, look: u8, u: f32, v: f32) -> [f32; 3] {
                 scale(PEAKS[l], 0.9 + 0.2 * fbm(s(72), u * 20.0, v * 20.0))
             } else {
                 let n = fbm(s(73), u * 30.0, v * 30.0);
-                if hash01(s(74), (u * 40.0) as i64, (v * 40.0) as i64) > ROCKS[l] {
+                if ROCKS[l] < 1.0 && hash01(s(74), (u * 40.0) as i64, (v * 40.0) as i64) > ROCKS[l] {
                     [0.32, 0.30, 0.30]
                 } else {
                     scale(SNOW[l], 0.9 + 0.1 * n)
