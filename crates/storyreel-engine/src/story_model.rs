@@ -8,6 +8,8 @@
 //! MODEL/dit/model.safetensors  DiT weights (canonical Wan names)
 //! MODEL/vae/                   vae.safetensors + vae_config.json (latent statistics)
 //! MODEL/text/                  toy_text.safetensors + toy_text_config.json + vocab.txt
+//! MODEL/tiny_vae/              optional: a tiny decoder for the VAE's latents
+//!                              (tiny_vae.safetensors + tiny_vae_config.json)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use storyreel_nn::codec::VideoCodec;
+use storyreel_nn::taehv::TinyVae;
 use storyreel_nn::text::toy::{ToyTextEncoder, UnknownWords};
 use storyreel_nn::vae::WanVae;
 use storyreel_nn::{RopeConfig, WanConfig, WanModel};
@@ -32,6 +35,20 @@ pub const VAE_DIR: &str = "vae";
 pub const TEXT_DIR: &str = "text";
 /// File name of the DiT weights inside [`DIT_DIR`].
 pub const DIT_WEIGHTS: &str = "model.safetensors";
+/// Sub-folder of the optional tiny decoder.
+pub const TINY_DIR: &str = "tiny_vae";
+/// File name of the tiny decoder's weights inside [`TINY_DIR`].
+pub const TINY_WEIGHTS: &str = "tiny_vae.safetensors";
+
+/// Which decoder turns a model's latents into the frames it shows by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CardDecoder {
+    /// The VAE's own decoder.
+    Full,
+    /// The tiny decoder in [`TINY_DIR`] (several times faster; the VAE still encodes context).
+    Tiny,
+}
 
 /// Which sampling procedure a model was trained for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +107,9 @@ pub struct ModelCard {
     /// The few-step sampler of a student (absent for a teacher).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub student: Option<StudentSampling>,
+    /// The decoder frames are shown with unless the caller picks one (absent: the VAE's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<CardDecoder>,
     /// One line on where the model comes from.
     pub description: String,
 }
@@ -166,6 +186,8 @@ pub struct StoryModel {
     pub dit: WanModel,
     /// The VAE (encoder and decoder).
     pub vae: Arc<WanVae>,
+    /// What decodes the frames shown by default: the VAE, or the tiny decoder the card names.
+    pub decoder: Arc<dyn VideoCodec>,
     /// The text encoder.
     pub text: ToyTextEncoder,
     /// Where it was loaded from.
@@ -196,8 +218,37 @@ impl StoryModel {
         }
         let text = ToyTextEncoder::load(&dir.join(TEXT_DIR), device)?.with_unknown_words(UnknownWords::Reject);
         check_parts(&card, &cfg, &vae, &text)?;
-        Ok(Self { card, dit, vae: Arc::new(vae), text, dir: dir.to_path_buf() })
+        let vae = Arc::new(vae);
+        let decoder: Arc<dyn VideoCodec> = match card.decoder {
+            None | Some(CardDecoder::Full) => vae.clone(),
+            Some(CardDecoder::Tiny) => Arc::new(load_tiny_decoder(dir, &vae, device)?),
+        };
+        Ok(Self { card, dit, vae, decoder, text, dir: dir.to_path_buf() })
     }
+}
+
+/// Loads `dir/tiny_vae/tiny_vae.safetensors` and checks it reads the VAE's latents.
+pub fn load_tiny_decoder(dir: &Path, vae: &WanVae, device: &Device) -> Result<TinyVae> {
+    let path = dir.join(TINY_DIR).join(TINY_WEIGHTS);
+    if !path.is_file() {
+        return Err(EngineError::Config(format!(
+            "{}: the card asks for the tiny decoder but {} does not exist",
+            dir.join(CARD_FILE).display(),
+            path.display()
+        )));
+    }
+    let tiny = TinyVae::load(&path, DType::F32, device)?;
+    if tiny.latent_channels() != vae.latent_channels() || tiny.spatial_scale() != vae.spatial_scale() {
+        return Err(EngineError::Config(format!(
+            "{}: the tiny decoder reads {} channels at ×{}, the VAE has {} at ×{}",
+            path.display(),
+            tiny.latent_channels(),
+            tiny.spatial_scale(),
+            vae.latent_channels(),
+            vae.spatial_scale()
+        )));
+    }
+    Ok(tiny)
 }
 
 /// The parts must agree on latent channels, spatial scale and text width.

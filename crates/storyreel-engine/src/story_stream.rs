@@ -36,8 +36,8 @@ pub struct StoryOptions {
     pub memory: Box<dyn ContextMemory>,
     /// A teacher's Euler + CFG sampler (ignored by a student, which uses its card's few steps).
     pub sampler: EulerSampler,
-    /// Decodes latents to the frames shown and kept (default: the model's VAE); the VAE still
-    /// encodes context frames.
+    /// Decodes latents to the frames shown and kept (default: the model's, which is its VAE
+    /// unless its card names the tiny decoder); the VAE still encodes context frames.
     pub decoder: Option<Arc<dyn VideoCodec>>,
 }
 
@@ -115,7 +115,7 @@ impl<'m> StoryStream<'m> {
                 }
                 d.clone()
             }
-            None => model.vae.clone(),
+            None => model.decoder.clone(),
         };
         Ok(Self {
             model,

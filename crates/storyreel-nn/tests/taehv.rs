@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use storyreel_nn::checkpoint::{save_pth, save_safetensors};
 use storyreel_nn::codec::VideoCodec;
-use storyreel_nn::taehv::TinyVae;
+use storyreel_nn::taehv::{TinyVae, TinyVaeConfig, CONFIG_FILE};
 use storyreel_nn::NnError;
 
 fn vae() -> Arc<TinyVae> {
@@ -266,6 +266,56 @@ fn bad_inputs_are_clear_errors() {
     assert!(e.contains("3 channels"), "{e}");
 }
 
+fn toy_shape() -> TinyVaeConfig {
+    TinyVaeConfig {
+        latent_channels: 8,
+        decoder_widths: vec![24, 16, 16],
+        time_upscale: vec![true, true],
+        mem_blocks: 1,
+        encoder_width: 16,
+    }
+}
+
+/// A smaller shape (the toy VAE's 8 channels, ×4 space) streams like taew2_1, saves its shape
+/// beside its weights, and a checkpoint of another shape is a named error.
+#[test]
+fn a_toy_shape_streams_saves_its_shape_and_checks_it() {
+    let cfg = toy_shape();
+    let v = Arc::new(TinyVae::random_with(&cfg, 3, DType::F32, &Device::Cpu).unwrap());
+    assert_eq!((v.latent_channels(), v.spatial_scale()), (8, 4));
+    let z = randn(&[4, 8, 4, 6], 9);
+    let parallel = v.decode_video(&z, true).unwrap();
+    assert_eq!(parallel.dims(), [13, 3, 16, 24]);
+    let mut s = v.clone().decode_stream();
+    let parts = [s.push(&z.narrow(0, 0, 1).unwrap()).unwrap(), s.push(&z.narrow(0, 1, 3).unwrap()).unwrap()];
+    assert_close(&Tensor::cat(&parts, 0).unwrap(), &parallel);
+    assert_eq!(v.encode(&(randn(&[5, 3, 16, 24], 2) / 1.7).unwrap()).unwrap().dims(), [2, 8, 4, 6]);
+    let e = v.clone().decode(&latents(1)).unwrap_err().to_string();
+    assert!(e.contains("8 channels") && e.contains("16"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny_vae.safetensors");
+    v.save(&path).unwrap();
+    assert!(dir.path().join(CONFIG_FILE).is_file());
+    assert_eq!(TinyVae::config_beside(&path).unwrap(), cfg);
+    let back = Arc::new(TinyVae::load(&path, DType::F32, &Device::Cpu).unwrap());
+    assert_eq!(bits(&back.decode(&z).unwrap()), bits(&parallel));
+
+    // The same weights read as taew2_1 (no shape file) name the first tensor that differs.
+    std::fs::remove_file(dir.path().join(CONFIG_FILE)).unwrap();
+    let e = TinyVae::load(&path, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("decoder.1.weight"), "{e}");
+    // A broken shape file is named.
+    std::fs::write(dir.path().join(CONFIG_FILE), "{\"latent_channels\": 8}").unwrap();
+    let e = TinyVae::load(&path, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains(CONFIG_FILE), "{e}");
+    let mut odd = cfg;
+    odd.time_upscale = vec![false, true];
+    std::fs::write(dir.path().join(CONFIG_FILE), serde_json::to_string(&odd).unwrap()).unwrap();
+    let e = TinyVae::load(&path, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("2×") && e.contains("4×"), "{e}");
+}
+
 #[test]
 fn save_rejects_unknown_extensions() {
     let dir = tempfile::tempdir().unwrap();
@@ -282,7 +332,7 @@ fn half_precision_follows_f32() {
     let x = (randn(&[5, 3, 16, 24], 4) / 1.7).unwrap();
     let (a, za) = (v32.clone().decode(&z).unwrap(), v32.encode(&x).unwrap());
     for dtype in [DType::F16, DType::BF16] {
-        let v = Arc::new(TinyVae::from_tensors(&t, dtype, &Device::Cpu).unwrap());
+        let v = Arc::new(TinyVae::from_tensors(v32.config(), &t, dtype, &Device::Cpu).unwrap());
         let b = v.clone().decode(&z).unwrap();
         assert_eq!(b.dtype(), DType::F32);
         let d = max_abs(&(&a - b).unwrap());

@@ -20,6 +20,7 @@ pub mod stage_config;
 pub mod stage_dmd;
 pub mod stage_ode_init;
 pub mod stage_teacher;
+pub mod stage_tiny_decoder;
 pub mod stage_vae;
 pub mod state;
 pub mod trainer;

@@ -17,7 +17,7 @@ use storyreel_nn::WanModel;
 use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
-use crate::model_files::{copy_folder, save_dit_tensors, write_text};
+use crate::model_files::{copy_model_parts, save_dit_tensors, write_text};
 
 /// Variable-name prefix of the adapters in a stage's `VarMap` (`lora.<linear>.a` / `.b`).
 pub const LORA_PREFIX: &str = "lora";
@@ -183,9 +183,7 @@ pub fn merge_lora_model(base: &Path, lora: &Path, out: &Path, description: Optio
     let merged = merge_lora(&mut tensors, &adapters)
         .map_err(|e| TrainError::File(format!("merging {} into {}: {e}", lora.display(), base.display())))?;
     save_dit_tensors(&tensors, &config, out)?;
-    for part in [story_model::TEXT_DIR, story_model::VAE_DIR] {
-        copy_folder(&base.join(part), &out.join(part))?;
-    }
+    copy_model_parts(base, out)?;
     let card = ModelCard { description: description.map(str::to_string).unwrap_or(card.description.clone()), ..card };
     card.write(out)?;
     Ok(MergeReport { merged, model_dir: out.to_path_buf() })

@@ -49,6 +49,19 @@ pub fn save_dit_tensors(tensors: &HashMap<String, Tensor>, config: &WanConfig, d
     write_text(&dit_dir.join("config.json"), &(config + "\n"))
 }
 
+/// Copies a story model folder's parts other than the DiT (text encoder, VAE, and the tiny
+/// decoder when there is one) from `base` into `out`.
+pub fn copy_model_parts(base: &Path, out: &Path) -> Result<()> {
+    for part in [story_model::TEXT_DIR, story_model::VAE_DIR] {
+        copy_folder(&base.join(part), &out.join(part))?;
+    }
+    let tiny = base.join(story_model::TINY_DIR);
+    if tiny.is_dir() {
+        copy_folder(&tiny, &out.join(story_model::TINY_DIR))?;
+    }
+    Ok(())
+}
+
 /// Copies the plain files of folder `from` into `to` (created if needed).
 pub fn copy_folder(from: &Path, to: &Path) -> Result<()> {
     let io = |p: &Path, e: std::io::Error| TrainError::File(format!("{}: {e}", p.display()));

@@ -24,7 +24,7 @@ use storyreel_nn::WanModel;
 use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
-use crate::model_files::{copy_folder, save_dit, write_text};
+use crate::model_files::{copy_model_parts, save_dit, write_text};
 use crate::ode_pairs::{load_ode_pairs, OdePair, OdePairsIndex};
 use crate::trainer::{TrainConfig, Trainer};
 
@@ -332,9 +332,7 @@ pub fn write_student_model(
     dir: &Path,
 ) -> Result<()> {
     save_dit(varmap, DIT_PREFIX, base.dit.config(), dir)?;
-    for part in [story_model::TEXT_DIR, story_model::VAE_DIR] {
-        copy_folder(&base.dir.join(part), &dir.join(part))?;
-    }
+    copy_model_parts(&base.dir, dir)?;
     let card = ModelCard {
         kind: ModelKind::Student,
         student: Some(student),

@@ -1143,6 +1143,7 @@ fn write_model(
         uses_context: cfg.use_context,
         sampler: cfg.sampler,
         student: None,
+        decoder: None,
         description: format!(
             "toy next-shot teacher trained {} steps on {} world stories ({})",
             cfg.steps,

@@ -201,12 +201,13 @@ pub struct VaeStageReport {
     pub model_dir: PathBuf,
 }
 
-fn clip_source(cfg: &VaeStageConfig) -> Result<Box<dyn ClipSource>> {
-    Ok(match &cfg.data.dataset {
-        Some(dir) => Box::new(DatasetClips::open(dir, cfg.data.clip_frames)?),
+/// The clips `data` describes: read from its dataset folder, or rendered.
+pub(crate) fn clip_source(data: &ClipData) -> Result<Box<dyn ClipSource>> {
+    Ok(match &data.dataset {
+        Some(dir) => Box::new(DatasetClips::open(dir, data.clip_frames)?),
         None => {
-            let options = story_options(cfg.data.width, cfg.data.height);
-            Box::new(RenderedClips::new(options, cfg.data.first_seed, cfg.data.stories, cfg.data.clip_frames)?)
+            let options = story_options(data.width, data.height);
+            Box::new(RenderedClips::new(options, data.first_seed, data.stories, data.clip_frames)?)
         }
     })
 }
@@ -224,7 +225,7 @@ pub fn held_out_psnr(vae: &WanVae, clips: &[Tensor]) -> Result<f64> {
 }
 
 /// Drops held-out scores after `step` (a resumed run scores those steps again).
-fn keep_scores_up_to(path: &Path, step: u64) -> Result<()> {
+pub(crate) fn keep_scores_up_to(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: String = text
         .lines()
@@ -267,7 +268,7 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     cfg.validate()?;
     let started = Instant::now();
     let device = Device::Cpu;
-    let source = clip_source(cfg)?;
+    let source = clip_source(&cfg.data)?;
     let eval_options = story_options(cfg.data.width, cfg.data.height);
     let eval_source = RenderedClips::new(eval_options, cfg.held_out.first_seed, 1_000, cfg.data.clip_frames)?;
     let eval_clips: Vec<Tensor> = (0..cfg.held_out.clips as u64)

@@ -18,9 +18,15 @@ pub enum DecoderChoice {
     Tiny,
 }
 
-/// File names the tiny autoencoder is looked for under, in a model folder.
-const TINY_FILES: [&str; 4] =
-    ["taew2_1.safetensors", "taew2_1.pth", "tiny_vae.safetensors", "tiny_vae/taew2_1.safetensors"];
+/// File names the tiny autoencoder is looked for under, in a model folder (a trained tiny
+/// decoder's shape file sits beside its weights).
+const TINY_FILES: [&str; 5] = [
+    "taew2_1.safetensors",
+    "taew2_1.pth",
+    "tiny_vae.safetensors",
+    "tiny_vae/tiny_vae.safetensors",
+    "tiny_vae/taew2_1.safetensors",
+];
 
 /// The tiny autoencoder's weights file at `path` or inside the folder `path`.
 pub fn find_tiny_file(path: &Path) -> Result<PathBuf> {

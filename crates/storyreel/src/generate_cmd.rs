@@ -65,9 +65,10 @@ pub struct Args {
     /// Frame rate of the output video (default: the model card's).
     #[arg(long)]
     pub fps: Option<u32>,
-    /// Decoder of the frames: full (the model's VAE) or tiny (a TAEHV-style decoder in the model folder).
-    #[arg(long, value_enum, default_value_t = DecoderChoice::Wan)]
-    pub decoder: DecoderChoice,
+    /// Decoder of the frames: full (the model's VAE) or tiny (a TAEHV-style decoder in the
+    /// model folder). Default: the model card's (the VAE unless the card names its tiny decoder).
+    #[arg(long, value_enum)]
+    pub decoder: Option<DecoderChoice>,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -211,8 +212,11 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("--steps and --guidance set a teacher's sampler; {} is a few-step student", model.dir.display());
     }
     let decoder: Option<Arc<dyn VideoCodec>> = match args.decoder {
-        DecoderChoice::Wan => None,
-        DecoderChoice::Tiny => Some(load_codec(&model_dir, DecoderChoice::Tiny, candle_core::DType::F32, &device)?),
+        None => None,
+        Some(DecoderChoice::Wan) => Some(model.vae.clone()),
+        Some(DecoderChoice::Tiny) => {
+            Some(load_codec(&model_dir, DecoderChoice::Tiny, candle_core::DType::F32, &device)?)
+        }
     };
     for (i, LoadedStory { story, .. }) in stories.iter().enumerate() {
         check_words(&model, story)

@@ -13,6 +13,7 @@ use storyreel_train::ode_pairs::{make_ode_pairs, OdePairsConfig};
 use storyreel_train::stage_dmd::{run_dmd_stage, DmdConfig, History};
 use storyreel_train::stage_ode_init::{run_ode_init_stage, OdeInitConfig};
 use storyreel_train::stage_teacher::{run_teacher_stage, TeacherStageConfig};
+use storyreel_train::stage_tiny_decoder::{run_tiny_decoder_stage, TinyDecoderStageConfig};
 use storyreel_train::stage_vae::{run_vae_stage, VaeStageConfig};
 
 /// The training stages.
@@ -36,6 +37,10 @@ pub enum TrainStage {
     /// context taken from the student's own earlier shots; LoRA adapters on generator and
     /// critic by default, merged into OUT/model at the end.
     DmdLong(DmdArgs),
+    /// A tiny TAEHV-style decoder for a trained VAE's latents (several times faster decoding;
+    /// writes OUT/model/tiny_vae.safetensors + tiny_vae_config.json, to copy into a model
+    /// folder's tiny_vae/ for `generate --decoder tiny`).
+    TinyDecoder(TinyDecoderArgs),
     /// Fold a LoRA adapter folder (PEFT layout, e.g. OUT/generator-lora of `dmd-long`) into a
     /// model folder's DiT and write the merged model folder.
     MergeLora(MergeLoraArgs),
@@ -51,7 +56,7 @@ pub enum TrainStage {
     CheckLooks(CheckLooksArgs),
     /// Print a stage's full default config as JSON (a starting point for --config).
     DefaultConfig {
-        /// The stage: vae, teacher, ode-pairs, ode-init, dmd or dmd-long.
+        /// The stage: vae, teacher, ode-pairs, ode-init, dmd, dmd-long or tiny-decoder.
         stage: String,
     },
 }
@@ -81,6 +86,16 @@ pub struct TeacherArgs {
     /// Train the no-context ablation (context always zero).
     #[arg(long)]
     no_context: bool,
+}
+
+/// Arguments of `storyreel train tiny-decoder`.
+#[derive(Args)]
+pub struct TinyDecoderArgs {
+    #[command(flatten)]
+    common: StageArgs,
+    /// Override the VAE (model folder or weights file) whose latents it decodes.
+    #[arg(long)]
+    vae: Option<PathBuf>,
 }
 
 /// Arguments of `storyreel train ode-pairs`.
@@ -273,6 +288,26 @@ pub fn run(stage: &TrainStage) -> Result<()> {
         }
         TrainStage::Dmd(args) => run_dmd(args, DmdConfig::default(), DmdConfig::read),
         TrainStage::DmdLong(args) => run_dmd(args, DmdConfig::inter_shot(), DmdConfig::read_inter_shot),
+        TrainStage::TinyDecoder(args) => {
+            let mut cfg = match &args.common.config {
+                Some(path) => TinyDecoderStageConfig::read(path).context("reading the stage config")?,
+                None => TinyDecoderStageConfig::default(),
+            };
+            if let Some(steps) = args.common.steps {
+                cfg.steps = steps;
+            }
+            if let Some(out) = &args.common.out {
+                cfg.train.out_dir = out.clone();
+            }
+            if let Some(vae) = &args.vae {
+                cfg.vae = vae.clone();
+            }
+            cfg.validate().context("checking the tiny-decoder stage config")?;
+            eprintln!("training a tiny decoder for {} steps into {}", cfg.steps, cfg.train.out_dir.display());
+            let report = run_tiny_decoder_stage(&cfg).context("training the tiny decoder")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         TrainStage::MergeLora(args) => {
             let report = merge_lora_model(&args.model, &args.lora, &args.out, None)
                 .with_context(|| format!("merging {} into {}", args.lora.display(), args.model.display()))?;
@@ -308,7 +343,13 @@ pub fn run(stage: &TrainStage) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&DmdConfig::inter_shot())?);
                 Ok(())
             }
-            other => anyhow::bail!("unknown stage {other:?}; stages: vae, teacher, ode-pairs, ode-init, dmd, dmd-long"),
+            "tiny-decoder" => {
+                println!("{}", serde_json::to_string_pretty(&TinyDecoderStageConfig::default())?);
+                Ok(())
+            }
+            other => anyhow::bail!(
+                "unknown stage {other:?}; stages: vae, teacher, ode-pairs, ode-init, dmd, dmd-long, tiny-decoder"
+            ),
         },
     }
 }

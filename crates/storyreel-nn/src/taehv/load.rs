@@ -6,15 +6,15 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::arch::{stack_tensors, tgrow_weight, DECODER, ENCODER};
+use super::arch::{stack_tensors, tgrow_weight, TinyVaeConfig};
 use crate::checkpoint::TensorFiles;
 use crate::error::{NnError, Result};
 
-/// Expected tensors: the decoder always, the encoder when `with_encoder`.
-pub(crate) fn expected_tensors(with_encoder: bool) -> Vec<(String, Vec<usize>)> {
-    let mut v = stack_tensors("decoder", &DECODER);
+/// Expected tensors of `config`: the decoder always, the encoder when `with_encoder`.
+pub(crate) fn expected_tensors(config: &TinyVaeConfig, with_encoder: bool) -> Vec<(String, Vec<usize>)> {
+    let mut v = stack_tensors("decoder", &config.decoder());
     if with_encoder {
-        v.extend(stack_tensors("encoder", &ENCODER));
+        v.extend(stack_tensors("encoder", &config.encoder()));
     }
     v
 }
@@ -30,16 +30,20 @@ pub(crate) enum Take {
 /// Checks stored names and shapes against the architecture. The encoder is expected when any
 /// `encoder.` tensor is present (a decoder-only file is valid). Reports the first shape
 /// mismatch, then the first missing tensor, then unexpected extras.
-pub(crate) fn check(found: &BTreeMap<String, Vec<usize>>) -> Result<(bool, BTreeMap<String, Take>)> {
+pub(crate) fn check(
+    config: &TinyVaeConfig,
+    found: &BTreeMap<String, Vec<usize>>,
+) -> Result<(bool, BTreeMap<String, Take>)> {
     let with_encoder = found.keys().any(|n| n.starts_with("encoder."));
-    let expected = expected_tensors(with_encoder);
+    let expected = expected_tensors(config, with_encoder);
+    let decoder = config.decoder();
     let mut plan = BTreeMap::new();
     for (name, shape) in &expected {
         let Some(f) = found.get(name) else { continue };
         let take = if f == shape {
             Take::All
         } else {
-            match tgrow_weight(name) {
+            match tgrow_weight(&decoder, name) {
                 // More output channels than this model's stride needs: the last n·s are the
                 // latest frames' channels, which is what a smaller stride keeps.
                 Some(_) if f.len() == 4 && f[0] > shape[0] && f[1..] == shape[1..] => Take::LastRows(shape[0]),
@@ -68,13 +72,18 @@ pub(crate) fn check(found: &BTreeMap<String, Vec<usize>>) -> Result<(bool, BTree
     Ok((with_encoder, plan))
 }
 
-/// Reads a checkpoint's tensors (reference names), checked and converted to `dtype` on `device`;
-/// also says whether it has an encoder.
-pub(crate) fn read(path: &Path, dtype: DType, device: &Device) -> Result<(bool, HashMap<String, Tensor>)> {
+/// Reads a checkpoint's tensors (reference names), checked against `config` and converted to
+/// `dtype` on `device`; also says whether it has an encoder.
+pub(crate) fn read(
+    path: &Path,
+    config: &TinyVaeConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<(bool, HashMap<String, Tensor>)> {
     let files = TensorFiles::open(path)?;
     let found: BTreeMap<String, Vec<usize>> =
         files.headers().iter().map(|h| (h.name.clone(), h.shape.clone())).collect();
-    let (with_encoder, plan) = check(&found)?;
+    let (with_encoder, plan) = check(config, &found)?;
     let mut out = HashMap::with_capacity(plan.len());
     for (name, take) in plan {
         let t = files.load(&name, dtype, device)?;
@@ -95,7 +104,11 @@ mod tests {
     use super::*;
 
     fn all(with_encoder: bool) -> BTreeMap<String, Vec<usize>> {
-        expected_tensors(with_encoder).into_iter().collect()
+        expected_tensors(&TinyVaeConfig::taew2_1(), with_encoder).into_iter().collect()
+    }
+
+    fn check(found: &BTreeMap<String, Vec<usize>>) -> Result<(bool, BTreeMap<String, Take>)> {
+        super::check(&TinyVaeConfig::taew2_1(), found)
     }
 
     #[test]

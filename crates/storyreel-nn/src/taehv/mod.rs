@@ -1,5 +1,9 @@
 //! The tiny video autoencoder for Wan2.1 latents, weight-compatible with TAEHV's `taew2_1`
 //! (wan.md §6): a ~25× cheaper decoder than the Wan VAE, with a streaming decoder and encoder.
+//! The same code runs smaller shapes ([`TinyVaeConfig`]) trained for other latent spaces, such
+//! as the toy VAE's 8-channel, ×4 latents; a checkpoint names its shape in a
+//! `tiny_vae_config.json` beside it (none means taew2_1). Below, 16 and 8 are taew2_1's latent
+//! channels and space scale.
 //!
 //! Conventions (see [`crate::codec`]): latents are the DiT's normalised latents `[T, 16, h, w]`,
 //! used as they are; pixels are `[F, 3, 8h, 8w]` in [−1, 1]. The network itself works in [0, 1]:
@@ -32,15 +36,20 @@ use std::sync::Arc;
 
 use crate::codec::{DecodeStream, VideoCodec};
 use crate::error::{NnError, Result};
-use arch::{stack_flops, DECODER, ENCODER, LATENT_CHANNELS, SPACE_SCALE, TIME_SCALE};
+pub use arch::TinyVaeConfig;
+use arch::{stack_flops, TIME_SCALE};
 use kernels::to_signed_pixels_owned;
 use stack::{Stack, StackState};
 
 /// Raw decoder frames dropped at the start of every stream (time upscale − 1).
 pub const FRAMES_TO_TRIM: usize = TIME_SCALE - 1;
 
-/// The taew2_1 tiny autoencoder: a decoder and, when the checkpoint has one, an encoder.
+/// File beside a tiny autoencoder's weights that names its shape (absent for taew2_1).
+pub const CONFIG_FILE: &str = "tiny_vae_config.json";
+
+/// The tiny autoencoder: a decoder and, when the checkpoint has one, an encoder.
 pub struct TinyVae {
+    config: TinyVaeConfig,
     decoder: Stack,
     encoder: Option<Stack>,
     dtype: DType,
@@ -50,6 +59,7 @@ pub struct TinyVae {
 impl std::fmt::Debug for TinyVae {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TinyVae")
+            .field("config", &self.config)
             .field("encoder", &self.encoder.is_some())
             .field("dtype", &self.dtype)
             .field("device", &self.device)
@@ -59,17 +69,46 @@ impl std::fmt::Debug for TinyVae {
 
 impl TinyVae {
     /// Loads `taew2_1.pth` / `taew2_1.safetensors` (keys `decoder.<idx>…`, optionally
-    /// `encoder.<idx>…`), checking every name and shape, as `dtype` on `device`.
+    /// `encoder.<idx>…`), checking every name and shape, as `dtype` on `device`. A
+    /// [`CONFIG_FILE`] in the same folder gives the shape; without one it is taew2_1's.
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let (with_encoder, tensors) = load::read(path, dtype, device)?;
-        Self::build(with_encoder, tensors, dtype, device)
+        let config = Self::config_beside(path)?;
+        Self::load_with_config(path, &config, dtype, device)
     }
 
-    /// Builds the model from reference-named tensors (decoder required, encoder optional),
-    /// checked like [`TinyVae::load`] checks a file.
-    pub fn from_tensors(tensors: &HashMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Self> {
+    /// The shape named by the [`CONFIG_FILE`] beside the weights file `path` (taew2_1's when
+    /// there is none).
+    pub fn config_beside(path: &Path) -> Result<TinyVaeConfig> {
+        let file = path.parent().unwrap_or(Path::new(".")).join(CONFIG_FILE);
+        if !file.is_file() {
+            return Ok(TinyVaeConfig::taew2_1());
+        }
+        let bad = |reason: String| NnError::BadCheckpoint { path: file.clone(), reason };
+        let text = std::fs::read_to_string(&file).map_err(|e| bad(e.to_string()))?;
+        let config: TinyVaeConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        config.validate().map_err(bad)?;
+        Ok(config)
+    }
+
+    /// Loads weights checked against the shape `config`.
+    pub fn load_with_config(path: &Path, config: &TinyVaeConfig, dtype: DType, device: &Device) -> Result<Self> {
+        config.validate().map_err(NnError::Config)?;
+        let (with_encoder, tensors) = load::read(path, config, dtype, device)?;
+        Self::build(config.clone(), with_encoder, tensors, dtype, device)
+    }
+
+    /// Builds the model of shape `config` from reference-named tensors (decoder required,
+    /// encoder optional), checked like [`TinyVae::load`] checks a file. Tensors already of
+    /// `dtype` on `device` are used as they are, so variables stay differentiable.
+    pub fn from_tensors(
+        config: &TinyVaeConfig,
+        tensors: &HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate().map_err(NnError::Config)?;
         let found: BTreeMap<String, Vec<usize>> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
-        let (with_encoder, plan) = load::check(&found)?;
+        let (with_encoder, plan) = load::check(config, &found)?;
         let mut out = HashMap::with_capacity(plan.len());
         for (name, take) in plan {
             let t = tensors[&name].to_device(device)?.to_dtype(dtype)?;
@@ -79,36 +118,53 @@ impl TinyVae {
             };
             out.insert(name, t);
         }
-        Self::build(with_encoder, out, dtype, device)
+        Self::build(config.clone(), with_encoder, out, dtype, device)
     }
 
-    /// Deterministic random weights (encoder and decoder) for tests and benchmarks: weights
-    /// N(0, 1/fan_in), biases N(0, 0.1²).
+    /// Deterministic random taew2_1 weights (encoder and decoder) for tests and benchmarks:
+    /// weights N(0, 1/fan_in), biases N(0, 0.1²).
     pub fn random(seed: u64, dtype: DType, device: &Device) -> Result<Self> {
-        Self::build(true, random_tensors(seed, dtype, device)?, dtype, device)
+        Self::random_with(&TinyVaeConfig::taew2_1(), seed, dtype, device)
     }
 
-    fn build(with_encoder: bool, tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Result<Self> {
+    /// Deterministic random weights of the shape `config`, drawn as [`TinyVae::random`] does.
+    pub fn random_with(config: &TinyVaeConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        config.validate().map_err(NnError::Config)?;
+        Self::build(config.clone(), true, random_tensors(config, seed, dtype, device)?, dtype, device)
+    }
+
+    fn build(
+        config: TinyVaeConfig,
+        with_encoder: bool,
+        tensors: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let mut get = |name: &str| -> Result<Tensor> {
             tensors.get(name).cloned().ok_or_else(|| NnError::MissingTensor { name: name.into(), expected: Vec::new() })
         };
-        let decoder = Stack::build("decoder", &DECODER, &mut get)?;
-        let encoder = if with_encoder { Some(Stack::build("encoder", &ENCODER, &mut get)?) } else { None };
-        Ok(Self { decoder, encoder, dtype, device: device.clone() })
+        let decoder = Stack::build("decoder", &config.decoder(), &mut get)?;
+        let encoder = if with_encoder { Some(Stack::build("encoder", &config.encoder(), &mut get)?) } else { None };
+        Ok(Self { config, decoder, encoder, dtype, device: device.clone() })
     }
 
-    /// Names and shapes of the tensors of a checkpoint in the reference layout: the decoder's,
-    /// then the encoder's when `with_encoder`.
-    pub fn expected_tensor_shapes(with_encoder: bool) -> Vec<(String, Vec<usize>)> {
-        load::expected_tensors(with_encoder)
+    /// The model's shape.
+    pub fn config(&self) -> &TinyVaeConfig {
+        &self.config
+    }
+
+    /// Names and shapes of the tensors of a checkpoint of shape `config` in the reference
+    /// layout: the decoder's, then the encoder's when `with_encoder`.
+    pub fn expected_tensor_shapes(config: &TinyVaeConfig, with_encoder: bool) -> Vec<(String, Vec<usize>)> {
+        load::expected_tensors(config, with_encoder)
     }
 
     /// Names and shapes of this model's tensors (what [`TinyVae::save`] writes).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        Self::expected_tensor_shapes(self.has_encoder())
+        Self::expected_tensor_shapes(&self.config, self.has_encoder())
     }
 
-    /// Number of parameters (11,315,539 with the encoder, 9,844,611 without).
+    /// Number of parameters (taew2_1: 11,315,539 with the encoder, 9,844,611 without).
     pub fn param_count(&self) -> usize {
         self.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
@@ -145,8 +201,15 @@ impl TinyVae {
     }
 
     /// Saves the weights in the reference layout: `.safetensors`, or a `torch.save` state dict
-    /// for `.pth` / `.pt` (loadable by the reference `TAEHV`).
+    /// for `.pth` / `.pt` (loadable by the reference `TAEHV`). A shape other than taew2_1's is
+    /// also written to the [`CONFIG_FILE`] beside them.
     pub fn save(&self, path: &Path) -> Result<()> {
+        if !self.config.is_taew2_1() {
+            let file = path.parent().unwrap_or(Path::new(".")).join(CONFIG_FILE);
+            let text = serde_json::to_string_pretty(&self.config).map_err(|e| NnError::Config(e.to_string()))?;
+            std::fs::write(&file, text + "\n")
+                .map_err(|e| NnError::BadCheckpoint { path: file.clone(), reason: e.to_string() })?;
+        }
         let tensors = self.tensors()?;
         let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
         match ext.as_str() {
@@ -159,15 +222,20 @@ impl TinyVae {
         }
     }
 
-    /// FLOPs (2 per multiply-accumulate) the decoder spends per latent frame in steady state on
-    /// an `h`×`w` latent grid (4 output frames of 8h×8w).
+    /// FLOPs (2 per multiply-accumulate) taew2_1's decoder spends per latent frame in steady
+    /// state on an `h`×`w` latent grid (4 output frames of 8h×8w).
     pub fn decoder_flops_per_latent(h: usize, w: usize) -> f64 {
-        stack_flops(&DECODER, 1.0, h, w)
+        Self::decoder_flops_of(&TinyVaeConfig::taew2_1(), h, w)
     }
 
-    /// FLOPs the encoder spends per latent frame (4 input frames of `height`×`width`).
+    /// FLOPs taew2_1's encoder spends per latent frame (4 input frames of `height`×`width`).
     pub fn encoder_flops_per_latent(height: usize, width: usize) -> f64 {
-        stack_flops(&ENCODER, TIME_SCALE as f64, height, width)
+        stack_flops(&TinyVaeConfig::taew2_1().encoder(), TIME_SCALE as f64, height, width)
+    }
+
+    /// FLOPs the decoder of shape `config` spends per latent frame on an `h`×`w` latent grid.
+    pub fn decoder_flops_of(config: &TinyVaeConfig, h: usize, w: usize) -> f64 {
+        stack_flops(&config.decoder(), 1.0, h, w)
     }
 
     /// Starts a decode stream (the concrete type behind [`VideoCodec::decode_stream`]).
@@ -186,7 +254,7 @@ impl TinyVae {
     /// The decoder's raw output for `[T, 16, h, w]`: all 4T frames, untrimmed and unclamped, in
     /// the reference's [0, 1] scale (for comparisons with the reference implementation).
     pub fn decode_raw(&self, latents: &Tensor, parallel: bool) -> Result<Tensor> {
-        let (t, _, _) = check_latents(latents, None)?;
+        let (t, _, _) = check_latents(&self.config, latents, None)?;
         let x = latents.to_device(&self.device)?.to_dtype(self.dtype)?;
         let mut state = self.decoder.new_state();
         if parallel {
@@ -218,7 +286,7 @@ impl TinyVae {
     /// docs). `parallel` runs all frames through each layer at once; otherwise 4 at a time.
     pub fn encode_video(&self, frames: &Tensor, parallel: bool) -> Result<Tensor> {
         let enc = self.encoder()?;
-        let (f, _, _) = check_frames(frames, None)?;
+        let (f, _, _) = check_frames(&self.config, frames, None)?;
         if !parallel {
             let mut s = self.encode_stream()?;
             let head = s.push(frames)?;
@@ -244,14 +312,19 @@ fn no_output() -> NnError {
     NnError::Input("the TAEHV stack produced no frames for a complete input".into())
 }
 
-/// Checks latents `[T ≥ 1, 16, h, w]` (and their grid against `hw` when given); returns (T, h, w).
-fn check_latents(latents: &Tensor, hw: Option<(usize, usize)>) -> Result<(usize, usize, usize)> {
-    let (t, c, h, w) = latents
-        .dims4()
-        .map_err(|_| NnError::Input(format!("TAEHV latents must be [T, 16, h, w]; got {:?}", latents.dims())))?;
-    if c != LATENT_CHANNELS {
+/// Checks latents `[T ≥ 1, C, h, w]` (and their grid against `hw` when given); returns (T, h, w).
+fn check_latents(
+    config: &TinyVaeConfig,
+    latents: &Tensor,
+    hw: Option<(usize, usize)>,
+) -> Result<(usize, usize, usize)> {
+    let channels = config.latent_channels;
+    let (t, c, h, w) = latents.dims4().map_err(|_| {
+        NnError::Input(format!("tiny decoder latents must be [T, {channels}, h, w]; got {:?}", latents.dims()))
+    })?;
+    if c != channels {
         return Err(NnError::Input(format!(
-            "TAEHV latents must have {LATENT_CHANNELS} channels; got {c} (shape {:?})",
+            "tiny decoder latents must have {channels} channels; got {c} (shape {:?})",
             latents.dims()
         )));
     }
@@ -268,8 +341,10 @@ fn check_latents(latents: &Tensor, hw: Option<(usize, usize)>) -> Result<(usize,
     Ok((t, h, w))
 }
 
-/// Checks pixel frames `[F ≥ 1, 3, H, W]` with H, W positive multiples of 8 (and against `hw`).
-fn check_frames(frames: &Tensor, hw: Option<(usize, usize)>) -> Result<(usize, usize, usize)> {
+/// Checks pixel frames `[F ≥ 1, 3, H, W]` with H, W positive multiples of the space scale (and
+/// against `hw`).
+fn check_frames(config: &TinyVaeConfig, frames: &Tensor, hw: Option<(usize, usize)>) -> Result<(usize, usize, usize)> {
+    let scale = config.space_scale();
     let (f, c, h, w) = frames
         .dims4()
         .map_err(|_| NnError::Input(format!("pixel frames must be [F, 3, H, W]; got {:?}", frames.dims())))?;
@@ -279,9 +354,9 @@ fn check_frames(frames: &Tensor, hw: Option<(usize, usize)>) -> Result<(usize, u
     if f == 0 {
         return Err(NnError::Input(format!("no pixel frames to encode (shape {:?})", frames.dims())));
     }
-    if h == 0 || w == 0 || h % SPACE_SCALE != 0 || w % SPACE_SCALE != 0 {
+    if h == 0 || w == 0 || h % scale != 0 || w % scale != 0 {
         return Err(NnError::Input(format!(
-            "frame size {h}×{w} is not a positive multiple of {SPACE_SCALE} in both directions"
+            "frame size {h}×{w} is not a positive multiple of {scale} in both directions"
         )));
     }
     if let Some((h0, w0)) = hw {
@@ -294,12 +369,12 @@ fn check_frames(frames: &Tensor, hw: Option<(usize, usize)>) -> Result<(usize, u
     Ok((f, h, w))
 }
 
-/// Reference-named random tensors for [`TinyVae::random`].
-fn random_tensors(seed: u64, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+/// Reference-named random tensors for [`TinyVae::random_with`].
+fn random_tensors(config: &TinyVaeConfig, seed: u64, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = HashMap::new();
-    for (name, shape) in load::expected_tensors(true) {
+    for (name, shape) in load::expected_tensors(config, true) {
         let n: usize = shape.iter().product();
         let std = if shape.len() == 4 { 1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt() } else { 0.1 };
         let data: Vec<f32> = (0..n)
@@ -321,9 +396,11 @@ const STEP_BUDGET: usize = 256 << 20;
 /// Latents a stream decodes per step on an `h`×`w` grid: the whole push when it is small (more
 /// frames per convolution keep every core busy), one at a time at full resolution (4 frames of
 /// 64 channels at 480×832 already take 400 MB).
-fn latents_per_step(h: usize, w: usize, dtype: DType) -> usize {
-    // Stage-3 phase outputs and their interleaved result: ≈ 2 × 4 frames × 64 channels × 64hw.
-    let per_latent = 2 * TIME_SCALE * 64 * (SPACE_SCALE * SPACE_SCALE) * h * w * dtype.size_in_bytes();
+fn latents_per_step(config: &TinyVaeConfig, h: usize, w: usize, dtype: DType) -> usize {
+    // Last-level phase outputs and their interleaved result: ≈ 2 × 4 frames × width × s²hw.
+    let width = config.decoder_widths.iter().rev().take(2).copied().max().unwrap_or(64);
+    let scale = config.space_scale();
+    let per_latent = 2 * TIME_SCALE * width * (scale * scale) * h * w * dtype.size_in_bytes();
     (STEP_BUDGET / per_latent.max(1)).max(1)
 }
 
@@ -337,10 +414,10 @@ pub struct TinyDecodeStream {
 
 impl DecodeStream for TinyDecodeStream {
     fn push(&mut self, latents: &Tensor) -> Result<Tensor> {
-        let (t, h, w) = check_latents(latents, self.hw)?;
+        let (t, h, w) = check_latents(&self.vae.config, latents, self.hw)?;
         self.hw = Some((h, w));
         let x = latents.to_device(&self.vae.device)?.to_dtype(self.vae.dtype)?;
-        let step = latents_per_step(h, w, self.vae.dtype).min(t);
+        let step = latents_per_step(&self.vae.config, h, w, self.vae.dtype).min(t);
         let mut out = Vec::with_capacity(t.div_ceil(step));
         for i in (0..t).step_by(step) {
             let n = step.min(t - i);
@@ -376,7 +453,7 @@ impl TinyEncodeStream<'_> {
     /// Encodes the next frames `[F, 3, H, W]` in [−1, 1]; returns the latents they complete,
     /// f32 `[k, 16, H/8, W/8]` (k may be 0).
     pub fn push(&mut self, frames: &Tensor) -> Result<Tensor> {
-        let (f, h, w) = check_frames(frames, self.hw)?;
+        let (f, h, w) = check_frames(&self.vae.config, frames, self.hw)?;
         self.hw = Some((h, w));
         let x = self.vae.pixels_in(frames)?;
         self.last = Some(x.narrow(0, f - 1, 1)?.force_contiguous()?);
@@ -429,7 +506,8 @@ impl TinyEncodeStream<'_> {
 
     fn empty(&self) -> Result<Tensor> {
         let (h, w) = self.hw.unwrap_or((0, 0));
-        let shape = (0, LATENT_CHANNELS, h / SPACE_SCALE, w / SPACE_SCALE);
+        let scale = self.vae.config.space_scale();
+        let shape = (0, self.vae.config.latent_channels, h / scale, w / scale);
         Ok(Tensor::zeros(shape, DType::F32, &self.vae.device)?)
     }
 }
@@ -440,11 +518,11 @@ impl VideoCodec for TinyVae {
     }
 
     fn latent_channels(&self) -> usize {
-        LATENT_CHANNELS
+        self.config.latent_channels
     }
 
     fn spatial_scale(&self) -> usize {
-        SPACE_SCALE
+        self.config.space_scale()
     }
 
     fn decode_stream(self: Arc<Self>) -> Box<dyn DecodeStream> {

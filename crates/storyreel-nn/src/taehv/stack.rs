@@ -133,7 +133,7 @@ impl Stack {
     /// Builds the stack from reference-layout tensors `prefix.idx...` (shapes already checked).
     pub(crate) fn build(
         prefix: &'static str,
-        specs: &'static [LayerSpec],
+        specs: &[LayerSpec],
         get: &mut dyn FnMut(&str) -> Result<Tensor>,
     ) -> Result<Self> {
         let mut ops = Vec::with_capacity(specs.len());
