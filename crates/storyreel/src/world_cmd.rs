@@ -44,6 +44,10 @@ pub enum WorldCommand {
         /// generator decoding through that VAE can show (a reference row for `storyreel eval`).
         #[arg(long)]
         vae: Option<PathBuf>,
+        /// With --vae, decode the round trip with this tiny decoder (weights file, or a folder
+        /// holding one) instead of the VAE's decoder.
+        #[arg(long, requires = "vae")]
+        tiny_decoder: Option<PathBuf>,
     },
     /// Write the toy text encoder's vocabulary (<pad>, </s>, <unk>, then every caption word).
     Vocab {
@@ -153,7 +157,9 @@ pub fn run(command: &WorldCommand) -> Result<()> {
             let spec = DatasetSpec { overwrite: *force, ..benchmark_spec() };
             write_dataset(out, &spec)
         }
-        WorldCommand::Render { story, out, vae } => render(story, out, vae.as_deref()),
+        WorldCommand::Render { story, out, vae, tiny_decoder } => {
+            render(story, out, vae.as_deref(), tiny_decoder.as_deref())
+        }
         WorldCommand::Vocab { out } => {
             write_vocabulary(out)
                 .map_err(flat)
@@ -243,25 +249,41 @@ fn read_story(path: &Path) -> Result<Story> {
     Story::read(path).map_err(flat).with_context(|| format!("reading the story file {}", path.display()))
 }
 
-/// Encodes and decodes every shot of `frames` with the VAE at `path`.
-fn through_vae(path: &Path, story: &Story, frames: &[RgbFrame]) -> Result<Vec<RgbFrame>> {
+/// Encodes every shot of `frames` with the VAE at `path` and decodes it again, with the VAE
+/// or with the tiny decoder at `tiny`.
+fn through_vae(path: &Path, tiny: Option<&Path>, story: &Story, frames: &[RgbFrame]) -> Result<Vec<RgbFrame>> {
+    use std::sync::Arc;
     use storyreel_nn::codec::VideoCodec;
     let device = candle_core::Device::Cpu;
-    let vae = std::sync::Arc::new(
+    let vae = Arc::new(
         storyreel_nn::vae::WanVae::load(path, candle_core::DType::F32, &device)
             .with_context(|| format!("loading the VAE {}", path.display()))?,
     );
+    let decoder: Arc<dyn VideoCodec> = match tiny {
+        Some(t) => crate::codec::load_codec(t, crate::codec::DecoderChoice::Tiny, candle_core::DType::F32, &device)?,
+        None => vae.clone(),
+    };
+    if decoder.latent_channels() != vae.latent_channels() || decoder.spatial_scale() != vae.spatial_scale() {
+        bail!(
+            "the tiny decoder reads {} channels at ×{}, the VAE {} makes {} at ×{}",
+            decoder.latent_channels(),
+            decoder.spatial_scale(),
+            path.display(),
+            vae.latent_channels(),
+            vae.spatial_scale()
+        );
+    }
     let mut out = Vec::with_capacity(frames.len());
     for (start, end) in story.shot_ranges() {
         let x = storyreel_train::data::frames_to_tensor(&frames[start..end], &device)?;
         let z = vae.encode(&x).with_context(|| format!("encoding frames {start}..{end}"))?;
-        let y = vae.clone().decode(&z)?.clamp(-1f32, 1f32)?;
+        let y = decoder.clone().decode(&z)?.clamp(-1f32, 1f32)?;
         out.extend(storyreel_engine::pixels::to_rgb_frames(&y)?);
     }
     Ok(out)
 }
 
-fn render(story_path: &Path, out: &Path, vae: Option<&Path>) -> Result<()> {
+fn render(story_path: &Path, out: &Path, vae: Option<&Path>, tiny: Option<&Path>) -> Result<()> {
     let story = read_story(story_path)?;
     let ext = out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     if ext != "mp4" && ext != "png" {
@@ -270,7 +292,7 @@ fn render(story_path: &Path, out: &Path, vae: Option<&Path>) -> Result<()> {
     let mut rendered =
         render_story(&story).map_err(flat).with_context(|| format!("rendering {}", story_path.display()))?;
     if let Some(vae) = vae {
-        rendered.frames = through_vae(vae, &story, &rendered.frames)?;
+        rendered.frames = through_vae(vae, tiny, &story, &rendered.frames)?;
     }
     if ext == "mp4" {
         write_mp4(out, &rendered.frames, EncodeOptions::default().with_fps(story.format.fps))

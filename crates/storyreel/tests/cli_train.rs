@@ -76,6 +76,27 @@ fn tiny_decoder_run_and_errors() {
     ]);
     assert!(ok, "{err}");
 
+    // Ground truth through the VAE's encoder and the tiny decoder (a reference row for eval).
+    let world = dir.path().join("world");
+    let (ok, _, err) =
+        storyreel(&["world", "generate", "--stories", "1", "--out", world.to_str().unwrap(), "--no-videos"]);
+    assert!(ok, "{err}");
+    let story = std::fs::read_dir(world.join("stories")).unwrap().next().unwrap().unwrap().path();
+    let through = dir.path().join("through.mp4");
+    let (ok, _, err) = storyreel(&[
+        "world",
+        "render",
+        "--story",
+        story.to_str().unwrap(),
+        "--out",
+        through.to_str().unwrap(),
+        "--vae",
+        vae,
+        "--tiny-decoder",
+        out.join("model").to_str().unwrap(),
+    ]);
+    assert!(ok && through.is_file(), "{err}");
+
     std::fs::write(&cfg, body(16)).unwrap();
     let (ok, _, err) = storyreel(&args);
     assert!(!ok && err.contains("16 latent channels") && err.contains("8 channels"), "{err}");
