@@ -61,7 +61,8 @@ pub struct TinyDecoderStageConfig {
     pub vae: PathBuf,
     /// The decoder's shape; its latent channels and space scale must match the VAE's.
     pub shape: TinyVaeConfig,
-    /// Training clips (`clip_frames` = 1 + 4k frames give k + 1 latents each).
+    /// Training clips (`clip_frames` = 1 + 4k frames give k + 1 latents each; 17 by default, the
+    /// shortest shot, so the MemBlocks learn their steady state).
     pub data: ClipData,
     /// Clips encoded once at the start and drawn from at every step.
     pub pool_clips: usize,
@@ -86,18 +87,20 @@ impl Default for TinyDecoderStageConfig {
             checkpoint_every: 250,
             schedule: crate::schedule::LrSchedule::warmup_cosine(2e-3, 2e-5, 50),
             clip_norm: Some(1.0),
-            accumulate: 4,
+            accumulate: 2,
             ..Default::default()
         };
         train.optimizer.weight_decay = 0.0;
         Self {
             vae: PathBuf::from("assets/models/toy-student/vae"),
             shape: toy_decoder_shape(),
-            data: ClipData { clip_frames: 9, ..ClipData::default() },
-            pool_clips: 600,
+            // Long clips: a decoder trained on 3-latent clips never sees its memories past the
+            // first latents and jumps at the 4th (false cuts 9 frames into every shot).
+            data: ClipData { clip_frames: 17, ..ClipData::default() },
+            pool_clips: 400,
             target: DecoderTarget::Pixels,
             held_out: HeldOut { clips: 24, every: 250, ..HeldOut::default() },
-            steps: 1500,
+            steps: 1300,
             init_seed: 1,
             init_from: None,
             train,

@@ -331,7 +331,16 @@ fn generate_without_a_model_flag_uses_the_embedded_default() {
     if shipped.is_file() {
         assert!(out.status.success(), "{err}");
         assert_eq!(storyreel_media::read_mp4(&video).unwrap().1.len(), 9);
-        // Unpacked once into the cache, reused after.
+        // Unpacked once into the cache, reused after; its tiny decoder and its VAE both decode.
+        for (decoder, name) in [("tiny", "tiny.mp4"), ("full", "full.mp4")] {
+            let out = Command::new(env!("CARGO_BIN_EXE_storyreel"))
+                .args(["generate", "--story", p(&story), "-o", p(&dir.path().join(name)), "--decoder", decoder])
+                .env("STORYREEL_CACHE", dir.path().join("cache"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(storyreel_media::read_mp4(&dir.path().join(name)).unwrap().1.len(), 9);
+        }
         assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 1);
         // A cache that cannot be written is named in the error.
         let blocked = dir.path().join("not-a-folder");

@@ -77,6 +77,7 @@ fn bad_story_input_and_flags_are_named_errors() {
     let v = video.to_str().unwrap();
     let story = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/stories/rabbit-and-fox.json");
     let several = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/stories/formats/longlive.jsonl");
+    let teacher = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/toy-teacher");
     // A story on stdin: plain text works, a broken JSON names its line and column.
     let (ok, err) =
         run_with_input(&["generate", "--story", "-", "--frames", "5", "-o", v], "A red fox jumps in a city.\n", &cache);
@@ -86,7 +87,10 @@ fn bad_story_input_and_flags_are_named_errors() {
     for (args, expect) in [
         (vec!["generate", "--story", story, "-o", v, "--format", "bogus"], "choose one of native"),
         (vec!["generate", "--story", story, "-o", v, "--fps", "0", "--frames", "5"], "fps = 0"),
-        (vec!["generate", "--story", story, "-o", v, "--decoder", "tiny"], "no tiny decoder weights"),
+        (
+            vec!["generate", "--model", teacher, "--story", story, "-o", v, "--decoder", "tiny"],
+            "no tiny decoder weights",
+        ),
         (vec!["generate", "-o", v], "give --story"),
         (vec!["generate", "--interactive", "--story", several, "-o", v], "continues one story"),
         (vec!["serve", "--max-sessions", "0", "--journal", "j"], "--max-sessions must be at least 1"),
