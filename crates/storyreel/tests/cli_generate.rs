@@ -339,7 +339,7 @@ fn generate_without_a_model_flag_uses_the_embedded_default() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            assert_eq!(storyreel_media::read_mp4(&dir.path().join(name)).unwrap().1.len(), 9);
+            assert_eq!(storyreel_media::read_mp4(dir.path().join(name)).unwrap().1.len(), 9);
         }
         assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().count(), 1);
         // A cache that cannot be written is named in the error.
