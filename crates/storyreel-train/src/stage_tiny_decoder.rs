@@ -25,8 +25,8 @@ use storyreel_world::rng::{mix64, WorldRng};
 use crate::data::{frames_to_tensor, story_options, ClipSource, RenderedClips};
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
-use crate::stage_vae::{clip_source, keep_scores_up_to, ClipData, HeldOut};
-use crate::trainer::{TrainConfig, Trainer};
+use crate::stage_vae::{clip_source, trainer_with_held_out_log, ClipData, HeldOut};
+use crate::trainer::TrainConfig;
 use crate::vae::psnr_from_mse;
 
 /// What the tiny decoder learns to output.
@@ -361,20 +361,8 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         load_initial_weights(&cfg.shape, &varmap, from)?;
     }
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let mut train = cfg.train.clone();
-    train.schedule.total_steps = cfg.steps;
-    train.schedule.warmup_steps = train.schedule.warmup_steps.min(cfg.steps);
-    let out_dir = train.out_dir.clone();
-    let mut trainer = Trainer::new(&varmap, train)?;
-    trainer.resume_latest(&out_dir)?;
-    std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::File(format!("{}: {e}", out_dir.display())))?;
-    let eval_path = out_dir.join("held_out.jsonl");
-    keep_scores_up_to(&eval_path, trainer.step_count())?;
-    let mut eval_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&eval_path)
-        .map_err(|e| TrainError::File(format!("{}: {e}", eval_path.display())))?;
+    let (mut trainer, mut eval_log) = trainer_with_held_out_log(&varmap, &cfg.train, cfg.steps)?;
+    let out_dir = cfg.train.out_dir.clone();
     let accumulate = cfg.train.accumulate as u64;
     let mut curve = Vec::new();
     while trainer.step_count() < cfg.steps {
@@ -438,6 +426,7 @@ pub const TINY_DECODER_FILE: &str = "tiny_vae.safetensors";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trainer::Trainer;
     use storyreel_nn::vae::VaeConfig;
 
     fn toy_vae() -> Arc<WanVae> {

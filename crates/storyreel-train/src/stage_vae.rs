@@ -225,7 +225,7 @@ pub fn held_out_psnr(vae: &WanVae, clips: &[Tensor]) -> Result<f64> {
 }
 
 /// Drops held-out scores after `step` (a resumed run scores those steps again).
-pub(crate) fn keep_scores_up_to(path: &Path, step: u64) -> Result<()> {
+fn keep_scores_up_to(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: String = text
         .lines()
@@ -238,6 +238,32 @@ pub(crate) fn keep_scores_up_to(path: &Path, step: u64) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(path, kept).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))
+}
+
+/// A stage's trainer over `varmap` for `steps` steps, resumed from the newest checkpoint in
+/// `train.out_dir`, and that folder's `held_out.jsonl` open for appending (scores after the
+/// resumed step dropped, since they are scored again).
+pub(crate) fn trainer_with_held_out_log(
+    varmap: &VarMap,
+    train: &TrainConfig,
+    steps: u64,
+) -> Result<(Trainer, std::fs::File)> {
+    let mut train = train.clone();
+    train.schedule.total_steps = steps;
+    // A short run (a smoke test, `--steps 2`) keeps its warm-up inside the run.
+    train.schedule.warmup_steps = train.schedule.warmup_steps.min(steps);
+    let out_dir = train.out_dir.clone();
+    let mut trainer = Trainer::new(varmap, train)?;
+    trainer.resume_latest(&out_dir)?;
+    std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::File(format!("{}: {e}", out_dir.display())))?;
+    let eval_path = out_dir.join("held_out.jsonl");
+    keep_scores_up_to(&eval_path, trainer.step_count())?;
+    let eval_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&eval_path)
+        .map_err(|e| TrainError::File(format!("{}: {e}", eval_path.display())))?;
+    Ok((trainer, eval_log))
 }
 
 /// Copies a trained VAE's weights into the stage's variables (every variable must be present
@@ -281,21 +307,8 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
         load_initial_weights(&varmap, from, &device)?;
     }
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let mut train = cfg.train.clone();
-    train.schedule.total_steps = cfg.steps;
-    // A short run (a smoke test, `--steps 2`) keeps its warm-up inside the run.
-    train.schedule.warmup_steps = train.schedule.warmup_steps.min(cfg.steps);
-    let out_dir = train.out_dir.clone();
-    let mut trainer = Trainer::new(&varmap, train)?;
-    trainer.resume_latest(&out_dir)?;
-    std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::File(format!("{}: {e}", out_dir.display())))?;
-    let eval_path = out_dir.join("held_out.jsonl");
-    keep_scores_up_to(&eval_path, trainer.step_count())?;
-    let mut eval_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&eval_path)
-        .map_err(|e| TrainError::File(format!("{}: {e}", eval_path.display())))?;
+    let (mut trainer, mut eval_log) = trainer_with_held_out_log(&varmap, &cfg.train, cfg.steps)?;
+    let out_dir = cfg.train.out_dir.clone();
     let accumulate = cfg.train.accumulate as u64;
     let mut curve = Vec::new();
     while trainer.step_count() < cfg.steps {

@@ -96,6 +96,37 @@ fn tiny_decoder_run_and_errors() {
         out.join("model").to_str().unwrap(),
     ]);
     assert!(ok && through.is_file(), "{err}");
+    // A tiny decoder that is not there, or one for another latent space, is named.
+    let missing = dir.path().join("no-such-decoder");
+    let render_with = |tiny: &std::path::Path| {
+        storyreel(&[
+            "world",
+            "render",
+            "--story",
+            story.to_str().unwrap(),
+            "--out",
+            through.to_str().unwrap(),
+            "--vae",
+            vae,
+            "--tiny-decoder",
+            tiny.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = render_with(&missing);
+    assert!(!ok && err.contains("no-such-decoder"), "{err}");
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let shape = serde_json::json!({"latent_channels": 16, "decoder_widths": [8, 8, 8],
+        "time_upscale": [true, true], "mem_blocks": 1, "encoder_width": 8});
+    std::fs::write(other.join("tiny_vae_config.json"), shape.to_string()).unwrap();
+    let cfg16: storyreel_nn::taehv::TinyVaeConfig = serde_json::from_value(shape).unwrap();
+    storyreel_nn::taehv::TinyVae::random_with(&cfg16, 1, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap()
+        .without_encoder()
+        .save(&other.join("tiny_vae.safetensors"))
+        .unwrap();
+    let (ok, _, err) = render_with(&other);
+    assert!(!ok && err.contains("16 channels") && err.contains("makes 8"), "{err}");
 
     std::fs::write(&cfg, body(16)).unwrap();
     let (ok, _, err) = storyreel(&args);
