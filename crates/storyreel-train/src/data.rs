@@ -59,6 +59,15 @@ fn check_clip_frames(clip_frames: usize) -> Result<()> {
     Ok(())
 }
 
+/// How long a source's clips are, for its description.
+fn clip_length(whole_shots: bool, clip_frames: usize) -> String {
+    if whole_shots {
+        "whole shots".into()
+    } else {
+        format!("clips of {clip_frames} frames")
+    }
+}
+
 /// The start of a `len`-frame window inside a `total`-frame shot, drawn from `rng`.
 fn window_start(total: usize, len: usize, rng: &mut WorldRng) -> usize {
     rng.range(0, total.saturating_sub(len))
@@ -71,6 +80,7 @@ pub struct RenderedClips {
     first_seed: u64,
     stories: u64,
     clip_frames: usize,
+    whole_shots: bool,
 }
 
 /// Refuses an empty seed range, one that overflows, and one that touches the held-out
@@ -108,7 +118,13 @@ impl RenderedClips {
                 format!("at most the shortest shot ({} frames)", options.min_shot_frames),
             ));
         }
-        Ok(Self { options, first_seed, stories, clip_frames })
+        Ok(Self { options, first_seed, stories, clip_frames, whole_shots: false })
+    }
+
+    /// The same source giving whole shots (each as long as its shot) instead of windows.
+    pub fn whole_shots(mut self) -> Self {
+        self.whole_shots = true;
+        self
     }
 }
 
@@ -120,8 +136,12 @@ impl ClipSource for RenderedClips {
         let shot = rng.range(0, story.shots.len() - 1);
         let spec = &story.shots[shot];
         let (frames, truth) = render_shot(&spec.world, shot, spec.frames, story.format)?;
-        let start = window_start(frames.len(), self.clip_frames, &mut rng);
-        let end = start + self.clip_frames;
+        let (start, end) = if self.whole_shots {
+            (0, frames.len())
+        } else {
+            let start = window_start(frames.len(), self.clip_frames, &mut rng);
+            (start, start + self.clip_frames)
+        };
         Ok(Clip {
             story: story.id.clone(),
             shot,
@@ -133,13 +153,13 @@ impl ClipSource for RenderedClips {
 
     fn describe(&self) -> String {
         format!(
-            "rendered world stories, seeds {}..={}, {}x{} at {} fps, clips of {} frames",
+            "rendered world stories, seeds {}..={}, {}x{} at {} fps, {}",
             self.first_seed,
             self.first_seed + self.stories - 1,
             self.options.format.width,
             self.options.format.height,
             self.options.format.fps,
-            self.clip_frames
+            clip_length(self.whole_shots, self.clip_frames)
         )
     }
 }
@@ -148,6 +168,7 @@ impl ClipSource for RenderedClips {
 pub struct DatasetClips {
     dataset: WorldDataset,
     clip_frames: usize,
+    whole_shots: bool,
 }
 
 impl DatasetClips {
@@ -164,7 +185,13 @@ impl DatasetClips {
         if dataset.is_empty() {
             return Err(TrainError::File(format!("{}: the dataset has no stories", dir.display())));
         }
-        Ok(Self { dataset, clip_frames })
+        Ok(Self { dataset, clip_frames, whole_shots: false })
+    }
+
+    /// The same source giving whole shots (each as long as its shot) instead of windows.
+    pub fn whole_shots(mut self) -> Self {
+        self.whole_shots = true;
+        self
     }
 }
 
@@ -175,7 +202,7 @@ impl ClipSource for DatasetClips {
         let story = self.dataset.story(i)?;
         let shot = rng.range(0, story.shots.len() - 1);
         let (a, b) = story.shot_ranges()[shot];
-        if b - a < self.clip_frames {
+        if !self.whole_shots && b - a < self.clip_frames {
             return Err(TrainError::out_of_range(
                 format!("clip frames (story {}, shot {} has {} frames)", story.id, shot + 1, b - a),
                 self.clip_frames,
@@ -194,8 +221,12 @@ impl ClipSource for DatasetClips {
                 truth.len()
             )));
         }
-        let start = a + window_start(b - a, self.clip_frames, &mut rng);
-        let end = start + self.clip_frames;
+        let (start, end) = if self.whole_shots {
+            (a, b)
+        } else {
+            let start = a + window_start(b - a, self.clip_frames, &mut rng);
+            (start, start + self.clip_frames)
+        };
         Ok(Clip {
             story: story.id.clone(),
             shot,
@@ -207,10 +238,10 @@ impl ClipSource for DatasetClips {
 
     fn describe(&self) -> String {
         format!(
-            "dataset {} ({} stories), clips of {} frames",
+            "dataset {} ({} stories), {}",
             self.dataset.dir().display(),
             self.dataset.len(),
-            self.clip_frames
+            clip_length(self.whole_shots, self.clip_frames)
         )
     }
 }

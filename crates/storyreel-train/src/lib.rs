@@ -23,6 +23,7 @@ pub mod stage_teacher;
 pub mod stage_tiny_decoder;
 pub mod stage_vae;
 pub mod state;
+pub mod student_shots;
 pub mod trainer;
 pub mod vae;
 

@@ -5,7 +5,9 @@
 //! The VAE's encoder makes the latents of world clips once, up front (a pool); each step
 //! decodes some of them with the tiny decoder and compares with the clip's own frames
 //! (`target = "pixels"`) or with the VAE decoder's output (`target = "vae"`, pure
-//! distillation). Held-out clips are scored against both as training goes. The output is a
+//! distillation). With a `student` section, the pool also holds shots that student generated,
+//! each with its VAE decoder's frames as the target, so the decoder learns the latents it will
+//! actually read. Held-out clips are scored against both as training goes. The output is a
 //! decoder-only checkpoint plus its shape file, which `storyreel generate --decoder tiny` loads
 //! from a model folder's `tiny_vae/`.
 
@@ -26,6 +28,7 @@ use crate::data::{frames_to_tensor, story_options, ClipSource, RenderedClips};
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
 use crate::stage_vae::{clip_source, trainer_with_held_out_log, ClipData, HeldOut};
+use crate::student_shots::{generate_student_shots, StudentShot, StudentShots};
 use crate::trainer::TrainConfig;
 use crate::vae::psnr_from_mse;
 
@@ -61,9 +64,11 @@ pub struct TinyDecoderStageConfig {
     pub vae: PathBuf,
     /// The decoder's shape; its latent channels and space scale must match the VAE's.
     pub shape: TinyVaeConfig,
-    /// Training clips (`clip_frames` = 1 + 4k frames give k + 1 latents each; 17 by default, the
-    /// shortest shot, so the MemBlocks learn their steady state).
+    /// Training clips: whole shots by default (17–33 frames), so the decoder sees every latent
+    /// position a shot has; with `whole_shots: false`, windows of `clip_frames` = 1 + 4k.
     pub data: ClipData,
+    /// A student whose generated shots join the pool, with its VAE's frames as their target.
+    pub student: Option<StudentShots>,
     /// Clips encoded once at the start and drawn from at every step.
     pub pool_clips: usize,
     /// What the decoder is trained to output.
@@ -94,9 +99,10 @@ impl Default for TinyDecoderStageConfig {
         Self {
             vae: PathBuf::from("assets/models/toy-student/vae"),
             shape: toy_decoder_shape(),
-            // Long clips: a decoder trained on 3-latent clips never sees its memories past the
-            // first latents and jumps at the 4th (false cuts 9 frames into every shot).
-            data: ClipData { clip_frames: 17, ..ClipData::default() },
+            // Whole shots: a decoder trained on k-latent windows jumps at latent k + 1 of longer
+            // shots (false cuts 9 frames in for 3-latent windows, 17 for 5-latent ones).
+            data: ClipData { clip_frames: 17, whole_shots: true, ..ClipData::default() },
+            student: None,
             pool_clips: 400,
             target: DecoderTarget::Pixels,
             held_out: HeldOut { clips: 24, every: 250, ..HeldOut::default() },
@@ -130,12 +136,22 @@ impl TinyDecoderStageConfig {
         if self.held_out.clips == 0 || self.held_out.every == 0 {
             return Err(TrainError::out_of_range("held_out", format!("{:?}", self.held_out), "clips and every >= 1"));
         }
+        if let Some(st) = &self.student {
+            if st.stories == 0 || st.held_out_stories == 0 {
+                return Err(TrainError::out_of_range(
+                    "student",
+                    format!("{} stories, {} held out", st.stories, st.held_out_stories),
+                    "at least 1 of each",
+                ));
+            }
+            crate::data::check_training_seeds(st.first_seed, st.stories.saturating_add(st.held_out_stories))?;
+        }
         Ok(())
     }
 }
 
 /// Held-out scores of the tiny decoder at one step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TinyDecoderScore {
     /// Steps done.
     pub step: u64,
@@ -143,6 +159,12 @@ pub struct TinyDecoderScore {
     pub psnr_pixels: f64,
     /// PSNR against the VAE decoder's output, dB.
     pub psnr_to_vae: f64,
+    /// PSNR against the clips' own frames by latent position in the shot (position 0 is the
+    /// first frame, position k ≥ 1 frames 4k − 3 ..= 4k), over the clips that reach it: a
+    /// decoder that has not learnt a position shows a drop there.
+    pub psnr_by_latent: Vec<f64>,
+    /// PSNR against the VAE decoder's output on held-out student shots (with a `student`).
+    pub student_psnr_to_vae: Option<f64>,
 }
 
 /// How a tiny-decoder run ended.
@@ -154,6 +176,8 @@ pub struct TinyDecoderStageReport {
     pub target: DecoderTarget,
     /// Held-out scores at the end.
     pub held_out: TinyDecoderScore,
+    /// Training pairs from the student's shots (0 without a `student`).
+    pub student_pairs: usize,
     /// The VAE decoder's own held-out PSNR against the frames, dB (the reference).
     pub vae_psnr_pixels: f64,
     /// Held-out scores after each scoring.
@@ -213,6 +237,49 @@ fn encode_pool(
     }
     bar.finish();
     Ok(pool)
+}
+
+/// Student shots as training pairs: the VAE's frames are both the target and the reference.
+fn student_pairs(shots: Vec<StudentShot>) -> Result<Vec<DecoderPair>> {
+    shots
+        .into_iter()
+        .map(|s| {
+            Ok(DecoderPair {
+                target: s.frames.affine(0.5, 0.5)?,
+                pixels: s.frames.clone(),
+                vae: Some(s.frames),
+                latents: s.latents,
+            })
+        })
+        .collect()
+}
+
+/// The pixel frames latent position `k` decodes to: frame 0 for the first, 4k − 3 ..= 4k after.
+fn latent_frame_range(k: usize) -> (usize, usize) {
+    if k == 0 {
+        (0, 1)
+    } else {
+        (4 * k - 3, 4)
+    }
+}
+
+/// Mean PSNR against the clips' frames at each latent position, over the clips reaching it.
+fn psnr_by_latent(decoder: &Arc<TinyVae>, pairs: &[DecoderPair]) -> Result<Vec<f64>> {
+    let mut sums: Vec<(f64, usize)> = Vec::new();
+    for p in pairs {
+        let y = Arc::clone(decoder).decode(&p.latents)?;
+        let t = p.latents.dim(0)?;
+        if sums.len() < t {
+            sums.resize(t, (0.0, 0));
+        }
+        for (k, sum) in sums.iter_mut().enumerate().take(t) {
+            let (start, len) = latent_frame_range(k);
+            let mse = (y.narrow(0, start, len)? - p.pixels.narrow(0, start, len)?)?.sqr()?.mean_all()?;
+            sum.0 += psnr_from_mse(mse.to_scalar::<f32>()? as f64);
+            sum.1 += 1;
+        }
+    }
+    Ok(sums.into_iter().map(|(s, n)| s / n.max(1) as f64).collect())
 }
 
 /// The decoder's variables, named as in the reference layout, drawn uniform with variance
@@ -293,11 +360,22 @@ fn mean_psnr(
     Ok(total / pairs.len().max(1) as f64)
 }
 
-fn score(step: u64, decoder: &Arc<TinyVae>, held: &[DecoderPair]) -> Result<TinyDecoderScore> {
+fn score(
+    step: u64,
+    decoder: &Arc<TinyVae>,
+    held: &[DecoderPair],
+    held_student: &[DecoderPair],
+) -> Result<TinyDecoderScore> {
     Ok(TinyDecoderScore {
         step,
         psnr_pixels: mean_psnr(decoder, held, |p| Some(&p.pixels))?,
         psnr_to_vae: mean_psnr(decoder, held, |p| p.vae.as_ref())?,
+        psnr_by_latent: psnr_by_latent(decoder, held)?,
+        student_psnr_to_vae: if held_student.is_empty() {
+            None
+        } else {
+            Some(mean_psnr(decoder, held_student, |p| p.vae.as_ref())?)
+        },
     })
 }
 
@@ -340,14 +418,35 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
     let source = clip_source(&cfg.data)?;
     let eval_options = story_options(cfg.data.width, cfg.data.height);
     let eval_source = RenderedClips::new(eval_options, cfg.held_out.first_seed, 1_000, cfg.data.clip_frames)?;
+    let eval_source = if cfg.data.whole_shots { eval_source.whole_shots() } else { eval_source };
     eprintln!(
         "encoding {} training and {} held-out clips with {}",
         cfg.pool_clips,
         cfg.held_out.clips,
         cfg.vae.display()
     );
-    let pool = encode_pool(&vae, source.as_ref(), cfg.pool_clips, cfg.target, false, cfg.train.progress)?;
+    let mut pool = encode_pool(&vae, source.as_ref(), cfg.pool_clips, cfg.target, false, cfg.train.progress)?;
     let held = encode_pool(&vae, &eval_source, cfg.held_out.clips, cfg.target, true, false)?;
+    let (mut student_pool, held_student) = match &cfg.student {
+        Some(st) => {
+            let model = storyreel_engine::StoryModel::load(&st.model, &device)
+                .map_err(|e| TrainError::File(format!("student {}: {e}", st.model.display())))?;
+            check_shape_fits(&cfg.shape, &model.vae, &st.model)?;
+            eprintln!(
+                "generating {} + {} held-out stories with the student {}",
+                st.stories,
+                st.held_out_stories,
+                st.model.display()
+            );
+            let train = generate_student_shots(&model, st.first_seed, st.stories, cfg.train.progress)?;
+            let held =
+                generate_student_shots(&model, st.first_seed + st.stories, st.held_out_stories, cfg.train.progress)?;
+            (student_pairs(train)?, student_pairs(held)?)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    let student_count = student_pool.len();
+    pool.append(&mut student_pool);
     let vae_psnr_pixels = held
         .iter()
         .filter_map(|p| p.vae.as_ref().map(|v| (v - &p.pixels).and_then(|d| d.sqr()?.mean_all()?.to_scalar::<f32>())))
@@ -365,6 +464,16 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
     let out_dir = cfg.train.out_dir.clone();
     let accumulate = cfg.train.accumulate as u64;
     let mut curve = Vec::new();
+    let mut write_score = |s: &TinyDecoderScore| -> Result<()> {
+        let line = serde_json::to_string(s).unwrap_or_default();
+        writeln!(eval_log, "{line}").map_err(|e| TrainError::File(format!("held_out.jsonl: {e}")))
+    };
+    if cfg.init_from.is_some() && trainer.step_count() == 0 {
+        // Where the starting decoder stands, for comparison with what training makes of it.
+        let s = score(0, &Arc::new(decoder_from_vars(&cfg.shape, &varmap)?), &held, &held_student)?;
+        write_score(&s)?;
+        curve.push(s);
+    }
     while trainer.step_count() < cfg.steps {
         let step = trainer.step_count();
         let decoder = decoder_from_vars(&cfg.shape, &varmap)?;
@@ -376,10 +485,9 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         })?;
         let done = trainer.step_count();
         if done % cfg.held_out.every == 0 || done == cfg.steps {
-            let s = score(done, &Arc::new(decoder_from_vars(&cfg.shape, &varmap)?), &held)?;
+            let s = score(done, &Arc::new(decoder_from_vars(&cfg.shape, &varmap)?), &held, &held_student)?;
+            write_score(&s)?;
             curve.push(s);
-            let line = serde_json::to_string(&s).unwrap_or_default();
-            writeln!(eval_log, "{line}").map_err(|e| TrainError::File(format!("held_out.jsonl: {e}")))?;
         }
     }
     trainer.finish();
@@ -392,8 +500,8 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
     let model = Arc::new(TinyVae::from_tensors(&cfg.shape, &tensors, DType::F32, &device)?);
     let last = match curve.last() {
-        Some(s) => *s,
-        None => score(trainer.step_count(), &model, &held)?,
+        Some(s) if s.step == trainer.step_count() => s.clone(),
+        _ => score(trainer.step_count(), &model, &held, &held_student)?,
     };
     let tiny_codec: Arc<dyn VideoCodec> = model.clone();
     let vae_codec: Arc<dyn VideoCodec> = vae.clone();
@@ -406,6 +514,7 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         steps: trainer.step_count(),
         target: cfg.target,
         held_out: last,
+        student_pairs: student_count,
         vae_psnr_pixels,
         curve,
         tiny_frames_per_s,

@@ -78,6 +78,9 @@ pub struct ClipData {
     pub stories: u64,
     /// Frames per clip (1 + 4k).
     pub clip_frames: usize,
+    /// Take each clip as a whole shot (17–33 frames on the world's defaults) instead of a
+    /// `clip_frames` window, so a clip holds every position a shot has.
+    pub whole_shots: bool,
     /// Frame width of rendered clips.
     pub width: u32,
     /// Frame height of rendered clips.
@@ -86,7 +89,15 @@ pub struct ClipData {
 
 impl Default for ClipData {
     fn default() -> Self {
-        Self { dataset: None, first_seed: 0, stories: 1_000_000, clip_frames: 5, width: 64, height: 64 }
+        Self {
+            dataset: None,
+            first_seed: 0,
+            stories: 1_000_000,
+            clip_frames: 5,
+            whole_shots: false,
+            width: 64,
+            height: 64,
+        }
     }
 }
 
@@ -204,10 +215,14 @@ pub struct VaeStageReport {
 /// The clips `data` describes: read from its dataset folder, or rendered.
 pub(crate) fn clip_source(data: &ClipData) -> Result<Box<dyn ClipSource>> {
     Ok(match &data.dataset {
-        Some(dir) => Box::new(DatasetClips::open(dir, data.clip_frames)?),
+        Some(dir) => {
+            let clips = DatasetClips::open(dir, data.clip_frames)?;
+            Box::new(if data.whole_shots { clips.whole_shots() } else { clips })
+        }
         None => {
             let options = story_options(data.width, data.height);
-            Box::new(RenderedClips::new(options, data.first_seed, data.stories, data.clip_frames)?)
+            let clips = RenderedClips::new(options, data.first_seed, data.stories, data.clip_frames)?;
+            Box::new(if data.whole_shots { clips.whole_shots() } else { clips })
         }
     })
 }

@@ -24,6 +24,40 @@ fn rendered_clips_are_reproducible_and_true() {
     assert!(source.describe().contains("seeds 100..=149"));
 }
 
+/// Whole-shot sources give each clip its shot's every frame, in the shot's order: a rendered
+/// clip is the shot rendered on its own, a dataset clip the shot's range of the story's video.
+#[test]
+fn whole_shot_clips_are_whole_shots() {
+    let options = StoryOptions::default();
+    let source = RenderedClips::new(options.clone(), 100, 50, 9).unwrap().whole_shots();
+    assert!(source.describe().contains("whole shots"), "{}", source.describe());
+    let mut lengths = std::collections::HashSet::new();
+    for i in 0..12 {
+        let clip = source.clip(i).unwrap();
+        let story = storyreel_world::generate_story(clip.story.trim_start_matches("world-").parse().unwrap(), &options)
+            .unwrap();
+        let spec = &story.shots[clip.shot];
+        assert_eq!(clip.frames.len(), spec.frames);
+        assert_eq!(
+            clip.frames,
+            storyreel_world::render_shot(&spec.world, clip.shot, spec.frames, story.format).unwrap().0
+        );
+        assert!(clip.truth.iter().all(|t| t.shot == clip.shot));
+        lengths.insert(clip.frames.len());
+    }
+    assert!(lengths.len() > 1, "every shot had the same length: {lengths:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DatasetSpec { first_seed: 3, stories: 2, ..DatasetSpec::default() };
+    generate_dataset(dir.path(), &spec, &mut |_, _| {}).unwrap();
+    let source = DatasetClips::open(dir.path(), 9).unwrap().whole_shots();
+    for i in 0..6 {
+        let clip = source.clip(i).unwrap();
+        assert!(clip.frames.len() >= 17 && clip.frames.len() % 4 == 1, "{} frames", clip.frames.len());
+        assert!(clip.truth.iter().all(|t| t.shot == clip.shot));
+    }
+}
+
 #[test]
 fn bad_sources_are_refused() {
     let opts = StoryOptions::default();

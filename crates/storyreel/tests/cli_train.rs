@@ -40,12 +40,14 @@ fn tiny_vae_run_and_errors() {
 fn tiny_decoder_run_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let vae = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/toy-student/vae");
+    let student = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/toy-student");
     let cfg = dir.path().join("tiny.toml");
     let body = |channels: usize| {
         format!(
             "vae = \"{vae}\"\npool_clips = 2\n[shape]\nlatent_channels = {channels}\ndecoder_widths = [8, 8, 8]\n\
              time_upscale = [true, true]\nmem_blocks = 1\nencoder_width = 8\n[data]\nclip_frames = 5\n\
-             [held_out]\nclips = 1\nevery = 2\n[train]\nprogress = false\ncheckpoint_every = 0\naccumulate = 1\n"
+             [held_out]\nclips = 1\nevery = 2\n[train]\nprogress = false\ncheckpoint_every = 0\naccumulate = 1\n\
+             [student]\nmodel = \"{student}\"\nstories = 1\nheld_out_stories = 1\n"
         )
     };
     std::fs::write(&cfg, body(8)).unwrap();
@@ -57,6 +59,11 @@ fn tiny_decoder_run_and_errors() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["steps"], 2);
     assert!(report["held_out"]["psnr_pixels"].as_f64().unwrap() > 0.0);
+    // Whole shots (17 frames at least) score 5 latent positions or more; the student's shots
+    // joined the pool and are scored on their own.
+    assert!(report["held_out"]["psnr_by_latent"].as_array().unwrap().len() >= 5, "{stdout}");
+    assert!(report["student_pairs"].as_u64().unwrap() >= 2, "{stdout}");
+    assert!(report["held_out"]["student_psnr_to_vae"].as_f64().unwrap() > 0.0, "{stdout}");
     assert!(out.join("model/tiny_vae.safetensors").is_file() && out.join("model/tiny_vae_config.json").is_file());
 
     // The decoder decodes latents from the command line.
