@@ -180,6 +180,8 @@ pub struct TinyDecoderStageReport {
     pub student_pairs: usize,
     /// The VAE decoder's own held-out PSNR against the frames, dB (the reference).
     pub vae_psnr_pixels: f64,
+    /// The same by latent position (see [`TinyDecoderScore::psnr_by_latent`]).
+    pub vae_psnr_by_latent: Vec<f64>,
     /// Held-out scores after each scoring.
     pub curve: Vec<TinyDecoderScore>,
     /// Held-out frames per second of the tiny decoder, one stream, this machine.
@@ -264,10 +266,10 @@ fn latent_frame_range(k: usize) -> (usize, usize) {
 }
 
 /// Mean PSNR against the clips' frames at each latent position, over the clips reaching it.
-fn psnr_by_latent(decoder: &Arc<TinyVae>, pairs: &[DecoderPair]) -> Result<Vec<f64>> {
+fn psnr_by_latent(decoder: &Arc<dyn VideoCodec>, pairs: &[DecoderPair]) -> Result<Vec<f64>> {
     let mut sums: Vec<(f64, usize)> = Vec::new();
     for p in pairs {
-        let y = Arc::clone(decoder).decode(&p.latents)?;
+        let y = Arc::clone(decoder).decode(&p.latents)?.clamp(-1f32, 1f32)?;
         let t = p.latents.dim(0)?;
         if sums.len() < t {
             sums.resize(t, (0.0, 0));
@@ -370,7 +372,7 @@ fn score(
         step,
         psnr_pixels: mean_psnr(decoder, held, |p| Some(&p.pixels))?,
         psnr_to_vae: mean_psnr(decoder, held, |p| p.vae.as_ref())?,
-        psnr_by_latent: psnr_by_latent(decoder, held)?,
+        psnr_by_latent: psnr_by_latent(&(decoder.clone() as Arc<dyn VideoCodec>), held)?,
         student_psnr_to_vae: if held_student.is_empty() {
             None
         } else {
@@ -453,6 +455,7 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         .map(|m| m.map(|m| psnr_from_mse(m as f64)))
         .sum::<candle_core::Result<f64>>()?
         / held.len() as f64;
+    let vae_psnr_by_latent = psnr_by_latent(&(vae.clone() as Arc<dyn VideoCodec>), &held)?;
 
     let varmap = VarMap::new();
     decoder_vars(&cfg.shape, &varmap, cfg.init_seed)?;
@@ -516,6 +519,7 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         held_out: last,
         student_pairs: student_count,
         vae_psnr_pixels,
+        vae_psnr_by_latent,
         curve,
         tiny_frames_per_s,
         vae_frames_per_s,
