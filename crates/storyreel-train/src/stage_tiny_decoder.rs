@@ -73,6 +73,9 @@ pub struct TinyDecoderStageConfig {
     pub pool_clips: usize,
     /// What the decoder is trained to output.
     pub target: DecoderTarget,
+    /// Weight of the L1 error of frame-to-frame changes (0 turns it off): it punishes jumps
+    /// between latents, which read as cuts.
+    pub temporal_weight: f64,
     /// Held-out scoring.
     pub held_out: HeldOut,
     /// Optimisation steps (each of `train.accumulate` clips).
@@ -105,6 +108,7 @@ impl Default for TinyDecoderStageConfig {
             student: None,
             pool_clips: 400,
             target: DecoderTarget::Pixels,
+            temporal_weight: 0.0,
             held_out: HeldOut { clips: 24, every: 250, ..HeldOut::default() },
             steps: 1300,
             init_seed: 1,
@@ -132,6 +136,9 @@ impl TinyDecoderStageConfig {
         }
         if !(1..=MAX_POOL).contains(&self.pool_clips) {
             return Err(TrainError::out_of_range("pool_clips", self.pool_clips, format!("1..={MAX_POOL}")));
+        }
+        if !(0.0..=100.0).contains(&self.temporal_weight) {
+            return Err(TrainError::out_of_range("temporal_weight", self.temporal_weight, "0..=100"));
         }
         if self.held_out.clips == 0 || self.held_out.every == 0 {
             return Err(TrainError::out_of_range("held_out", format!("{:?}", self.held_out), "clips and every >= 1"));
@@ -165,6 +172,10 @@ pub struct TinyDecoderScore {
     pub psnr_by_latent: Vec<f64>,
     /// PSNR against the VAE decoder's output on held-out student shots (with a `student`).
     pub student_psnr_to_vae: Option<f64>,
+    /// Mean absolute change from the last frame of a latent to the first of the next, over
+    /// the mean change between frames of one latent, on the held-out shots: 1 for smooth
+    /// motion, above 1 when the picture jumps between latents.
+    pub boundary_jump: f64,
 }
 
 /// How a tiny-decoder run ended.
@@ -182,6 +193,10 @@ pub struct TinyDecoderStageReport {
     pub vae_psnr_pixels: f64,
     /// The same by latent position (see [`TinyDecoderScore::psnr_by_latent`]).
     pub vae_psnr_by_latent: Vec<f64>,
+    /// [`TinyDecoderScore::boundary_jump`] of the VAE's decoder, and of the frames themselves.
+    pub vae_boundary_jump: f64,
+    /// The same measure on the held-out frames themselves.
+    pub frames_boundary_jump: f64,
     /// Held-out scores after each scoring.
     pub curve: Vec<TinyDecoderScore>,
     /// Held-out frames per second of the tiny decoder, one stream, this machine.
@@ -284,6 +299,59 @@ fn psnr_by_latent(decoder: &Arc<dyn VideoCodec>, pairs: &[DecoderPair]) -> Resul
     Ok(sums.into_iter().map(|(s, n)| s / n.max(1) as f64).collect())
 }
 
+/// Sums of the mean absolute change between frames across latents and within them.
+#[derive(Default)]
+struct JumpSums {
+    across: (f64, usize),
+    within: (f64, usize),
+}
+
+impl JumpSums {
+    /// Adds the changes between the frames `[F, 3, H, W]` of one shot.
+    fn add(&mut self, frames: &Tensor) -> Result<()> {
+        let f = frames.dim(0)?;
+        if f < 2 {
+            return Ok(());
+        }
+        let change =
+            (frames.narrow(0, 1, f - 1)? - frames.narrow(0, 0, f - 1)?)?.abs()?.mean((1, 2, 3))?.to_vec1::<f32>()?;
+        // change[i] is frame i → i + 1; latent k ≥ 2 starts at frame 4k − 3 (latent 1 follows
+        // the first frame, which is a latent of its own, so that step is left out of both).
+        for (i, c) in change.iter().enumerate() {
+            let next = i + 1;
+            if next == 1 {
+                continue;
+            }
+            let sum = if (next - 1) % 4 == 0 { &mut self.across } else { &mut self.within };
+            sum.0 += *c as f64;
+            sum.1 += 1;
+        }
+        Ok(())
+    }
+
+    fn ratio(&self) -> f64 {
+        (self.across.0 / self.across.1.max(1) as f64) / (self.within.0 / self.within.1.max(1) as f64).max(1e-12)
+    }
+}
+
+/// [`TinyDecoderScore::boundary_jump`] of `decoder` over `pairs`.
+fn boundary_jump(decoder: &Arc<dyn VideoCodec>, pairs: &[DecoderPair]) -> Result<f64> {
+    let mut sums = JumpSums::default();
+    for p in pairs {
+        sums.add(&Arc::clone(decoder).decode(&p.latents)?.clamp(-1f32, 1f32)?)?;
+    }
+    Ok(sums.ratio())
+}
+
+/// The same measure on the pairs' own frames.
+fn frames_jump(pairs: &[DecoderPair]) -> Result<f64> {
+    let mut sums = JumpSums::default();
+    for p in pairs {
+        sums.add(&p.pixels)?;
+    }
+    Ok(sums.ratio())
+}
+
 /// The decoder's variables, named as in the reference layout, drawn uniform with variance
 /// 1/fan_in (biases 0) from `seed`.
 fn decoder_vars(shape: &TinyVaeConfig, varmap: &VarMap, seed: u64) -> Result<()> {
@@ -337,11 +405,20 @@ fn decode_for_loss(decoder: &TinyVae, pair: &DecoderPair) -> Result<Tensor> {
     Ok(raw.narrow(0, trim, f)?)
 }
 
-/// One clip's loss: L1 + MSE in the [0, 1] scale, and the clip's PSNR.
-fn pair_loss(decoder: &TinyVae, pair: &DecoderPair) -> Result<(Tensor, f64)> {
-    let diff = (decode_for_loss(decoder, pair)? - &pair.target)?;
+/// One clip's loss: L1 + MSE in the [0, 1] scale, plus `temporal` × the L1 error of the
+/// frame-to-frame changes, and the clip's PSNR.
+fn pair_loss(decoder: &TinyVae, pair: &DecoderPair, temporal: f64) -> Result<(Tensor, f64)> {
+    let y = decode_for_loss(decoder, pair)?;
+    let diff = (&y - &pair.target)?;
     let mse = diff.sqr()?.mean_all()?;
-    let loss = (diff.abs()?.mean_all()? + &mse)?;
+    let mut loss = (diff.abs()?.mean_all()? + &mse)?;
+    let f = diff.dim(0)?;
+    if temporal > 0.0 && f > 1 {
+        // The per-frame terms leave a jump between latents (every 4th frame) unpunished when
+        // both sides are equally far from the target; the change between frames does not.
+        let change_error = (diff.narrow(0, 1, f - 1)? - diff.narrow(0, 0, f - 1)?)?;
+        loss = (loss + (change_error.abs()?.mean_all()? * temporal)?)?;
+    }
     // [0, 1] errors are half of [−1, 1] ones.
     let psnr = psnr_from_mse(4.0 * mse.to_scalar::<f32>()? as f64);
     Ok((loss, psnr))
@@ -373,6 +450,7 @@ fn score(
         psnr_pixels: mean_psnr(decoder, held, |p| Some(&p.pixels))?,
         psnr_to_vae: mean_psnr(decoder, held, |p| p.vae.as_ref())?,
         psnr_by_latent: psnr_by_latent(&(decoder.clone() as Arc<dyn VideoCodec>), held)?,
+        boundary_jump: boundary_jump(&(decoder.clone() as Arc<dyn VideoCodec>), held)?,
         student_psnr_to_vae: if held_student.is_empty() {
             None
         } else {
@@ -456,6 +534,8 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         .sum::<candle_core::Result<f64>>()?
         / held.len() as f64;
     let vae_psnr_by_latent = psnr_by_latent(&(vae.clone() as Arc<dyn VideoCodec>), &held)?;
+    let vae_boundary_jump = boundary_jump(&(vae.clone() as Arc<dyn VideoCodec>), &held)?;
+    let frames_boundary_jump = frames_jump(&held)?;
 
     let varmap = VarMap::new();
     decoder_vars(&cfg.shape, &varmap, cfg.init_seed)?;
@@ -483,7 +563,7 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         trainer.step(|micro| {
             let index = step * accumulate + micro as u64;
             let pick = (mix64(cfg.train.seed ^ mix64(index)) % pool.len() as u64) as usize;
-            let (loss, psnr) = pair_loss(&decoder, &pool[pick])?;
+            let (loss, psnr) = pair_loss(&decoder, &pool[pick], cfg.temporal_weight)?;
             Ok((loss, vec![("psnr".into(), psnr)]))
         })?;
         let done = trainer.step_count();
@@ -520,6 +600,8 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         student_pairs: student_count,
         vae_psnr_pixels,
         vae_psnr_by_latent,
+        vae_boundary_jump,
+        frames_boundary_jump,
         curve,
         tiny_frames_per_s,
         vae_frames_per_s,
@@ -580,11 +662,11 @@ mod tests {
         train.progress = false;
         train.schedule = crate::schedule::LrSchedule { base_lr: 3e-3, ..Default::default() };
         let mut trainer = Trainer::new(&varmap, train).unwrap();
-        let loss_now = || pair_loss(&decoder_from_vars(&shape, &varmap).unwrap(), &pairs[0]).unwrap().0;
+        let loss_now = || pair_loss(&decoder_from_vars(&shape, &varmap).unwrap(), &pairs[0], 1.0).unwrap().0;
         let first = loss_now().to_scalar::<f32>().unwrap();
         for _ in 0..15 {
             let decoder = decoder_from_vars(&shape, &varmap).unwrap();
-            trainer.step(|_| Ok((pair_loss(&decoder, &pairs[0])?.0, Vec::new()))).unwrap();
+            trainer.step(|_| Ok((pair_loss(&decoder, &pairs[0], 1.0)?.0, Vec::new()))).unwrap();
         }
         let last = loss_now().to_scalar::<f32>().unwrap();
         assert!(last < 0.8 * first, "loss {first} -> {last}");
@@ -603,6 +685,49 @@ mod tests {
             let d = (p.target.affine(2.0, -1.0).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap();
             assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         }
+    }
+
+    /// Frames that step by 1 between every pair score a jump of 1; frames that also jump by 3
+    /// where each latent begins score 4; the first frame's own latent is left out.
+    #[test]
+    fn boundary_jump_sees_steps_between_latents() {
+        let frames = |jump: f32| {
+            let mut level = 0f32;
+            let values: Vec<f32> = (0..17)
+                .map(|i| {
+                    if i > 0 {
+                        level += if i >= 5 && (i - 1) % 4 == 0 { 1.0 + jump } else { 1.0 };
+                    }
+                    level / 100.0
+                })
+                .collect();
+            Tensor::from_vec(values, (17, 1, 1, 1), &Device::Cpu).unwrap().repeat((1, 3, 2, 2)).unwrap()
+        };
+        for (jump, want) in [(0.0, 1.0), (3.0, 4.0)] {
+            let mut sums = JumpSums::default();
+            sums.add(&frames(jump)).unwrap();
+            assert!((sums.ratio() - want).abs() < 1e-4, "jump {jump}: {}", sums.ratio());
+        }
+    }
+
+    /// The temporal term adds to the loss only where the decoder's change between frames differs
+    /// from the target's.
+    #[test]
+    fn the_temporal_term_costs_only_wrong_changes() {
+        let vae = toy_vae();
+        let pairs = pool(&vae, DecoderTarget::Vae);
+        let shape = small_shape();
+        let varmap = VarMap::new();
+        decoder_vars(&shape, &varmap, 1).unwrap();
+        let decoder = decoder_from_vars(&shape, &varmap).unwrap();
+        let plain = pair_loss(&decoder, &pairs[0], 0.0).unwrap().0.to_scalar::<f32>().unwrap();
+        let with = pair_loss(&decoder, &pairs[0], 1.0).unwrap().0.to_scalar::<f32>().unwrap();
+        let y = decode_for_loss(&decoder, &pairs[0]).unwrap();
+        let d = (&y - &pairs[0].target).unwrap();
+        let f = d.dim(0).unwrap();
+        let change = (d.narrow(0, 1, f - 1).unwrap() - d.narrow(0, 0, f - 1).unwrap()).unwrap();
+        let want = change.abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(want > 0.0 && ((with - plain) - want).abs() < 1e-5, "{plain} {with} {want}");
     }
 
     #[test]
