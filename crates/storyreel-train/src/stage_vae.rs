@@ -312,6 +312,7 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     let source = clip_source(&cfg.data)?;
     let eval_options = story_options(cfg.data.width, cfg.data.height);
     let eval_source = RenderedClips::new(eval_options, cfg.held_out.first_seed, 1_000, cfg.data.clip_frames)?;
+    let eval_source = if cfg.data.whole_shots { eval_source.whole_shots() } else { eval_source };
     let eval_clips: Vec<Tensor> = (0..cfg.held_out.clips as u64)
         .map(|i| eval_source.clip(i).and_then(|c| frames_to_tensor(&c.frames, &device)))
         .collect::<Result<_>>()?;

@@ -52,6 +52,21 @@ fn trains_writes_a_loadable_model_and_resumes() {
     assert!(err.contains("config hash"), "{err}");
 }
 
+/// On whole shots (17–33 frames, so every latent position a shot has) the stage trains and
+/// scores clips of the shots' own lengths.
+#[test]
+fn trains_on_whole_shots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(dir.path(), 2);
+    cfg.data.whole_shots = true;
+    cfg.train.checkpoint_every = 0;
+    let report = run_vae_stage(&cfg).unwrap();
+    assert_eq!(report.steps, 2);
+    assert!(report.held_out_psnr.is_finite() && report.held_out_psnr > 0.0);
+    let log = std::fs::read_to_string(dir.path().join("train.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+}
+
 #[test]
 fn configs_read_from_json_and_toml_and_reject_typos() {
     let dir = tempfile::tempdir().unwrap();
