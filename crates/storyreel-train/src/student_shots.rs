@@ -158,6 +158,12 @@ pub fn generate_student_shots(model: &StoryModel, first: u64, count: u64, progre
         }
         for (chunks, frames) in recorded.into_iter().zip(frames) {
             let latents = Tensor::cat(&chunks, 0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            let (t, f) = (latents.dim(0)?, frames.dim(0)?);
+            if f != 4 * t - 3 {
+                return Err(TrainError::File(format!(
+                    "story {seed}: a shot of {f} frames was recorded with {t} latent frames"
+                )));
+            }
             shots.push(StudentShot { latents, frames: frames.to_dtype(DType::F32)? });
         }
         bar.update(i + 1, f64::NAN);
