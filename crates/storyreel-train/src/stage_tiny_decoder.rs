@@ -505,13 +505,20 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         cfg.held_out.clips,
         cfg.vae.display()
     );
-    let mut pool = encode_pool(&vae, source.as_ref(), cfg.pool_clips, cfg.target, false, cfg.train.progress)?;
-    let held = encode_pool(&vae, &eval_source, cfg.held_out.clips, cfg.target, true, false)?;
-    let (mut student_pool, held_student) = match &cfg.student {
+    // The student is loaded (and checked) before any encoding, so a bad path fails at once.
+    let student = match &cfg.student {
         Some(st) => {
             let model = storyreel_engine::StoryModel::load(&st.model, &device)
                 .map_err(|e| TrainError::File(format!("student {}: {e}", st.model.display())))?;
             check_shape_fits(&cfg.shape, &model.vae, &st.model)?;
+            Some((st, model))
+        }
+        None => None,
+    };
+    let mut pool = encode_pool(&vae, source.as_ref(), cfg.pool_clips, cfg.target, false, cfg.train.progress)?;
+    let held = encode_pool(&vae, &eval_source, cfg.held_out.clips, cfg.target, true, false)?;
+    let (mut student_pool, held_student) = match student {
+        Some((st, model)) => {
             eprintln!(
                 "generating {} + {} held-out stories with the student {}",
                 st.stories,
@@ -728,6 +735,34 @@ mod tests {
         let change = (d.narrow(0, 1, f - 1).unwrap() - d.narrow(0, 0, f - 1).unwrap()).unwrap();
         let want = change.abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(want > 0.0 && ((with - plain) - want).abs() < 1e-5, "{plain} {with} {want}");
+    }
+
+    /// Bad `student` and `temporal_weight` settings are refused by name, and a student folder
+    /// that is not there is named before any clip is encoded.
+    #[test]
+    fn bad_student_settings_are_named() {
+        let mut cfg = TinyDecoderStageConfig {
+            student: Some(StudentShots { stories: 0, ..StudentShots::default() }),
+            ..TinyDecoderStageConfig::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("student") && e.contains("0 stories"), "{e}");
+        cfg.student =
+            Some(StudentShots { first_seed: storyreel_world::BENCHMARK_SEED_BASE, ..StudentShots::default() });
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("benchmark"), "{e}");
+        cfg.student = None;
+        cfg.temporal_weight = -1.0;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("temporal_weight"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/toy-student");
+        let mut cfg = TinyDecoderStageConfig { vae: shipped.join("vae"), ..TinyDecoderStageConfig::default() };
+        cfg.train.out_dir = dir.path().to_path_buf();
+        cfg.student = Some(StudentShots { model: dir.path().join("no-such-student"), ..StudentShots::default() });
+        let e = run_tiny_decoder_stage(&cfg).unwrap_err().to_string();
+        assert!(e.contains("no-such-student"), "{e}");
     }
 
     #[test]
