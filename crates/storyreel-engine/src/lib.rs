@@ -19,7 +19,7 @@ pub use context::{ContextMemory, ContextPick, DynamicSampling, NoContext};
 pub use error::{EngineError, Result};
 pub use noise::{GivenNoise, NoiseSource, SeededNoise};
 pub use pixels::PixelHistory;
-pub use sampler::{EulerSampler, FewStepSampler};
+pub use sampler::{EulerSampler, FewStepSampler, FlowBranch};
 pub use schedule::FlowSchedule;
 pub use session::{ContextCodec, GivenContext, LatentChunk, LatentHistory, Session, SessionConfig, ShotRun};
 pub use shot_plan::ShotPlan;

@@ -100,11 +100,27 @@ impl FewStepSampler {
     }
 }
 
+/// Which conditioning a guided model call sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowBranch {
+    /// The shot's captions and its context.
+    Conditional,
+    /// The unconditional caption, with the context (classifier-free guidance's negative).
+    Unconditional,
+    /// The shot's captions with the context dropped (context guidance's negative).
+    WithoutContext,
+}
+
 /// Multi-step Euler flow sampler with classifier-free guidance (the teacher's sampler).
+///
+/// Besides caption guidance `g` it can guide on the context, as the teacher is trained with
+/// context dropout: v = u + g·(c − u) + g_ctx·(c − n), where c is conditional, u has the
+/// unconditional caption and n has the context dropped. `g_ctx` = 0 (the default) is plain CFG.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EulerSampler {
     schedule: FlowSchedule,
     guidance: f32,
+    context_guidance: f32,
 }
 
 impl EulerSampler {
@@ -118,7 +134,18 @@ impl EulerSampler {
                 "shift {shift} and guidance {guidance} must be finite, shift positive"
             )));
         }
-        Ok(Self { schedule: FlowSchedule::new(steps, shift), guidance })
+        Ok(Self { schedule: FlowSchedule::new(steps, shift), guidance, context_guidance: 0.0 })
+    }
+
+    /// The same sampler with context guidance `g_ctx` (0 = off; ≥ 0 and finite).
+    pub fn with_context_guidance(mut self, context_guidance: f32) -> Result<Self> {
+        if !(context_guidance >= 0.0 && context_guidance.is_finite()) {
+            return Err(EngineError::Config(format!(
+                "context guidance {context_guidance} must be a finite number ≥ 0"
+            )));
+        }
+        self.context_guidance = context_guidance;
+        Ok(self)
     }
 
     /// ShotStream's ODE-pair sampler: 50 steps, shift 8, CFG 6.
@@ -136,13 +163,27 @@ impl EulerSampler {
         self.guidance
     }
 
-    /// Integrates from `x` (pure noise at σ = 1) to σ = 0. `flow(x, t, conditional)` is the model;
-    /// the unconditional branch runs only when guidance ≠ 1. `on_step(i, x)` sees the input of
-    /// every step (for ODE pairs).
+    /// Context guidance scale (0 = off).
+    pub fn context_guidance(&self) -> f32 {
+        self.context_guidance
+    }
+
+    /// Model calls per step: 1, plus one with caption guidance, plus one with context guidance.
+    pub fn calls_per_step(&self) -> usize {
+        1 + usize::from(self.caption_guided()) + usize::from(self.context_guidance > 0.0)
+    }
+
+    fn caption_guided(&self) -> bool {
+        (self.guidance - 1.0).abs() > f32::EPSILON
+    }
+
+    /// Integrates from `x` (pure noise at σ = 1) to σ = 0. `flow(x, t, branch)` is the model;
+    /// the unconditional branch runs only when guidance ≠ 1, the context-free one only when
+    /// context guidance > 0. `on_step(i, x)` sees the input of every step (for ODE pairs).
     pub fn sample(
         &self,
         x: Tensor,
-        flow: &mut dyn FnMut(&Tensor, f32, bool) -> Result<Tensor>,
+        flow: &mut dyn FnMut(&Tensor, f32, FlowBranch) -> Result<Tensor>,
         on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
@@ -154,13 +195,17 @@ impl EulerSampler {
                 return Err(EngineError::Cancelled);
             }
             on_step(i, &x)?;
-            let cond = flow(&x, ts[i], true)?;
-            let v = if (self.guidance - 1.0).abs() > f32::EPSILON {
-                let uncond = flow(&x, ts[i], false)?;
-                (&uncond + ((cond - &uncond)? * self.guidance as f64)?)?
+            let cond = flow(&x, ts[i], FlowBranch::Conditional)?;
+            let mut v = if self.caption_guided() {
+                let uncond = flow(&x, ts[i], FlowBranch::Unconditional)?;
+                (&uncond + ((&cond - &uncond)? * self.guidance as f64)?)?
             } else {
-                cond
+                cond.clone()
             };
+            if self.context_guidance > 0.0 {
+                let without = flow(&x, ts[i], FlowBranch::WithoutContext)?;
+                v = (v + ((cond - without)? * self.context_guidance as f64)?)?;
+            }
             let next = sig.get(i + 1).copied().unwrap_or(0.0);
             x = (x + (v * (next - sig[i]) as f64)?)?;
         }
@@ -227,16 +272,52 @@ mod tests {
                 eps.clone(),
                 &mut |_, _, c| {
                     got.push(c);
-                    Ok(if c { v.clone() } else { v.zeros_like()? })
+                    Ok(if c == FlowBranch::Conditional { v.clone() } else { v.zeros_like()? })
                 },
                 &mut |_, _| Ok(()),
                 &|| false,
             )
             .unwrap();
-        assert_eq!(got, vec![true, false]);
+        assert_eq!(got, vec![FlowBranch::Conditional, FlowBranch::Unconditional]);
         let want = (&eps - (&v * 6.0).unwrap()).unwrap();
         let d = (out - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-5);
+    }
+
+    #[test]
+    fn context_guidance_adds_the_context_direction() {
+        let dev = Device::Cpu;
+        let eps = Tensor::randn(0f32, 1.0, (2, 3), &dev).unwrap();
+        let c = Tensor::randn(0f32, 1.0, (2, 3), &dev).unwrap();
+        let u = Tensor::randn(0f32, 1.0, (2, 3), &dev).unwrap();
+        let n = Tensor::randn(0f32, 1.0, (2, 3), &dev).unwrap();
+        let s = EulerSampler::new(1, 1.0, 3.0).unwrap().with_context_guidance(2.0).unwrap();
+        assert_eq!(s.calls_per_step(), 3);
+        let mut got = Vec::new();
+        let out = s
+            .sample(
+                eps.clone(),
+                &mut |_, _, b| {
+                    got.push(b);
+                    Ok(match b {
+                        FlowBranch::Conditional => c.clone(),
+                        FlowBranch::Unconditional => u.clone(),
+                        FlowBranch::WithoutContext => n.clone(),
+                    })
+                },
+                &mut |_, _| Ok(()),
+                &|| false,
+            )
+            .unwrap();
+        assert_eq!(got, vec![FlowBranch::Conditional, FlowBranch::Unconditional, FlowBranch::WithoutContext]);
+        // One step from σ = 1 to 0: x = eps − v, v = u + 3(c − u) + 2(c − n).
+        let v = ((&u + ((&c - &u).unwrap() * 3.0).unwrap()).unwrap() + ((&c - &n).unwrap() * 2.0).unwrap()).unwrap();
+        let d = (out - (&eps - v).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "{d}");
+        // Without caption guidance only the context branch is added.
+        let s = EulerSampler::new(1, 1.0, 1.0).unwrap().with_context_guidance(1.0).unwrap();
+        assert_eq!(s.calls_per_step(), 2);
+        assert_eq!(EulerSampler::new(1, 1.0, 1.0).unwrap().calls_per_step(), 1);
     }
 
     #[test]
@@ -262,5 +343,8 @@ mod tests {
         assert!(FewStepSampler::new(&[1000, 0], 8.0).is_err());
         assert!(FewStepSampler::new(&[1000], -1.0).is_err());
         assert!(EulerSampler::new(0, 8.0, 1.0).is_err());
+        for bad in [-0.5, f32::NAN, f32::INFINITY] {
+            assert!(EulerSampler::new(4, 8.0, 1.0).unwrap().with_context_guidance(bad).is_err());
+        }
     }
 }

@@ -61,6 +61,19 @@ impl ShotPlan {
         })
     }
 
+    /// The same shot with its context dropped, as training's context dropout plans it: every
+    /// context frame flagged 0 on caption 0, the generated frames flagged 1 on the same caption.
+    pub fn without_context(&self) -> Self {
+        let n = self.context_flags.len();
+        Self {
+            shot: self.shot,
+            context_flags: vec![0; n],
+            context_captions: vec![0; n],
+            shot_flag: 1,
+            shot_caption: self.shot_caption,
+        }
+    }
+
     /// Frame descriptions of the context fill (t = 0, positions 0..n).
     pub fn context_frames(&self) -> Vec<FrameInfo> {
         self.context_flags
@@ -87,6 +100,14 @@ impl ShotPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_without_context_is_the_dropped_context_plan() {
+        for (shot, captions) in [(3, 4), (2, 1)] {
+            let p = ShotPlan::new(shot, &[0, 1, 1, 2, 2, 2], captions).unwrap();
+            assert_eq!(p.without_context(), ShotPlan::new(shot, &[0; 6], captions).unwrap());
+        }
+    }
 
     #[test]
     fn first_shot_generated_frames_carry_flag_one() {

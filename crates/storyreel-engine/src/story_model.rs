@@ -24,6 +24,7 @@ use storyreel_nn::vae::WanVae;
 use storyreel_nn::{RopeConfig, WanConfig, WanModel};
 
 use crate::error::{EngineError, Result};
+use crate::sampler::EulerSampler;
 
 /// File name of the card inside a model folder.
 pub const CARD_FILE: &str = "storyreel_model.json";
@@ -82,6 +83,20 @@ pub struct TeacherSampling {
     pub shift: f32,
     /// Classifier-free guidance scale (1 = off).
     pub guidance: f32,
+    /// Context guidance scale (0 = off; see [`EulerSampler`]). Cards written before it read 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub context_guidance: f32,
+}
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
+}
+
+impl TeacherSampling {
+    /// The Euler sampler these defaults describe.
+    pub fn sampler(&self) -> Result<EulerSampler> {
+        EulerSampler::new(self.steps, self.shift, self.guidance)?.with_context_guidance(self.context_guidance)
+    }
 }
 
 /// What a model folder holds and how to run it.
@@ -152,6 +167,9 @@ impl ModelCard {
         let s = &self.sampler;
         if s.steps == 0 || s.steps > 1000 || !(s.shift > 0.0 && s.shift.is_finite()) || !s.guidance.is_finite() {
             return Err(format!("sampler {s:?}: steps must be 1..=1000, shift positive, guidance finite"));
+        }
+        if !(s.context_guidance >= 0.0 && s.context_guidance.is_finite()) {
+            return Err(format!("sampler {s:?}: context_guidance must be a finite number ≥ 0"));
         }
         match (self.kind, &self.student) {
             (ModelKind::Student, None) => return Err("a student's card needs its `student` sampler".into()),
@@ -277,4 +295,37 @@ fn check_parts(card: &ModelCard, cfg: &WanConfig, vae: &WanVae, text: &ToyTextEn
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEACHER_CARD: &str = r#"{"kind": "teacher", "width": 64, "height": 64, "fps": 16.0,
+        "context_frames": 6, "shot_phase": true, "uses_context": true,
+        "sampler": {"steps": 20, "shift": 8.0, "guidance": 3.0}, "description": "t"}"#;
+
+    #[test]
+    fn context_guidance_is_read_checked_and_written_only_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CARD_FILE), TEACHER_CARD).unwrap();
+        let card = ModelCard::read(dir.path()).unwrap();
+        assert_eq!(card.sampler.context_guidance, 0.0, "a card from before the setting reads 0");
+        assert_eq!(card.sampler.sampler().unwrap().calls_per_step(), 2);
+        card.write(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(CARD_FILE)).unwrap();
+        assert!(!text.contains("context_guidance"), "{text}");
+
+        let mut guided = card.clone();
+        guided.sampler.context_guidance = 1.5;
+        guided.write(dir.path()).unwrap();
+        let back = ModelCard::read(dir.path()).unwrap();
+        assert_eq!(back.sampler.context_guidance, 1.5);
+        assert_eq!(back.sampler.sampler().unwrap().context_guidance(), 1.5);
+
+        let bad = TEACHER_CARD.replace(r#""guidance": 3.0"#, r#""guidance": 3.0, "context_guidance": -1.0"#);
+        std::fs::write(dir.path().join(CARD_FILE), bad).unwrap();
+        let err = ModelCard::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("context_guidance"), "{err}");
+    }
 }

@@ -7,7 +7,7 @@ use storyreel_nn::kv_cache::CaptionCache;
 use storyreel_nn::{FrameInfo, WanModel};
 
 use crate::error::{EngineError, Result};
-use crate::sampler::EulerSampler;
+use crate::sampler::{EulerSampler, FlowBranch};
 use crate::shot_plan::ShotPlan;
 
 /// Conditioning of one teacher shot.
@@ -22,28 +22,44 @@ pub struct TeacherInputs<'a> {
     pub context: &'a Tensor,
 }
 
-/// Flow of the target frames `x` `[F, C, H, W]` at timestep `t` under the teacher.
+/// Flow of the target frames `x` `[F, C, H, W]` at timestep `t` under the teacher, with the
+/// conditioning of `branch`. Dropped context is what training's context dropout shows: zero
+/// latents flagged 0.
 pub fn teacher_flow(
     model: &WanModel,
     inputs: &TeacherInputs<'_>,
     x: &Tensor,
     t: f32,
-    conditional: bool,
+    branch: FlowBranch,
 ) -> Result<Tensor> {
     let n = inputs.context.dim(0)?;
     let f = x.dim(0)?;
-    let full = Tensor::cat(&[inputs.context.to_dtype(DType::F32)?, x.to_dtype(DType::F32)?], 0)?;
-    let mut frames = teacher_frames(inputs.plan, f, t);
-    let captions = if conditional {
-        inputs.captions
-    } else {
+    let x = x.to_dtype(DType::F32)?;
+    let (context, plan) = match branch {
+        FlowBranch::WithoutContext => (inputs.context.zeros_like()?, inputs.plan.without_context()),
+        _ => (inputs.context.to_dtype(DType::F32)?, inputs.plan.clone()),
+    };
+    let full = Tensor::cat(&[context.to_dtype(DType::F32)?, x], 0)?;
+    let mut frames = teacher_frames(&plan, f, t);
+    let captions = if branch == FlowBranch::Unconditional {
         for fr in frames.iter_mut() {
             fr.caption = 0;
         }
         inputs.uncond.ok_or_else(|| EngineError::Input("guidance needs an unconditional caption".into()))?
+    } else {
+        inputs.captions
     };
     let v = model.forward_bidirectional(&full, &frames, captions)?;
     Ok(v.narrow(0, n, f)?)
+}
+
+/// Whether the inputs carry any context (the first shot, and a shot whose context was dropped,
+/// have only zero latents, so dropping them changes nothing).
+fn has_context(inputs: &TeacherInputs<'_>) -> Result<bool> {
+    if inputs.context.dim(0)? == 0 {
+        return Ok(false);
+    }
+    Ok(inputs.context.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? > 0.0)
 }
 
 /// The frames of one teacher forward: the plan's context frames, then `f` target frames, all
@@ -58,7 +74,8 @@ pub fn teacher_frames(plan: &ShotPlan, f: usize, t: f32) -> Vec<FrameInfo> {
 }
 
 /// Samples a shot with the teacher from `noise` `[F, C, H, W]`; `on_step(i, x)` sees each step's
-/// input (ODE pairs save steps 0, 13, 25, 37 of the 50-step grid).
+/// input (ODE pairs save steps 0, 13, 25, 37 of the 50-step grid). Context guidance is skipped
+/// for a shot without context, where it would change nothing.
 pub fn sample_shot(
     model: &WanModel,
     inputs: &TeacherInputs<'_>,
@@ -67,6 +84,10 @@ pub fn sample_shot(
     on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Tensor> {
-    let mut flow = |x: &Tensor, t: f32, cond: bool| teacher_flow(model, inputs, x, t, cond);
+    let mut flow = |x: &Tensor, t: f32, branch: FlowBranch| teacher_flow(model, inputs, x, t, branch);
+    if sampler.context_guidance() > 0.0 && !has_context(inputs)? {
+        let plain = sampler.clone().with_context_guidance(0.0)?;
+        return plain.sample(noise, &mut flow, on_step, cancelled);
+    }
     sampler.sample(noise, &mut flow, on_step, cancelled)
 }

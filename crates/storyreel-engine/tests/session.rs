@@ -192,7 +192,7 @@ fn malformed_inputs_are_clear_errors() {
 #[test]
 fn teacher_sampling_runs_bidirectionally_with_cfg() {
     use storyreel_engine::teacher::{sample_shot, teacher_flow, TeacherInputs};
-    use storyreel_engine::{EulerSampler, ShotPlan};
+    use storyreel_engine::{EulerSampler, FlowBranch, ShotPlan};
     let m = model();
     let plan = ShotPlan::new(1, &[0; 6], 2).unwrap();
     let cfg = WanConfig::tiny();
@@ -203,12 +203,12 @@ fn teacher_sampling_runs_bidirectionally_with_cfg() {
     let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: Some(&u), context: &ctx };
     let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &Device::Cpu).unwrap();
     // Bidirectional: the flow of target frame 0 depends on target frame 2 (not so in the student).
-    let v = teacher_flow(&m, &inputs, &noise, 500.0, true).unwrap();
+    let v = teacher_flow(&m, &inputs, &noise, 500.0, FlowBranch::Conditional).unwrap();
     let mut other = noise.clone();
     other = other
         .slice_assign(&[2..3, 0..4, 0..4, 0..6], &Tensor::zeros((1, 4, 4, 6), DType::F32, &Device::Cpu).unwrap())
         .unwrap();
-    let v2 = teacher_flow(&m, &inputs, &other, 500.0, true).unwrap();
+    let v2 = teacher_flow(&m, &inputs, &other, 500.0, FlowBranch::Conditional).unwrap();
     let d =
         (v.get(0).unwrap() - v2.get(0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(d > 1e-5);
@@ -230,4 +230,39 @@ fn teacher_sampling_runs_bidirectionally_with_cfg() {
     assert_eq!(out.dims(), noise.dims());
     let no_uncond = TeacherInputs { uncond: None, ..inputs };
     assert!(sample_shot(&m, &no_uncond, &s, noise, &mut |_, _| Ok(()), &|| false).is_err());
+}
+
+#[test]
+fn context_guidance_pushes_away_from_the_dropped_context() {
+    use storyreel_engine::teacher::{sample_shot, teacher_flow, TeacherInputs};
+    use storyreel_engine::{EulerSampler, FlowBranch, ShotPlan};
+    let m = model();
+    let dev = Device::Cpu;
+    let cfg = WanConfig::tiny();
+    let caps = Tensor::randn(0f32, 1.0, (3, cfg.text_len, cfg.text_dim), &dev).unwrap();
+    let c = m.embed_captions(&caps).unwrap();
+    let plan = ShotPlan::new(2, &[0, 0, 1, 1, 1, 1], 3).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (6, 4, 4, 6), &dev).unwrap();
+    let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &dev).unwrap();
+    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: None, context: &ctx };
+    // The context-free branch is exactly the dropped-context input training shows.
+    let without = teacher_flow(&m, &inputs, &noise, 700.0, FlowBranch::WithoutContext).unwrap();
+    let dropped_plan = ShotPlan::new(2, &[0; 6], 3).unwrap();
+    let zeros = ctx.zeros_like().unwrap();
+    let dropped = TeacherInputs { plan: &dropped_plan, captions: &c, uncond: None, context: &zeros };
+    let want = teacher_flow(&m, &dropped, &noise, 700.0, FlowBranch::Conditional).unwrap();
+    let max_diff =
+        |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(max_diff(&without, &want), 0.0);
+    let with = teacher_flow(&m, &inputs, &noise, 700.0, FlowBranch::Conditional).unwrap();
+    assert!(max_diff(&with, &without) > 1e-5, "the context must matter to this model");
+
+    // Guided sampling differs from plain sampling when there is context, and only then.
+    let plain = EulerSampler::new(2, 8.0, 1.0).unwrap();
+    let guided = plain.clone().with_context_guidance(2.0).unwrap();
+    let run = |inputs: &TeacherInputs<'_>, s: &EulerSampler| {
+        sample_shot(&m, inputs, s, noise.clone(), &mut |_, _| Ok(()), &|| false).unwrap()
+    };
+    assert!(max_diff(&run(&inputs, &plain), &run(&inputs, &guided)) > 1e-5);
+    assert_eq!(max_diff(&run(&dropped, &plain), &run(&dropped, &guided)), 0.0);
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use storyreel_engine::context::policy_by_name;
 use storyreel_engine::pixels::{from_rgb_frames, to_rgb_frames};
-use storyreel_engine::{EngineError, EulerSampler, ShotEvents, ShotRequest, StoryModel, StoryOptions, StoryStream};
+use storyreel_engine::{EngineError, ShotEvents, ShotRequest, StoryModel, StoryOptions, StoryStream};
 use storyreel_media::RgbFrame;
 
 use crate::hub::{Event, Hub, Job, JobOutcome};
@@ -51,7 +51,7 @@ fn run_job(hub: &Hub, model: &StoryModel, job: &Job) -> storyreel_engine::Result
     let card = &model.card;
     let memory = policy_by_name(&job.context, card.context_frames)
         .ok_or_else(|| EngineError::Config(format!("unknown context policy {:?}", job.context)))?;
-    let sampler = EulerSampler::new(card.sampler.steps, card.sampler.shift, card.sampler.guidance)?;
+    let sampler = card.sampler.sampler()?;
     let options = StoryOptions { seed: job.seed, memory, sampler, decoder: None };
     let mut stream = StoryStream::new(model, &job.global_caption, options)?;
     // The story's earlier shots come back as the 8-bit frames that were shown and journaled,

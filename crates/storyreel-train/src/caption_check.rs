@@ -10,7 +10,7 @@ use serde::Serialize;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
-use storyreel_engine::{NoiseSource, SeededNoise, StoryModel};
+use storyreel_engine::{FlowBranch, NoiseSource, SeededNoise, StoryModel};
 
 use crate::error::Result;
 use crate::held_out::{encode_held_out, validate_check_options};
@@ -102,9 +102,9 @@ pub fn caption_check(model: &StoryModel, options: &CaptionCheckOptions) -> Resul
                 let v = teacher_flow(&model.dit, &inputs, &x_t, t, conditional)?;
                 Ok((v - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
             };
-            own[row] += mse(&own_captions, true)?;
-            other[row] += mse(&other_captions, true)?;
-            none[row] += mse(&uncond, false)?;
+            own[row] += mse(&own_captions, FlowBranch::Conditional)?;
+            other[row] += mse(&other_captions, FlowBranch::Conditional)?;
+            none[row] += mse(&uncond, FlowBranch::Unconditional)?;
         }
         bar.update(options.stories + i as u64 + 1, f64::NAN);
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
 use storyreel_engine::teacher_story::caption_embeddings;
-use storyreel_engine::{NoiseSource, SeededNoise, StoryModel};
+use storyreel_engine::{FlowBranch, NoiseSource, SeededNoise, StoryModel};
 
 use crate::error::{Result, TrainError};
 use crate::held_out::{encode_held_out, validate_check_options};
@@ -119,7 +119,7 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
             let x_t = ((x0 * (1.0 - sigma))? + (&eps * sigma)?)?;
             let mse = |plan: &ShotPlan, context: &Tensor| -> Result<f64> {
                 let inputs = TeacherInputs { plan, captions: &captions, uncond: None, context };
-                let v = teacher_flow(&model.dit, &inputs, &x_t, t, true)?;
+                let v = teacher_flow(&model.dit, &inputs, &x_t, t, FlowBranch::Conditional)?;
                 Ok((v - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
             };
             own[row] += mse(&plan, context)?;

@@ -46,6 +46,8 @@ pub struct OdePairsConfig {
     pub shift: f32,
     /// CFG scale; `None` takes the teacher card's (ShotStream uses 6 with its pretrained base).
     pub guidance: Option<f32>,
+    /// Context guidance scale (see `EulerSampler`); `None` takes the teacher card's.
+    pub context_guidance: Option<f32>,
     /// The student's denoising steps before warping ([1000, 740, 500, 260]); the trajectory must
     /// pass each of them.
     pub student_steps: Vec<u32>,
@@ -70,6 +72,7 @@ impl Default for OdePairsConfig {
             steps: 50,
             shift: 8.0,
             guidance: None,
+            context_guidance: None,
             student_steps: vec![1000, 740, 500, 260],
             chunk_frames: 3,
             shard_stories: 16,
@@ -96,6 +99,9 @@ impl OdePairsConfig {
         }
         if let Some(g) = self.guidance.filter(|g| !g.is_finite()) {
             return Err(TrainError::out_of_range("guidance", g, "a finite number"));
+        }
+        if let Some(g) = self.context_guidance.filter(|g| !(*g >= 0.0 && g.is_finite())) {
+            return Err(TrainError::out_of_range("context_guidance", g, "a finite number ≥ 0"));
         }
         if self.student_steps.is_empty() || self.student_steps.iter().any(|&s| s == 0 || s > 1000) {
             return Err(TrainError::out_of_range(
@@ -161,10 +167,14 @@ impl OdePairsConfig {
             let bytes = std::fs::read(&path).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?;
             h = fold_bytes(h, &bytes);
         }
-        let settings = serde_json::json!({
+        let mut settings = serde_json::json!({
             "data": self.data, "steps": self.steps, "shift": self.shift, "guidance": self.guidance,
             "student_steps": self.student_steps, "chunk_frames": self.chunk_frames, "shard_stories": self.shard_stories, "seed": self.seed,
         });
+        // Only when set, so that pairs made before the setting existed still resume.
+        if let Some(g) = self.context_guidance {
+            settings["context_guidance"] = serde_json::json!(g);
+        }
         Ok(format!("teacher:{h:016x} {settings}"))
     }
 }
@@ -242,7 +252,8 @@ pub fn make_ode_pairs(cfg: &OdePairsConfig) -> Result<OdePairsReport> {
     let model = StoryModel::load(&cfg.teacher, &device)?;
     let (saved, timesteps) = cfg.saved_steps()?;
     let guidance = cfg.guidance.unwrap_or(model.card.sampler.guidance);
-    let sampler = EulerSampler::new(cfg.steps, cfg.shift, guidance)?;
+    let sampler = EulerSampler::new(cfg.steps, cfg.shift, guidance)?
+        .with_context_guidance(cfg.context_guidance.unwrap_or(model.card.sampler.context_guidance))?;
     let key = cfg.key()?;
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| TrainError::File(format!("{}: {e}", cfg.out_dir.display())))?;
     let index_path = cfg.out_dir.join(INDEX_FILE);

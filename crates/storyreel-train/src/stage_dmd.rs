@@ -29,7 +29,7 @@ use storyreel_engine::session::{SessionConfig, ShotRun};
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, encode_context, unconditional_caption};
-use storyreel_engine::{FewStepSampler, FlowSchedule, NoiseSource, SeededNoise, StoryModel};
+use storyreel_engine::{FewStepSampler, FlowBranch, FlowSchedule, NoiseSource, SeededNoise, StoryModel};
 use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::kv_cache::LocalWindow;
 use storyreel_nn::WanModel;
@@ -284,8 +284,8 @@ pub fn real_x0(teacher: &WanModel, inputs: &ScoreInputs<'_>, guidance: f32) -> R
     let captions = teacher.embed_captions(&inputs.cond.embeddings)?;
     let uncond = unconditional_caption(teacher, &device)?;
     let ti = TeacherInputs { plan: &plan, captions: &captions, uncond: Some(&uncond), context: &inputs.cond.context };
-    let c = teacher_flow(teacher, &ti, inputs.x_t, inputs.t, true)?;
-    let u = teacher_flow(teacher, &ti, inputs.x_t, inputs.t, false)?;
+    let c = teacher_flow(teacher, &ti, inputs.x_t, inputs.t, FlowBranch::Conditional)?;
+    let u = teacher_flow(teacher, &ti, inputs.x_t, inputs.t, FlowBranch::Unconditional)?;
     let v = (&c + ((&c - u)? * guidance as f64)?)?;
     let sigma = inputs.t as f64 / 1000.0;
     Ok((inputs.x_t - (v * sigma)?)?.detach())
@@ -296,7 +296,7 @@ pub fn critic_flow(critic: &WanModel, inputs: &ScoreInputs<'_>) -> Result<Tensor
     let plan = ShotPlan::new(inputs.cond.shot, &inputs.cond.flags, inputs.cond.shot + 1)?;
     let captions = critic.embed_captions(&inputs.cond.embeddings)?;
     let ti = TeacherInputs { plan: &plan, captions: &captions, uncond: None, context: &inputs.cond.context };
-    Ok(teacher_flow(critic, &ti, inputs.x_t, inputs.t, true)?)
+    Ok(teacher_flow(critic, &ti, inputs.x_t, inputs.t, FlowBranch::Conditional)?)
 }
 
 /// The generator's DMD loss for a rollout `x_hat` (with graph) and its noised copy: returns the

@@ -28,7 +28,7 @@ use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::story_model::{self, ModelCard, ModelKind, TeacherSampling};
 use storyreel_engine::teacher::{teacher_flow, teacher_frames, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, encode_context};
-use storyreel_engine::{FlowSchedule, NoiseSource, SeededNoise};
+use storyreel_engine::{FlowBranch, FlowSchedule, NoiseSource, SeededNoise};
 use storyreel_nn::checkpoint::save_safetensors;
 use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::text::toy::{ToyTextConfig, ToyTextEncoder, ToyTokenizer};
@@ -238,7 +238,7 @@ impl Default for TeacherStageConfig {
             context_sample_frames: 2,
             context_sample_weight: 1.0,
             timestep_weighting: TimestepWeighting::Uniform,
-            sampler: TeacherSampling { steps: 20, shift: 8.0, guidance: 3.0 },
+            sampler: TeacherSampling { steps: 20, shift: 8.0, guidance: 3.0, context_guidance: 0.0 },
             steps: 4000,
             init_seed: 1,
             init_from: None,
@@ -804,7 +804,7 @@ pub fn teacher_loss(
     let p = prepare_sample(nets, sample, schedule, context_frames)?;
     let captions = nets.dit.embed_captions(&p.embeddings)?;
     let inputs = TeacherInputs { plan: &p.plan, captions: &captions, uncond: None, context: &p.context };
-    let v = teacher_flow(&nets.dit, &inputs, &p.x_t, p.t, true)?;
+    let v = teacher_flow(&nets.dit, &inputs, &p.x_t, p.t, FlowBranch::Conditional)?;
     let mse = (v - &p.target)?.sqr()?.mean_all()?;
     let mse_value = mse.to_scalar::<f32>()? as f64;
     let total = (mse * weights[sample.table_index] as f64)?;

@@ -141,6 +141,10 @@ pub struct VaeStageConfig {
     /// Start from this trained VAE (folder or file; same shape) instead of random weights, e.g.
     /// to continue a short-clip run on whole shots. A resumed run ignores it.
     pub init_from: Option<PathBuf>,
+    /// With `init_from`: set the posterior's starting log-variance to this instead of keeping the
+    /// trained one, e.g. to take the near-unit noise out of a VAE trained before
+    /// `initial_logvar` existed (within [−30, 20]).
+    pub reset_logvar: Option<f64>,
     /// Optimiser, schedule, accumulation, checkpoints, output folder.
     pub train: TrainConfig,
 }
@@ -164,6 +168,7 @@ impl Default for VaeStageConfig {
             steps: 3000,
             init_seed: 1,
             init_from: None,
+            reset_logvar: None,
             train,
         }
     }
@@ -187,6 +192,14 @@ impl VaeStageConfig {
         }
         if !(self.initial_logvar.is_finite() && (-30.0..=20.0).contains(&self.initial_logvar)) {
             return Err(TrainError::out_of_range("initial_logvar", self.initial_logvar, "within [-30, 20]"));
+        }
+        if let Some(lv) = self.reset_logvar {
+            if self.init_from.is_none() {
+                return Err(TrainError::out_of_range("reset_logvar", lv, "unset without init_from"));
+            }
+            if !(lv.is_finite() && (-30.0..=20.0).contains(&lv)) {
+                return Err(TrainError::out_of_range("reset_logvar", lv, "within [-30, 20]"));
+            }
         }
         if self.held_out.clips == 0 || self.held_out.every == 0 {
             return Err(TrainError::out_of_range("held_out", format!("{:?}", self.held_out), "clips and every >= 1"));
@@ -304,6 +317,19 @@ fn load_initial_weights(varmap: &VarMap, from: &Path, device: &Device) -> Result
     Ok(())
 }
 
+/// Sets the log-variance half of the posterior's bias (`conv1.bias[z..2z]`) to `logvar`.
+fn reset_posterior_logvar(varmap: &VarMap, z_dim: usize, logvar: f32) -> Result<()> {
+    let data = varmap.data().lock().map_err(|_| TrainError::File("the variable map's lock is poisoned".into()))?;
+    let bias = data.get("conv1.bias").ok_or_else(|| TrainError::File("the VAE has no `conv1.bias`".into()))?;
+    let mut values = bias.as_tensor().to_vec1::<f32>()?;
+    if values.len() != 2 * z_dim {
+        return Err(TrainError::File(format!("`conv1.bias` has {} values, not 2 × {z_dim}", values.len())));
+    }
+    values[z_dim..].fill(logvar);
+    bias.set(&Tensor::from_vec(values, 2 * z_dim, bias.device())?)?;
+    Ok(())
+}
+
 /// Trains (or resumes) the toy VAE and writes `train.out_dir/model`.
 pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     cfg.validate()?;
@@ -321,6 +347,9 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     let vae = trainable_vae(&cfg.vae.config(), &varmap, cfg.init_seed, cfg.initial_logvar as f32, &device)?;
     if let Some(from) = &cfg.init_from {
         load_initial_weights(&varmap, from, &device)?;
+        if let Some(lv) = cfg.reset_logvar {
+            reset_posterior_logvar(&varmap, cfg.vae.z_dim, lv as f32)?;
+        }
     }
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     let (mut trainer, mut eval_log) = trainer_with_held_out_log(&varmap, &cfg.train, cfg.steps)?;

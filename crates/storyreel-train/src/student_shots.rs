@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use storyreel_engine::context::policy_by_name;
-use storyreel_engine::{generate_story, EulerSampler, ModelKind, ShotRequest, StoryEvents, StoryModel, StoryOptions};
+use storyreel_engine::{generate_story, ModelKind, ShotRequest, StoryEvents, StoryModel, StoryOptions};
 use storyreel_nn::codec::{DecodeStream, VideoCodec};
 
 use crate::data::{check_training_seeds, story_options};
@@ -133,7 +133,7 @@ pub fn generate_student_shots(model: &StoryModel, first: u64, count: u64, progre
         let streams = Arc::new(Mutex::new(Vec::new()));
         let vae: Arc<dyn VideoCodec> = model.vae.clone();
         let recorder: Arc<dyn VideoCodec> = Arc::new(RecordingCodec { inner: vae, streams: streams.clone() });
-        let sampler = EulerSampler::new(card.sampler.steps, card.sampler.shift, card.sampler.guidance)?;
+        let sampler = card.sampler.sampler()?;
         let story_options = StoryOptions { seed, memory, sampler, decoder: Some(recorder) };
         let mut frames = Vec::new();
         let events = StoryEvents {

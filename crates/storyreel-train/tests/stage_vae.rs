@@ -105,6 +105,19 @@ fn init_from_starts_from_a_trained_vae_of_the_same_shape() {
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-20, "{name} differs from the init_from weights");
     }
 
+    // reset_logvar replaces only the posterior's log-variance bias.
+    let mut reset = cfg.clone();
+    reset.train.out_dir = dir.path().join("d");
+    reset.reset_logvar = Some(-12.0);
+    let third = run_vae_stage(&reset).unwrap();
+    let c = WanVae::load(&third.model_dir, DType::F32, &Device::Cpu).unwrap();
+    let bias = c.tensors()["conv1.bias"].to_vec1::<f32>().unwrap();
+    let (z, old) = (bias.len() / 2, a.tensors()["conv1.bias"].to_vec1::<f32>().unwrap());
+    assert_eq!(&bias[..z], &old[..z]);
+    assert!(bias[z..].iter().all(|&v| (v + 12.0).abs() < 1e-6), "{bias:?}");
+    reset.init_from = None;
+    assert!(reset.validate().unwrap_err().to_string().contains("reset_logvar"));
+
     let mut wrong = tiny(&dir.path().join("c"), 1);
     wrong.vae.base_dim = 8;
     wrong.init_from = Some(first.model_dir.clone());

@@ -56,6 +56,11 @@ pub struct Args {
     /// Classifier-free guidance scale of a teacher (default: the model card's; 1 turns CFG off).
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// Context guidance scale of a teacher: how much further to push each shot from what the
+    /// teacher draws with the context dropped, toward what it draws with it (default: the
+    /// model card's, 0 = off; each step then costs one more model call).
+    #[arg(long)]
+    pub context_guidance: Option<f32>,
     /// Context memory: dynamic (ShotStream's sampling), first-frame (the first frame of each earlier shot) or none (default: the card's).
     #[arg(long)]
     pub context: Option<String>,
@@ -208,8 +213,13 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let model = StoryModel::load(&model_dir, &device)
         .with_context(|| format!("loading the story model {}", model_dir.display()))?;
-    if model.card.kind == ModelKind::Student && (args.steps.is_some() || args.guidance.is_some()) {
-        bail!("--steps and --guidance set a teacher's sampler; {} is a few-step student", model.dir.display());
+    if model.card.kind == ModelKind::Student
+        && (args.steps.is_some() || args.guidance.is_some() || args.context_guidance.is_some())
+    {
+        bail!(
+            "--steps, --guidance and --context-guidance set a teacher's sampler; {} is a few-step student",
+            model.dir.display()
+        );
     }
     let decoder: Option<Arc<dyn VideoCodec>> = match args.decoder {
         None => None,
@@ -457,7 +467,8 @@ fn generate_one(
         args.steps.unwrap_or(card.sampler.steps),
         card.sampler.shift,
         args.guidance.unwrap_or(card.sampler.guidance),
-    )?;
+    )?
+    .with_context_guidance(args.context_guidance.unwrap_or(card.sampler.context_guidance))?;
     let seed = args.seed.or(story.seed).unwrap_or(0);
     let fps = args.fps.unwrap_or_else(|| card.fps.round().max(1.0) as u32);
     let sink = sink_for(out, fps)?

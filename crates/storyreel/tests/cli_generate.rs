@@ -91,6 +91,16 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     let again = dir.path().join("again.mp4");
     assert!(storyreel(&["generate", "--model", p(&model), "--story", p(&story), "-o", p(&again)]).0);
     assert_eq!(std::fs::read(&video).unwrap(), std::fs::read(&again).unwrap());
+    // Context guidance changes the shot that has context; a negative scale is refused by name.
+    let guided = dir.path().join("guided.mp4");
+    let args = ["generate", "--model", p(&model), "--story", p(&story), "-o", p(&guided), "--context-guidance"];
+    let (ok, _, err) = storyreel(&[&args[..], &["1.5"]].concat());
+    assert!(ok, "{err}");
+    let (plain, with) = (storyreel_media::read_mp4(&video).unwrap().1, storyreel_media::read_mp4(&guided).unwrap().1);
+    assert_eq!(plain.len(), with.len());
+    assert!(plain[..5] == with[..5] && plain[5..] != with[5..], "only shot 1 has context to guide on");
+    let (ok, _, err) = storyreel(&[&args[..args.len() - 1], &["--context-guidance=-1"]].concat());
+    assert!(!ok && err.contains("context guidance"), "{err}");
     let stories = dir.path().join("stories");
     std::fs::create_dir_all(&stories).unwrap();
     std::fs::copy(&story, stories.join("a.json")).unwrap();
@@ -303,6 +313,18 @@ fn distillation_smoke_run_streams_a_story_from_the_student() {
     assert_eq!(storyreel_media::read_mp4(&video).unwrap().1.len(), 26);
     let (ok, _, err) =
         storyreel(&["generate", "--model", p(&student), "--story", p(&story), "-o", p(&video), "--steps", "4"]);
+    assert!(!ok && err.contains("few-step student"), "{err}");
+    let (ok, _, err) = storyreel(&[
+        "generate",
+        "--model",
+        p(&student),
+        "--story",
+        p(&story),
+        "-o",
+        p(&video),
+        "--context-guidance",
+        "1",
+    ]);
     assert!(!ok && err.contains("few-step student"), "{err}");
     for stage in ["ode-pairs", "ode-init", "dmd", "dmd-long"] {
         let (ok, stdout, _) = storyreel(&["train", "default-config", stage]);
