@@ -11,6 +11,7 @@ pub mod evaluate;
 pub mod features;
 pub mod frechet;
 pub mod motion;
+pub mod paired;
 pub mod probe;
 pub mod report;
 pub mod sca;

@@ -8,7 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use storyreel_eval::corrupt::{corrupt, Corruption};
-use storyreel_eval::evaluate::{embedding_distance, evaluate_story, summarise, EvalOptions, Metrics, StoryReport};
+use storyreel_eval::evaluate::{
+    embedding_distance, evaluate_story, summarise, BatchReport, EvalOptions, Metrics, StoryReport,
+};
+use storyreel_eval::paired::{paired_differences, paired_markdown};
 use storyreel_eval::probe::{render_samples, Probe, ProbeCard, ProbeFitOptions, PROBE_TEST_SEED_BASE};
 use storyreel_eval::report::{
     batch_markdown, compare_markdown, story_markdown, table_markdown, to_json, write_story_report, write_text,
@@ -33,9 +36,15 @@ pub struct EvalArgs {
     /// any folder with `stories/<id>.json` and `videos/<id>.mp4`.
     #[arg(long, conflicts_with = "compare")]
     dir: Option<PathBuf>,
-    /// Two earlier reports (report.json files or the folders holding them), side by side.
+    /// Two earlier reports (report.json files or the folders holding them), side by side; for
+    /// two batch reports of the same stories, also the paired per-story differences (B − A,
+    /// mean ± standard error) of consistency and adherence.
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     compare: Option<Vec<PathBuf>>,
+    /// With --compare: count only shots N and later (1-based) in the paired differences, e.g.
+    /// 4 for the later shots of a story, where context has the most to carry.
+    #[arg(long, requires = "compare", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    from_shot: Option<u32>,
     /// Where report.json, report.md and contact.png go (default: next to the video, `<name>.eval/`;
     /// for --dir, `<dir>/eval/`).
     #[arg(long)]
@@ -100,7 +109,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => {}
     }
     if let Some(pair) = &args.compare {
-        return compare(&pair[0], &pair[1], args.json);
+        let from_shot = args.from_shot.map_or(0, |n| n as usize - 1);
+        return compare(&pair[0], &pair[1], from_shot, args.json);
     }
     let probe = load_probe(args.probe.as_deref())?;
     match (&args.video, &args.story, &args.dir) {
@@ -232,20 +242,43 @@ fn eval_dir(probe: &Probe, dir: &Path, args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `metrics` object of a story or batch report file (or a folder holding report.json).
-fn read_metrics(path: &Path) -> Result<Metrics> {
+/// A report file as JSON (or the report.json of a folder), with the file's path.
+fn read_report(path: &Path) -> Result<(PathBuf, serde_json::Value)> {
     let file = if path.is_dir() { path.join("report.json") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
+    let value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
+    Ok((file, value))
+}
+
+/// The batch report in `value`, if it is one (it lists per-story `reports`).
+fn as_batch(file: &Path, value: &serde_json::Value) -> Result<Option<BatchReport>> {
+    if value.get("reports").is_none() {
+        return Ok(None);
+    }
+    let batch =
+        serde_json::from_value(value.clone()).with_context(|| format!("{}: malformed batch report", file.display()))?;
+    Ok(Some(batch))
+}
+
+/// The `metrics` object of a story or batch report.
+fn metrics_of(file: &Path, value: &serde_json::Value) -> Result<Metrics> {
     let metrics = value
         .get("metrics")
         .with_context(|| format!("{}: no \"metrics\" object; is it a storyreel eval report?", file.display()))?;
     serde_json::from_value(metrics.clone()).with_context(|| format!("{}: malformed \"metrics\"", file.display()))
 }
 
-fn compare(a: &Path, b: &Path, json: bool) -> Result<()> {
-    let (ma, mb) = (read_metrics(a)?, read_metrics(b)?);
+fn compare(a: &Path, b: &Path, from_shot: usize, json: bool) -> Result<()> {
+    let ((file_a, va), (file_b, vb)) = (read_report(a)?, read_report(b)?);
+    let (ma, mb) = (metrics_of(&file_a, &va)?, metrics_of(&file_b, &vb)?);
+    let paired = match (as_batch(&file_a, &va)?, as_batch(&file_b, &vb)?) {
+        (Some(ba), Some(bb)) => Some(
+            paired_differences(&ba, &bb, from_shot)
+                .with_context(|| format!("pairing {} with {}", file_a.display(), file_b.display()))?,
+        ),
+        _ if from_shot > 0 => bail!("--from-shot needs two batch reports (from `storyreel eval --dir`)"),
+        _ => None,
+    };
     if json {
         let delta = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| y - x);
         let rows: serde_json::Map<String, serde_json::Value> = storyreel_eval::report::metric_rows(&ma)
@@ -253,12 +286,17 @@ fn compare(a: &Path, b: &Path, json: bool) -> Result<()> {
             .zip(storyreel_eval::report::metric_rows(&mb))
             .map(|((k, x), (_, y))| (k.to_string(), serde_json::json!({ "a": x, "b": y, "delta": delta(x, y) })))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "a": a.display().to_string(), "b": b.display().to_string(), "metrics": rows })
-        );
+        let mut out =
+            serde_json::json!({ "a": a.display().to_string(), "b": b.display().to_string(), "metrics": rows });
+        if let Some(rows) = &paired {
+            out["paired"] = serde_json::json!({ "from_shot": from_shot + 1, "differences": rows });
+        }
+        println!("{out}");
     } else {
         print!("{}", compare_markdown(&a.display().to_string(), &ma, &b.display().to_string(), &mb));
+        if let Some(rows) = &paired {
+            print!("{}", paired_markdown(rows, from_shot));
+        }
     }
     Ok(())
 }

@@ -66,6 +66,23 @@ fn evaluate_one_a_folder_and_compare() {
     assert!(ok, "{err}");
     let cmp: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(cmp["metrics"]["prompt_adherence"]["delta"].is_number(), "{cmp}");
+    assert!(cmp.get("paired").is_none(), "a story report has no stories to pair: {cmp}");
+
+    // Two batch reports of the same stories are also paired story by story; a run against
+    // itself differs by exactly 0 on every story.
+    let (ok, stdout, err) = storyreel(&["eval", "--compare", s(&batch), s(&batch), "--from-shot", "2", "--json"]);
+    assert!(ok, "{err}");
+    let cmp: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(cmp["paired"]["from_shot"], 2, "{cmp}");
+    let rows = cmp["paired"]["differences"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{cmp}");
+    let adherence = rows.iter().find(|r| r["metric"] == "adherence").unwrap();
+    assert_eq!(adherence["stories"], 2, "{cmp}");
+    assert_eq!((adherence["mean"].as_f64(), adherence["standard_error"].as_f64()), (Some(0.0), Some(0.0)));
+    let (ok, stdout, err) = storyreel(&["eval", "--compare", s(&batch), s(&batch)]);
+    assert!(ok && stdout.contains("Paired per-story differences, B − A (all shots)"), "{err}{stdout}");
+    let (ok, _, err) = storyreel(&["eval", "--compare", s(&out), s(&batch), "--from-shot", "4"]);
+    assert!(!ok && err.contains("--from-shot needs two batch reports"), "{err}");
 
     // Errors name the problem.
     let other = set.join("stories/world-000041.json");
