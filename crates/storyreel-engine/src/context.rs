@@ -11,12 +11,42 @@ pub struct ContextPick {
     pub frame: usize,
 }
 
-/// A policy choosing context frames from the finished shots' lengths (in pixel frames).
+/// What a policy may look at when it picks context for the next shot.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextQuery<'a> {
+    /// Length in pixel frames of each finished shot.
+    pub shot_frames: &'a [usize],
+    /// Captions of the finished shots followed by the next shot's; empty when unknown.
+    pub captions: &'a [String],
+}
+
+impl<'a> ContextQuery<'a> {
+    /// A query that knows only the finished shots' lengths.
+    pub fn lengths(shot_frames: &'a [usize]) -> Self {
+        Self { shot_frames, captions: &[] }
+    }
+
+    /// A query with the captions of the finished shots and then of the next shot.
+    pub fn with_captions(shot_frames: &'a [usize], captions: &'a [String]) -> Self {
+        Self { shot_frames, captions }
+    }
+
+    /// The captions split into (finished shots', next shot's), if they line up with the shots.
+    fn caption_split(&self) -> Option<(&'a [String], &'a str)> {
+        if self.captions.len() != self.shot_frames.len() + 1 {
+            return None;
+        }
+        let (next, earlier) = self.captions.split_last()?;
+        Some((earlier, next.as_str()))
+    }
+}
+
+/// A policy choosing context frames for the next shot.
 pub trait ContextMemory: Send {
     /// Short name for logs and CLI flags.
     fn name(&self) -> &'static str;
     /// Picks context frames; an empty pick means "no context" (zero latents, flags 0).
-    fn select(&self, shot_frames: &[usize]) -> Vec<ContextPick>;
+    fn select(&self, query: &ContextQuery) -> Vec<ContextPick>;
 }
 
 /// Frames per previous shot under ShotStream's dynamic sampling (§2.2): ⌊M/P⌋ each, and the
@@ -60,19 +90,24 @@ impl ContextMemory for DynamicSampling {
         "dynamic"
     }
 
-    fn select(&self, shot_frames: &[usize]) -> Vec<ContextPick> {
-        let counts = dynamic_counts(self.max_frames, shot_frames.len());
-        let mut picks = Vec::new();
-        for (shot, (&len, &count)) in shot_frames.iter().zip(&counts).enumerate() {
-            if len == 0 {
-                continue;
-            }
-            for v in linspace_f32(0.0, (len - 1) as f32, count) {
-                picks.push(ContextPick { shot, frame: round_half_even(v).min(len - 1) });
-            }
-        }
-        picks
+    fn select(&self, query: &ContextQuery) -> Vec<ContextPick> {
+        let counts = dynamic_counts(self.max_frames, query.shot_frames.len());
+        spread_picks(query.shot_frames, &counts)
     }
+}
+
+/// `counts[s]` frames of each shot `s`, evenly spaced within it, in shot order.
+fn spread_picks(shot_frames: &[usize], counts: &[usize]) -> Vec<ContextPick> {
+    let mut picks = Vec::new();
+    for (shot, (&len, &count)) in shot_frames.iter().zip(counts).enumerate() {
+        if len == 0 {
+            continue;
+        }
+        for v in linspace_f32(0.0, (len - 1) as f32, count) {
+            picks.push(ContextPick { shot, frame: round_half_even(v).min(len - 1) });
+        }
+    }
+    picks
 }
 
 /// No context at all: every shot is generated as if it were the first (ablation).
@@ -84,7 +119,7 @@ impl ContextMemory for NoContext {
         "none"
     }
 
-    fn select(&self, _shot_frames: &[usize]) -> Vec<ContextPick> {
+    fn select(&self, _query: &ContextQuery) -> Vec<ContextPick> {
         Vec::new()
     }
 }
@@ -102,8 +137,9 @@ impl ContextMemory for FirstFrames {
         "first-frame"
     }
 
-    fn select(&self, shot_frames: &[usize]) -> Vec<ContextPick> {
-        let mut picks: Vec<ContextPick> = shot_frames
+    fn select(&self, query: &ContextQuery) -> Vec<ContextPick> {
+        let mut picks: Vec<ContextPick> = query
+            .shot_frames
             .iter()
             .enumerate()
             .rev()
@@ -116,10 +152,105 @@ impl ContextMemory for FirstFrames {
     }
 }
 
+/// Frame selection by caption (OneStory's idea without learned weights): the earlier shots
+/// whose captions share the most of the next caption's distinctive words get the context
+/// frames, so a shot that returns to a place or a character sees that place or character
+/// rather than whatever came just before. Words count by their inverse frequency over the
+/// story's captions (a word every caption has says nothing), shots scoring under half the best
+/// are left out, and the frames are shared in proportion to score. With captions unknown or
+/// nothing shared it falls back to [`DynamicSampling`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptionMatch {
+    /// Context frames in total.
+    pub max_frames: usize,
+}
+
+/// Function words and the story boilerplate ("the same … from before") that say nothing about
+/// what a shot shows.
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "before", "by", "for", "from", "in", "into", "is", "it", "its", "now", "of",
+    "on", "same", "shot", "the", "then", "to", "with",
+];
+
+/// The distinct content words of a caption, lower-cased.
+fn content_words(caption: &str) -> Vec<String> {
+    let mut words: Vec<String> = caption
+        .split(|c: char| !c.is_alphanumeric() && c != '-')
+        .map(|w| w.trim_matches('-').to_lowercase())
+        .filter(|w| !w.is_empty() && !STOP_WORDS.contains(&w.as_str()))
+        .collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
+impl CaptionMatch {
+    /// How well each earlier caption matches the next one (0 for nothing shared).
+    pub fn scores(earlier: &[String], next: &str) -> Vec<f64> {
+        let next_words = content_words(next);
+        let earlier_words: Vec<Vec<String>> = earlier.iter().map(|c| content_words(c)).collect();
+        let n = (earlier.len() + 1) as f64;
+        let idf = |w: &String| {
+            let df = 1 + earlier_words.iter().filter(|ws| ws.binary_search(w).is_ok()).count();
+            (n / df as f64).ln()
+        };
+        earlier_words
+            .iter()
+            .map(|ws| next_words.iter().filter(|w| ws.binary_search(w).is_ok()).map(idf).sum())
+            .collect()
+    }
+
+    /// Frames per earlier shot: shots under half the best score get none, the rest share
+    /// `max_frames` in proportion to score (largest remainder; ties go to the newer shot).
+    fn counts(&self, scores: &[f64], shot_frames: &[usize]) -> Option<Vec<usize>> {
+        let usable = |s: usize| shot_frames[s] > 0 && scores[s] > 1e-9;
+        let best = (0..scores.len()).filter(|&s| usable(s)).map(|s| scores[s]).fold(0.0, f64::max);
+        if best <= 0.0 {
+            return None;
+        }
+        let kept: Vec<usize> = (0..scores.len()).filter(|&s| usable(s) && scores[s] >= 0.5 * best).collect();
+        let total: f64 = kept.iter().map(|&s| scores[s]).sum();
+        let mut counts = vec![0usize; scores.len()];
+        let mut remainders = Vec::with_capacity(kept.len());
+        for &s in &kept {
+            let share = self.max_frames as f64 * scores[s] / total;
+            counts[s] = share.floor() as usize;
+            remainders.push((share - share.floor(), s));
+        }
+        let left = self.max_frames - counts.iter().sum::<usize>();
+        remainders.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        for &(_, s) in remainders.iter().take(left) {
+            counts[s] += 1;
+        }
+        Some(counts)
+    }
+}
+
+impl ContextMemory for CaptionMatch {
+    fn name(&self) -> &'static str {
+        "caption"
+    }
+
+    fn select(&self, query: &ContextQuery) -> Vec<ContextPick> {
+        let matched = query.caption_split().and_then(|(earlier, next)| {
+            let scores = Self::scores(earlier, next);
+            self.counts(&scores, query.shot_frames)
+        });
+        match matched {
+            Some(counts) => spread_picks(query.shot_frames, &counts),
+            None => DynamicSampling { max_frames: self.max_frames }.select(query),
+        }
+    }
+}
+
+/// The names [`policy_by_name`] knows, for help and error messages.
+pub const POLICY_NAMES: &[&str] = &["dynamic", "caption", "first-frame", "none"];
+
 /// Builds a policy from its CLI name.
 pub fn policy_by_name(name: &str, max_frames: usize) -> Option<Box<dyn ContextMemory>> {
     match name {
         "dynamic" => Some(Box::new(DynamicSampling { max_frames })),
+        "caption" => Some(Box::new(CaptionMatch { max_frames })),
         "none" => Some(Box::new(NoContext)),
         "first-frame" => Some(Box::new(FirstFrames { max_frames })),
         _ => None,
@@ -133,10 +264,10 @@ mod tests {
     #[test]
     fn first_frames_takes_one_frame_per_shot_newest_first() {
         let p = FirstFrames { max_frames: 2 };
-        assert!(p.select(&[]).is_empty());
-        assert_eq!(p.select(&[17]), vec![ContextPick { shot: 0, frame: 0 }]);
+        assert!(p.select(&ContextQuery::lengths(&[])).is_empty());
+        assert_eq!(p.select(&ContextQuery::lengths(&[17])), vec![ContextPick { shot: 0, frame: 0 }]);
         assert_eq!(
-            p.select(&[17, 0, 9, 25]),
+            p.select(&ContextQuery::lengths(&[17, 0, 9, 25])),
             vec![ContextPick { shot: 2, frame: 0 }, ContextPick { shot: 3, frame: 0 }]
         );
         assert_eq!(policy_by_name("first-frame", 6).unwrap().name(), "first-frame");
@@ -157,7 +288,7 @@ mod tests {
     #[test]
     fn frames_are_spread_like_the_reference() {
         let frames = |shots: &[usize]| -> Vec<(usize, usize)> {
-            DynamicSampling::default().select(shots).iter().map(|p| (p.shot, p.frame)).collect()
+            DynamicSampling::default().select(&ContextQuery::lengths(shots)).iter().map(|p| (p.shot, p.frame)).collect()
         };
         assert_eq!(frames(&[81]), vec![(0, 0), (0, 16), (0, 32), (0, 48), (0, 64), (0, 80)]);
         assert_eq!(frames(&[81, 81]), vec![(0, 0), (0, 40), (0, 80), (1, 0), (1, 40), (1, 80)]);
@@ -168,7 +299,72 @@ mod tests {
         assert_eq!(four, vec![0, 27, 53, 80]);
         assert_eq!(frames(&[81; 7]).len(), 6);
         assert!(frames(&[81; 7]).iter().all(|&(s, _)| s >= 1));
-        assert!(NoContext.select(&[81, 81]).is_empty());
+        assert!(NoContext.select(&ContextQuery::lengths(&[81, 81])).is_empty());
+    }
+
+    fn caps(texts: &[&str]) -> Vec<String> {
+        texts.iter().map(|t| t.to_string()).collect()
+    }
+
+    const RABBIT_AND_FOX: [&str; 4] = [
+        "A pink rabbit walks right in a meadow in daylight, wide shot.",
+        "A red fox jumps in a city in daylight, medium shot.",
+        "The same pink rabbit, now at dusk, turns around in the same meadow, close-up.",
+        "The same red fox walks left in the same city at night, wide shot.",
+    ];
+
+    #[test]
+    fn caption_match_sends_every_frame_to_the_shot_a_caption_returns_to() {
+        let policy = CaptionMatch { max_frames: 6 };
+        let captions = caps(&RABBIT_AND_FOX[..3]);
+        let picks = policy.select(&ContextQuery::with_captions(&[25, 25], &captions));
+        assert_eq!(picks.len(), 6);
+        assert!(picks.iter().all(|p| p.shot == 0), "{picks:?}");
+        assert_eq!(picks.first().map(|p| p.frame), Some(0));
+        assert_eq!(picks.last().map(|p| p.frame), Some(24));
+        // Dynamic sampling would have split them over both shots.
+        let dynamic = DynamicSampling::default().select(&ContextQuery::with_captions(&[25, 25], &captions));
+        assert_eq!(dynamic.iter().filter(|p| p.shot == 0).count(), 3);
+    }
+
+    #[test]
+    fn caption_match_weights_the_fox_and_its_city_over_a_shared_motion() {
+        let captions = caps(&RABBIT_AND_FOX);
+        let scores = CaptionMatch::scores(&captions[..3], &captions[3]);
+        assert!(scores[1] > scores[0] && scores[0] > 0.0, "{scores:?}");
+        assert_eq!(scores[2], 0.0, "\"the same\" is boilerplate: {scores:?}");
+        let picks = CaptionMatch { max_frames: 6 }.select(&ContextQuery::with_captions(&[25, 25, 25], &captions));
+        let per_shot: Vec<usize> = (0..3).map(|s| picks.iter().filter(|p| p.shot == s).count()).collect();
+        assert_eq!(per_shot, vec![2, 4, 0]);
+        assert!(picks.windows(2).all(|w| (w[0].shot, w[0].frame) < (w[1].shot, w[1].frame)), "{picks:?}");
+    }
+
+    #[test]
+    fn caption_match_falls_back_to_dynamic_sampling() {
+        let policy = CaptionMatch { max_frames: 6 };
+        let lens = [17, 21, 33];
+        let dynamic = DynamicSampling::default().select(&ContextQuery::lengths(&lens));
+        // Captions unknown, or not lined up with the shots.
+        assert_eq!(policy.select(&ContextQuery::lengths(&lens)), dynamic);
+        let short = caps(&RABBIT_AND_FOX[..2]);
+        assert_eq!(policy.select(&ContextQuery::with_captions(&lens, &short)), dynamic);
+        // Nothing shared but function words.
+        let unrelated = caps(&["A cat.", "The dog.", "A bird in the sky.", "The same tree."]);
+        assert_eq!(policy.select(&ContextQuery::with_captions(&lens, &unrelated)), dynamic);
+        // An empty matching shot cannot take frames.
+        let captions = caps(&RABBIT_AND_FOX[..3]);
+        let picks = policy.select(&ContextQuery::with_captions(&[0, 25], &captions));
+        assert_eq!(picks, DynamicSampling::default().select(&ContextQuery::lengths(&[0, 25])));
+        assert!(policy_by_name("caption", 6).is_some_and(|p| p.name() == "caption"));
+        assert!(POLICY_NAMES.iter().all(|n| policy_by_name(n, 6).is_some()));
+    }
+
+    #[test]
+    fn content_words_drop_function_words_and_case() {
+        assert_eq!(
+            content_words("The same Pink rabbit, now at dusk, close-up."),
+            ["close-up", "dusk", "pink", "rabbit"]
+        );
     }
 
     #[test]

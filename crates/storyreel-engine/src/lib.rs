@@ -15,7 +15,7 @@ pub mod story_stream;
 pub mod teacher;
 pub mod teacher_story;
 
-pub use context::{ContextMemory, ContextPick, DynamicSampling, NoContext};
+pub use context::{CaptionMatch, ContextMemory, ContextPick, ContextQuery, DynamicSampling, NoContext};
 pub use error::{EngineError, Result};
 pub use noise::{GivenNoise, NoiseSource, SeededNoise};
 pub use pixels::PixelHistory;

@@ -13,7 +13,7 @@ use storyreel_media::{FrameSink, SinkReport};
 use storyreel_nn::kv_cache::{CaptionCache, ContextCache, LocalCache, LocalWindow};
 use storyreel_nn::WanModel;
 
-use crate::context::ContextMemory;
+use crate::context::{ContextMemory, ContextQuery};
 use crate::error::{EngineError, Result};
 use crate::noise::NoiseSource;
 use crate::pixels::to_rgb_frames;
@@ -449,6 +449,7 @@ impl<'m> Session<'m> {
         }
         self.active = None;
         self.captions.truncate(self.finished.len());
+        self.labels.truncate(self.finished.len());
         self.given_context = None;
         self.cancel.store(false, Ordering::SeqCst);
     }
@@ -520,7 +521,11 @@ impl<'m> Session<'m> {
         let (latents, flags) = match self.given_context.take() {
             Some(g) => (g.latents.to_device(&device)?.to_dtype(DType::F32)?, g.shots),
             None => {
-                let picks = self.memory.select(&self.shot_pixel_frames);
+                // Labels are the captions' text where the caller gave them; a shot pushed
+                // without one leaves the policy to fall back on lengths alone.
+                let labelled = self.labels.len() > shot && self.labels[..=shot].iter().all(|l| !l.is_empty());
+                let known: &[String] = if labelled { &self.labels[..=shot] } else { &[] };
+                let picks = self.memory.select(&ContextQuery::with_captions(&self.shot_pixel_frames, known));
                 if picks.is_empty() {
                     (Tensor::zeros((n_ctx, c, h, w), DType::F32, &device)?, vec![0; n_ctx])
                 } else {

@@ -117,6 +117,9 @@ pub struct ModelCard {
     pub shot_phase: bool,
     /// Whether the model was trained with context (false for the no-context ablation).
     pub uses_context: bool,
+    /// The context policy it was trained with and runs with by default (absent: "dynamic").
+    #[serde(default = "default_context_policy", skip_serializing_if = "is_dynamic_policy")]
+    pub context_policy: String,
     /// Sampling defaults (of the multi-step teacher: for a student, of the teacher it learned from).
     pub sampler: TeacherSampling,
     /// The few-step sampler of a student (absent for a teacher).
@@ -129,7 +132,25 @@ pub struct ModelCard {
     pub description: String,
 }
 
+fn default_context_policy() -> String {
+    "dynamic".into()
+}
+
+fn is_dynamic_policy(name: &String) -> bool {
+    name == "dynamic"
+}
+
 impl ModelCard {
+    /// The context policy `generate` uses unless told otherwise: the trained one, or none for
+    /// a model trained without context.
+    pub fn default_context_policy(&self) -> &str {
+        if self.uses_context {
+            &self.context_policy
+        } else {
+            "none"
+        }
+    }
+
     /// Reads `dir/storyreel_model.json`.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(CARD_FILE);
@@ -163,6 +184,13 @@ impl ModelCard {
         }
         if self.context_frames == 0 || self.context_frames > 64 {
             return Err(format!("context_frames {} must be in 1..=64", self.context_frames));
+        }
+        if crate::context::policy_by_name(&self.context_policy, self.context_frames).is_none() {
+            return Err(format!(
+                "context_policy {:?} is not one of {}",
+                self.context_policy,
+                crate::context::POLICY_NAMES.join(", ")
+            ));
         }
         let s = &self.sampler;
         if s.steps == 0 || s.steps > 1000 || !(s.shift > 0.0 && s.shift.is_finite()) || !s.guidance.is_finite() {
@@ -327,5 +355,25 @@ mod tests {
         std::fs::write(dir.path().join(CARD_FILE), bad).unwrap();
         let err = ModelCard::read(dir.path()).unwrap_err().to_string();
         assert!(err.contains("context_guidance"), "{err}");
+    }
+
+    #[test]
+    fn context_policy_defaults_to_dynamic_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CARD_FILE), TEACHER_CARD).unwrap();
+        let card = ModelCard::read(dir.path()).unwrap();
+        assert_eq!(card.default_context_policy(), "dynamic", "a card from before the setting");
+        card.write(dir.path()).unwrap();
+        assert!(!std::fs::read_to_string(dir.path().join(CARD_FILE)).unwrap().contains("context_policy"));
+        let by_caption = ModelCard { context_policy: "caption".into(), ..card.clone() };
+        by_caption.write(dir.path()).unwrap();
+        assert_eq!(ModelCard::read(dir.path()).unwrap().default_context_policy(), "caption");
+        let ablation = ModelCard { uses_context: false, ..by_caption };
+        assert_eq!(ablation.default_context_policy(), "none");
+        let bad =
+            TEACHER_CARD.replace(r#""uses_context": true"#, r#""uses_context": true, "context_policy": "nearest""#);
+        std::fs::write(dir.path().join(CARD_FILE), bad).unwrap();
+        let err = ModelCard::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("context_policy") && err.contains("nearest"), "{err}");
     }
 }

@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use storyreel_nn::codec::VideoCodec;
 use storyreel_nn::kv_cache::{CaptionCache, LocalWindow};
 
-use crate::context::{ContextMemory, ContextPick};
+use crate::context::{ContextMemory, ContextPick, ContextQuery};
 use crate::error::{EngineError, Result};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::sampler::{EulerSampler, FewStepSampler};
@@ -171,7 +171,9 @@ impl<'m> StoryStream<'m> {
         let k = self.history.len();
         let f = latent_frames(request.frames)?;
         let lens: Vec<usize> = self.history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
-        let picks = self.options.memory.select(&lens);
+        let mut known = self.captions.clone();
+        known.push(request.caption.clone());
+        let picks = self.options.memory.select(&ContextQuery::with_captions(&lens, &known));
         (events.on_start)(k, &picks)?;
         let card = &self.model.card;
         let scale = self.model.vae.spatial_scale();

@@ -17,7 +17,7 @@ use crate::journal::{self, JournalSession, JournalShot};
 use crate::views::{AppendShot, CreateSession, SessionState, SessionView, ShotStatus, ShotView};
 
 /// Context policies a session may ask for.
-pub const CONTEXT_POLICIES: [&str; 3] = ["dynamic", "first-frame", "none"];
+pub const CONTEXT_POLICIES: &[&str] = storyreel_engine::context::POLICY_NAMES;
 /// Messages a slow WebSocket client may fall behind by before it is told it lagged.
 const EVENT_BUFFER: usize = 4096;
 

@@ -35,7 +35,7 @@ pub fn model_info(model: &StoryModel) -> ModelInfo {
         height: card.height,
         fps: card.fps.round().max(1.0) as u32,
         description: card.description.clone(),
-        default_context: if card.uses_context { "dynamic" } else { "none" }.into(),
+        default_context: card.default_context_policy().to_string(),
         vocabulary: Some(model.text.tokenizer().words().iter().filter(|w| !w.starts_with('<')).cloned().collect()),
         tokenizer: Some(model.text.tokenizer().clone()),
     }

@@ -105,7 +105,7 @@ pub struct CreateSession {
     pub seed: Option<u64>,
     /// Default frames per shot.
     pub frames: Option<usize>,
-    /// dynamic, first-frame or none.
+    /// dynamic, caption, first-frame or none.
     pub context: Option<String>,
     /// Shots to queue at once.
     #[serde(default)]

@@ -3,7 +3,6 @@
 //! each shot gets at inference (dynamic sampling over the earlier shots).
 
 use candle_core::Device;
-use storyreel_engine::context::DynamicSampling;
 use storyreel_engine::StoryModel;
 use storyreel_nn::codec::VideoCodec;
 use storyreel_world::generate_story;
@@ -39,11 +38,13 @@ pub fn encode_held_out(model: &StoryModel, first_seed: u64, stories: u64, bar: &
     let options = story_options(card.width, card.height);
     let scale = model.vae.spatial_scale();
     let hw = (card.height as usize / scale, card.width as usize / scale);
-    let memory = DynamicSampling { max_frames: card.context_frames };
+    // Context is picked the way the model runs (a no-context model gets it anyway: the checks
+    // measure what it does with context it was never trained on).
+    let memory = crate::stage_teacher::context_memory(&card.context_policy, card.context_frames)?;
     let mut out = Vec::with_capacity(stories as usize);
     for i in 0..stories {
         let story = generate_story(first_seed + i, &options)?;
-        out.push(encode_story(&model.vae, &story, &memory, card.context_frames, hw, &device)?);
+        out.push(encode_story(&model.vae, &story, memory.as_ref(), card.context_frames, hw, &device)?);
         bar.update(i + 1, f64::NAN);
     }
     Ok(out)

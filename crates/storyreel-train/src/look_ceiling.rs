@@ -221,7 +221,7 @@ pub fn look_ceiling(first_frames: &[Vec<Tensor>], labels: &[Vec<ShotLabel>]) -> 
 /// the first run of the stage), with labels from regenerating the same stories.
 pub fn corpus_look_ceiling(cfg: &TeacherStageConfig) -> Result<LookCeiling> {
     let dir = cfg.train.out_dir.join("latents");
-    let key = corpus_key(&cfg.vae, &cfg.data, cfg.context_frames)?;
+    let key = corpus_key(&cfg.vae, &cfg.data, cfg.context_frames, &cfg.context_policy)?;
     let corpus = TeacherCorpus::load(&dir, &key)?.ok_or_else(|| {
         TrainError::File(format!(
             "{}: no encoded corpus for this config's VAE, data and context; run `storyreel train teacher` with it first",

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use storyreel_engine::context::DynamicSampling;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{sample_shot, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
@@ -280,7 +279,7 @@ pub fn make_ode_pairs(cfg: &OdePairsConfig) -> Result<OdePairsReport> {
     let options = story_options(card.width, card.height);
     let scale = model.vae.spatial_scale();
     let hw = (card.height as usize / scale, card.width as usize / scale);
-    let memory = DynamicSampling { max_frames: card.context_frames };
+    let memory = crate::stage_teacher::context_memory(&card.context_policy, card.context_frames)?;
     let uncond = unconditional_caption(&model.dit, &device)?;
     let shards = cfg.data.stories.div_ceil(cfg.shard_stories);
     let done_stories = (index.shards.len() as u64 * cfg.shard_stories).min(cfg.data.stories);
@@ -294,7 +293,7 @@ pub fn make_ode_pairs(cfg: &OdePairsConfig) -> Result<OdePairsReport> {
         for i in first..last {
             let seed = cfg.data.first_seed + i;
             let story = generate_story(seed, &options)?;
-            let encoded = encode_story(&model.vae, &story, &memory, card.context_frames, hw, &device)?;
+            let encoded = encode_story(&model.vae, &story, memory.as_ref(), card.context_frames, hw, &device)?;
             for (k, shot) in encoded.shots.iter().enumerate() {
                 let (f, c, h, w) = shot.dims4()?;
                 let f = f.div_ceil(cfg.chunk_frames) * cfg.chunk_frames;

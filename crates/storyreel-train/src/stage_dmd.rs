@@ -24,7 +24,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
-use storyreel_engine::context::{ContextMemory, DynamicSampling};
+use storyreel_engine::context::{ContextMemory, ContextQuery};
 use storyreel_engine::session::{SessionConfig, ShotRun};
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
@@ -40,7 +40,7 @@ use crate::log::Progress;
 use crate::lora::{lora_dit, merge_lora_model, save_lora_folder, LoraSpec};
 use crate::model_files::write_text;
 use crate::stage_ode_init::{trainable_dit, write_student_model};
-use crate::stage_teacher::{corpus_key, EncodedStory, TeacherCorpus, TeacherData};
+use crate::stage_teacher::{context_memory, corpus_key, EncodedStory, TeacherCorpus, TeacherData};
 use crate::trainer::{TrainConfig, Trainer};
 
 /// Settings of `storyreel train dmd`.
@@ -357,12 +357,13 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
 
     let vae_dir = cfg.teacher.join(storyreel_engine::story_model::VAE_DIR);
     let data = TeacherData { width: teacher.card.width, height: teacher.card.height, ..cfg.data.clone() };
-    let key = corpus_key(&vae_dir, &data, teacher.card.context_frames)?;
+    let policy = teacher.card.context_policy.clone();
+    let key = corpus_key(&vae_dir, &data, teacher.card.context_frames, &policy)?;
     let corpus_dir = cfg.out_dir.join("latents");
     let corpus = match TeacherCorpus::load(&corpus_dir, &key)? {
         Some(c) => c,
         None => {
-            let c = TeacherCorpus::encode(&teacher.vae, &data, teacher.card.context_frames, cfg.progress)?;
+            let c = TeacherCorpus::encode(&teacher.vae, &data, teacher.card.context_frames, &policy, cfg.progress)?;
             c.save(&corpus_dir, &key)?;
             c
         }
@@ -410,7 +411,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         History::GroundTruth => None,
         History::SelfGenerated => Some(StoryWalk::resume(&history_dir, step, cfg.seed, &shots_per_story, &device)?),
     };
-    let memory = DynamicSampling { max_frames: teacher.card.context_frames };
+    let memory = context_memory(&policy, teacher.card.context_frames)?;
     let table = FlowSchedule::new(1000, cfg.shift);
     let bar = Progress::new(cfg.steps, step, cfg.progress);
     let (mut g_recent, mut c_recent) = (Vec::new(), Vec::new());
@@ -425,7 +426,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         let (cond, scores) = match &walk {
             None => (truth.clone(), truth),
             Some(w) => {
-                let own = self_conditioning(&teacher, &truth, &draw, &w.history, &memory)?;
+                let own = self_conditioning(&teacher, &truth, &draw, &w.history, &story.captions, memory.as_ref())?;
                 let scores = if cfg.scores_use_gt_context { truth } else { own.clone() };
                 (own, scores)
             }
@@ -611,12 +612,14 @@ impl StoryWalk {
 }
 
 /// The drawn shot's conditioning with context picked from the walk's own earlier shots
-/// (dropped → zeros, like ground truth).
+/// (dropped → zeros, like ground truth); `captions` are the story's, for caption-aware
+/// policies (empty: lengths only).
 pub fn self_conditioning(
     teacher: &StoryModel,
     truth: &ShotConditioning,
     draw: &DmdDraw,
     history: &[Tensor],
+    captions: &[String],
     memory: &dyn ContextMemory,
 ) -> Result<ShotConditioning> {
     if draw.context_dropped || !teacher.card.uses_context || history.is_empty() {
@@ -625,7 +628,8 @@ pub fn self_conditioning(
     }
     let (_, _, h, w) = truth.context.dims4()?;
     let lens: Vec<usize> = history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
-    let picks = memory.select(&lens);
+    let known = captions.get(..=history.len()).unwrap_or(&[]);
+    let picks = memory.select(&ContextQuery::with_captions(&lens, known));
     let (context, flags) =
         encode_context(teacher.vae.as_ref(), history, &picks, truth.flags.len(), (h, w), truth.context.device())?;
     Ok(ShotConditioning { context, flags, ..truth.clone() })

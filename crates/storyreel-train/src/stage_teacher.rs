@@ -22,7 +22,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
-use storyreel_engine::context::{ContextMemory, DynamicSampling};
+use storyreel_engine::context::{policy_by_name, ContextMemory, ContextQuery, POLICY_NAMES};
 use storyreel_engine::sampler::add_noise;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::story_model::{self, ModelCard, ModelKind, TeacherSampling};
@@ -149,6 +149,10 @@ pub struct TeacherStageConfig {
     pub context_frames: usize,
     /// Train with context at all (false: the no-context ablation, context always zero).
     pub use_context: bool,
+    /// How each shot's context frames are picked from its story's earlier shots: "dynamic"
+    /// (ShotStream's spread over all of them) or "caption" (the shots whose captions match
+    /// best). Written to the card, so `generate` picks the same way.
+    pub context_policy: String,
     /// The RoPE shot-phase indicator (θ = 1/6 per shot flag).
     pub shot_phase: bool,
     /// Probability of zeroing every caption embedding of a sample.
@@ -225,6 +229,7 @@ impl Default for TeacherStageConfig {
             data: TeacherData::default(),
             context_frames: 6,
             use_context: true,
+            context_policy: "dynamic".into(),
             shot_phase: true,
             caption_dropout: 0.1,
             context_dropout: 0.1,
@@ -267,6 +272,9 @@ impl TeacherStageConfig {
         }
         if self.context_frames == 0 || self.context_frames > 32 {
             return Err(TrainError::out_of_range("context_frames", self.context_frames, "1..=32"));
+        }
+        if !matches!(self.context_policy.as_str(), "dynamic" | "caption") {
+            return Err(TrainError::out_of_range("context_policy", &self.context_policy, "\"dynamic\" or \"caption\""));
         }
         if !(self.shift > 0.0 && self.shift.is_finite()) {
             return Err(TrainError::out_of_range("shift", self.shift, "a positive number"));
@@ -497,18 +505,26 @@ pub fn draw_context_samples(
 }
 
 impl TeacherCorpus {
-    /// Renders and encodes `data`'s stories with `vae`, `context_frames` dynamic context per shot.
-    pub fn encode(vae: &WanVae, data: &TeacherData, context_frames: usize, progress: bool) -> Result<Self> {
+    /// Renders and encodes `data`'s stories with `vae`, `context_frames` context frames per
+    /// shot picked by `policy` (a name of [`policy_by_name`]).
+    pub fn encode(
+        vae: &WanVae,
+        data: &TeacherData,
+        context_frames: usize,
+        policy: &str,
+        progress: bool,
+    ) -> Result<Self> {
         let device = Device::Cpu;
         let options = story_options(data.width, data.height);
         let scale = vae.spatial_scale();
         let hw = (data.height as usize / scale, data.width as usize / scale);
-        let memory = DynamicSampling { max_frames: context_frames };
+        let memory = context_memory(policy, context_frames)?;
+        let memory = memory.as_ref();
         let bar = Progress::new(data.stories, 0, progress);
         let mut stories = Vec::with_capacity(data.stories as usize);
         for i in 0..data.stories {
             let story = generate_story(data.first_seed + i, &options)?;
-            stories.push(encode_story(vae, &story, &memory, context_frames, hw, &device)?);
+            stories.push(encode_story(vae, &story, memory, context_frames, hw, &device)?);
             bar.update(i + 1, f64::NAN);
         }
         bar.finish();
@@ -620,7 +636,7 @@ impl TeacherCorpus {
 pub(crate) fn encode_story(
     vae: &WanVae,
     story: &Story,
-    memory: &DynamicSampling,
+    memory: &dyn ContextMemory,
     context_frames: usize,
     hw: (usize, usize),
     device: &Device,
@@ -639,7 +655,8 @@ pub(crate) fn encode_story(
             continue;
         }
         let lens: Vec<usize> = story.shots[..k].iter().map(|s| s.frames).collect();
-        let picks = memory.select(&lens);
+        let captions: Vec<String> = story.shots[..=k].iter().map(|s| s.caption.clone()).collect();
+        let picks = memory.select(&ContextQuery::with_captions(&lens, &captions));
         let (z, flags) = encode_context(vae, &shot_pixels[..k], &picks, context_frames, hw, device)
             .map_err(|e| TrainError::File(format!("encoding the context of story {} shot {k}: {e}", story.seed)))?;
         contexts.push(Some((z, flags)));
@@ -902,7 +919,7 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
 
     // Encode once; reuse on resume when nothing that shapes the latents changed.
     let encode_started = Instant::now();
-    let key = corpus_key(&cfg.vae, &cfg.data, cfg.context_frames)?;
+    let key = corpus_key(&cfg.vae, &cfg.data, cfg.context_frames, &cfg.context_policy)?;
     let corpus_dir = out_dir.join("latents");
     let corpus = match TeacherCorpus::load(&corpus_dir, &key)? {
         Some(c) => c,
@@ -910,7 +927,8 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
             if cfg.train.progress {
                 eprintln!("rendering and encoding {} training stories", cfg.data.stories);
             }
-            let c = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, cfg.train.progress)?;
+            let c =
+                TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, &cfg.context_policy, cfg.train.progress)?;
             c.save(&corpus_dir, &key)?;
             c
         }
@@ -1115,11 +1133,21 @@ fn vae_fingerprint(vae_dir: &Path) -> Result<u64> {
     Ok(h)
 }
 
-/// Identifies the encoded corpus: the VAE's weights and config, the data settings and the
-/// context size.
-pub(crate) fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usize) -> Result<String> {
+/// Identifies the encoded corpus: the VAE's weights and config, the data settings, the
+/// context size and policy (named only when not "dynamic", so older corpora keep their keys).
+pub(crate) fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usize, policy: &str) -> Result<String> {
     let h = vae_fingerprint(vae_dir)?;
-    Ok(format!("vae:{h:016x} data:{} context:{context_frames}", serde_json::to_string(data).unwrap_or_default()))
+    let policy = if policy == "dynamic" { String::new() } else { format!(" policy:{policy}") };
+    Ok(format!(
+        "vae:{h:016x} data:{} context:{context_frames}{policy}",
+        serde_json::to_string(data).unwrap_or_default()
+    ))
+}
+
+/// The context policy called `name`, or an error naming the choices.
+pub(crate) fn context_memory(name: &str, max_frames: usize) -> Result<Box<dyn ContextMemory>> {
+    policy_by_name(name, max_frames)
+        .ok_or_else(|| TrainError::out_of_range("context policy", name, format!("one of {}", POLICY_NAMES.join(", "))))
 }
 
 /// Writes the story model folder: card, DiT, VAE and text encoder.
@@ -1141,6 +1169,7 @@ fn write_model(
         context_frames: cfg.context_frames,
         shot_phase: cfg.shot_phase,
         uses_context: cfg.use_context,
+        context_policy: cfg.context_policy.clone(),
         sampler: cfg.sampler,
         student: None,
         decoder: None,

@@ -120,7 +120,7 @@ pub fn generate_student_shots(model: &StoryModel, first: u64, count: u64, progre
     check_training_seeds(first, count)?;
     let card = &model.card;
     let options = story_options(card.width, card.height);
-    let policy = if card.uses_context { "dynamic" } else { "none" };
+    let policy = card.default_context_policy();
     let bar = Progress::new(count, 0, progress);
     let mut shots = Vec::new();
     for i in 0..count {

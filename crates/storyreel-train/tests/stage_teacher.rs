@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use storyreel_engine::context::NoContext;
+use storyreel_engine::context::{CaptionMatch, ContextMemory, ContextQuery, NoContext};
 use storyreel_engine::FlowSchedule;
 use storyreel_engine::{generate_story, EulerSampler, ShotRequest, StoryEvents, StoryModel, StoryOptions};
 use storyreel_nn::text::toy::ToyTextConfig;
@@ -48,7 +48,7 @@ fn tiny_networks() -> (TeacherCorpus, VarMap, TeacherNetworks) {
     let dir = tempfile::tempdir().unwrap();
     let vae = write_vae(&dir.path().join("vae"));
     let cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
-    let corpus = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, false).unwrap();
+    let corpus = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, &cfg.context_policy, false).unwrap();
     let varmap = VarMap::new();
     let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
     (corpus, varmap, nets)
@@ -234,6 +234,55 @@ fn a_run_writes_a_story_model_and_resumes_exactly() {
     let log: Vec<String> =
         std::fs::read_to_string(out.join("train.jsonl")).unwrap().lines().map(String::from).collect();
     assert_eq!(log.len(), 4, "{log:?}");
+}
+
+#[test]
+fn a_caption_policy_run_picks_context_by_caption_and_says_so_on_its_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let vae = write_vae(&dir.path().join("vae"));
+    let mut cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
+    cfg.data.stories = 4;
+    cfg.context_policy = "caption".into();
+    let caption = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, "caption", false).unwrap();
+    let dynamic = TeacherCorpus::encode(&vae, &cfg.data, cfg.context_frames, "dynamic", false).unwrap();
+    let policy = CaptionMatch { max_frames: cfg.context_frames };
+    let options = storyreel_train::data::story_options(cfg.data.width, cfg.data.height);
+    let mut differ = 0;
+    for (i, (enc, dyn_enc)) in caption.stories.iter().zip(&dynamic.stories).enumerate() {
+        let story = storyreel_world::generate_story(cfg.data.first_seed + i as u64, &options).unwrap();
+        for k in 1..story.shots.len() {
+            let lens: Vec<usize> = story.shots[..k].iter().map(|s| s.frames).collect();
+            let want: Vec<i64> = policy
+                .select(&ContextQuery::with_captions(&lens, &enc.captions[..=k]))
+                .iter()
+                .map(|p| p.shot as i64)
+                .collect();
+            let got = &enc.contexts[k].as_ref().unwrap().1;
+            assert_eq!(got, &want, "story {i} shot {k}: {:?}", &enc.captions[..=k]);
+            differ += usize::from(got != &dyn_enc.contexts[k].as_ref().unwrap().1);
+        }
+    }
+    assert!(differ > 0, "caption matching picked as dynamic sampling on every shot");
+
+    // A run's card carries the policy, so `generate` picks the same way by default.
+    let report = run_teacher_stage(&cfg).unwrap();
+    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    assert_eq!(model.card.context_policy, "caption");
+    assert_eq!(model.card.default_context_policy(), "caption");
+    let card_text = std::fs::read_to_string(report.model_dir.join("storyreel_model.json")).unwrap();
+    assert!(card_text.contains(r#""context_policy": "caption""#), "{card_text}");
+    // The corpus is keyed by policy: the same run dir with dynamic sampling encodes afresh.
+    let key_text = std::fs::read_to_string(dir.path().join("run/latents/latents.json")).unwrap();
+    assert!(key_text.contains("policy:caption"), "corpus key does not name the policy");
+    let mut no_ctx = cfg.clone();
+    no_ctx.use_context = false;
+    no_ctx.train.out_dir = dir.path().join("run-noctx");
+    let report = run_teacher_stage(&no_ctx).unwrap();
+    let card = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap().card;
+    assert_eq!(card.default_context_policy(), "none", "a model trained without context runs without");
+    let mut bad = cfg.clone();
+    bad.context_policy = "first-frame".into();
+    assert!(bad.validate().unwrap_err().to_string().contains("context_policy"));
 }
 
 #[test]

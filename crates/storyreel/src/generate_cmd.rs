@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use storyreel_engine::context::policy_by_name;
+use storyreel_engine::context::{policy_by_name, POLICY_NAMES};
 use storyreel_engine::{
     shot_progress_units, EngineError, EulerSampler, ModelKind, ShotEvents, ShotRequest, StoryModel, StoryOptions,
     StoryStream, StoryTimes,
@@ -61,7 +61,7 @@ pub struct Args {
     /// model card's, 0 = off; each step then costs one more model call).
     #[arg(long)]
     pub context_guidance: Option<f32>,
-    /// Context memory: dynamic (ShotStream's sampling), first-frame (the first frame of each earlier shot) or none (default: the card's).
+    /// Context memory: dynamic (ShotStream's sampling), caption (the earlier shots whose captions match best), first-frame (the first frame of each earlier shot) or none (default: the card's).
     #[arg(long)]
     pub context: Option<String>,
     /// Frames of shots whose story gives none (4k+1).
@@ -460,9 +460,9 @@ fn generate_one(
     interactive: bool,
 ) -> Result<(usize, StoryTimes)> {
     let card = &model.card;
-    let memory_name = args.context.clone().unwrap_or_else(|| if card.uses_context { "dynamic" } else { "none" }.into());
+    let memory_name = args.context.clone().unwrap_or_else(|| card.default_context_policy().to_string());
     let memory = policy_by_name(&memory_name, card.context_frames)
-        .with_context(|| format!("--context {memory_name:?}: choose dynamic, first-frame or none"))?;
+        .with_context(|| format!("--context {memory_name:?}: choose one of {}", POLICY_NAMES.join(", ")))?;
     let sampler = EulerSampler::new(
         args.steps.unwrap_or(card.sampler.steps),
         card.sampler.shift,
