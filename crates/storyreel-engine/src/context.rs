@@ -18,17 +18,24 @@ pub struct ContextQuery<'a> {
     pub shot_frames: &'a [usize],
     /// Captions of the finished shots followed by the next shot's; empty when unknown.
     pub captions: &'a [String],
+    /// The story's global caption, which names its characters and places; empty when unknown.
+    pub global_caption: &'a str,
 }
 
 impl<'a> ContextQuery<'a> {
     /// A query that knows only the finished shots' lengths.
     pub fn lengths(shot_frames: &'a [usize]) -> Self {
-        Self { shot_frames, captions: &[] }
+        Self { shot_frames, captions: &[], global_caption: "" }
     }
 
     /// A query with the captions of the finished shots and then of the next shot.
     pub fn with_captions(shot_frames: &'a [usize], captions: &'a [String]) -> Self {
-        Self { shot_frames, captions }
+        Self { shot_frames, captions, global_caption: "" }
+    }
+
+    /// The same query, knowing the story's global caption as well.
+    pub fn with_global(self, global_caption: &'a str) -> Self {
+        Self { global_caption, ..self }
     }
 
     /// The captions split into (finished shots', next shot's), if they line up with the shots.
@@ -47,6 +54,11 @@ pub trait ContextMemory: Send {
     fn name(&self) -> &'static str;
     /// Picks context frames; an empty pick means "no context" (zero latents, flags 0).
     fn select(&self, query: &ContextQuery) -> Vec<ContextPick>;
+    /// Bumped whenever the same query gets other picks, so caches keyed by it (a teacher's
+    /// encoded corpus) are rebuilt rather than trusted.
+    fn revision(&self) -> u32 {
+        1
+    }
 }
 
 /// Frames per previous shot under ShotStream's dynamic sampling (§2.2): ⌊M/P⌋ each, and the
@@ -153,12 +165,18 @@ impl ContextMemory for FirstFrames {
 }
 
 /// Frame selection by caption (OneStory's idea without learned weights): the earlier shots
-/// whose captions share the most of the next caption's distinctive words get the context
-/// frames, so a shot that returns to a place or a character sees that place or character
-/// rather than whatever came just before. Words count by their inverse frequency over the
-/// story's captions (a word every caption has says nothing), shots scoring under half the best
-/// are left out, and the frames are shared in proportion to score. With captions unknown or
-/// nothing shared it falls back to [`DynamicSampling`].
+/// whose captions name what the next caption names get the context frames, so a shot that
+/// returns to a place or a character sees that place or character rather than whatever came
+/// just before.
+///
+/// What counts is the story's entities: the phrases of its global caption ("the spotted blue
+/// owl", "the desert"), each matched only when all its words are in a caption, so "the pink
+/// rabbit" is not "the spotted white rabbit". Entities, and then single words at a twentieth
+/// of the weight (to break ties, and to carry stories without a global caption), count by
+/// their inverse frequency over the story's captions, so the main character every shot shows
+/// says nothing and lighting, framing and motion words barely count. Shots scoring under half
+/// the best are left out and the frames are shared in proportion to score. With captions
+/// unknown or nothing shared it falls back to [`DynamicSampling`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CaptionMatch {
     /// Context frames in total.
@@ -168,35 +186,86 @@ pub struct CaptionMatch {
 /// Function words and the story boilerplate ("the same … from before") that say nothing about
 /// what a shot shows.
 const STOP_WORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "before", "by", "for", "from", "in", "into", "is", "it", "its", "now", "of",
-    "on", "same", "shot", "the", "then", "to", "with",
+    "a", "about", "an", "and", "are", "as", "at", "before", "by", "for", "from", "in", "into", "is", "it", "its",
+    "now", "of", "on", "same", "shot", "the", "then", "to", "with",
 ];
 
-/// The distinct content words of a caption, lower-cased.
+/// The words of a text, lower-cased, with `None` where a stop word or punctuation breaks a
+/// phrase.
+fn word_stream(text: &str) -> impl Iterator<Item = Option<String>> + '_ {
+    text.split(|c: char| !c.is_alphanumeric() && c != '-' && c != ' ').flat_map(|piece| {
+        piece
+            .split(' ')
+            .map(|w| w.trim_matches('-').to_lowercase())
+            .filter(|w| !w.is_empty())
+            .map(|w| if STOP_WORDS.contains(&w.as_str()) { None } else { Some(w) })
+            .chain(std::iter::once(None))
+    })
+}
+
+/// The distinct content words of a caption, lower-cased and sorted.
 fn content_words(caption: &str) -> Vec<String> {
-    let mut words: Vec<String> = caption
-        .split(|c: char| !c.is_alphanumeric() && c != '-')
-        .map(|w| w.trim_matches('-').to_lowercase())
-        .filter(|w| !w.is_empty() && !STOP_WORDS.contains(&w.as_str()))
-        .collect();
+    let mut words: Vec<String> = word_stream(caption).flatten().collect();
     words.sort();
     words.dedup();
     words
 }
 
+/// The entities a global caption names: its runs of content words between stop words and
+/// punctuation ("the spotted blue owl, on the snowfield" → {spotted, blue, owl}, {snowfield}),
+/// bare numbers left out, each as sorted distinct words.
+fn entities(global_caption: &str) -> Vec<Vec<String>> {
+    let mut found: Vec<Vec<String>> = Vec::new();
+    let mut run: Vec<String> = Vec::new();
+    for word in word_stream(global_caption) {
+        match word {
+            Some(w) if !w.chars().all(|c| c.is_ascii_digit()) => run.push(w),
+            Some(_) => {}
+            None if run.is_empty() => {}
+            None => {
+                run.sort();
+                run.dedup();
+                let entity = std::mem::take(&mut run);
+                if !found.contains(&entity) {
+                    found.push(entity);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Weight of a single shared word against a shared entity.
+const WORD_WEIGHT: f64 = 0.05;
+
 impl CaptionMatch {
-    /// How well each earlier caption matches the next one (0 for nothing shared).
-    pub fn scores(earlier: &[String], next: &str) -> Vec<f64> {
+    /// How well each earlier caption matches the next one (0 for nothing shared), given the
+    /// story's global caption (empty: single words alone).
+    pub fn scores(earlier: &[String], next: &str, global_caption: &str) -> Vec<f64> {
         let next_words = content_words(next);
         let earlier_words: Vec<Vec<String>> = earlier.iter().map(|c| content_words(c)).collect();
         let n = (earlier.len() + 1) as f64;
-        let idf = |w: &String| {
-            let df = 1 + earlier_words.iter().filter(|ws| ws.binary_search(w).is_ok()).count();
+        let has = |words: &[String], w: &String| words.binary_search(w).is_ok();
+        // Inverse frequency over the story so far of a word set present in the next caption.
+        let idf = |set: &[String]| {
+            let df = 1 + earlier_words.iter().filter(|ws| set.iter().all(|w| has(ws, w))).count();
             (n / df as f64).ln()
         };
+        let named: Vec<(Vec<String>, f64)> = entities(global_caption)
+            .into_iter()
+            .filter(|e| e.iter().all(|w| has(&next_words, w)))
+            .map(|e| {
+                let weight = idf(&e);
+                (e, weight)
+            })
+            .collect();
         earlier_words
             .iter()
-            .map(|ws| next_words.iter().filter(|w| ws.binary_search(w).is_ok()).map(idf).sum())
+            .map(|ws| {
+                let by_entity: f64 = named.iter().filter(|(e, _)| e.iter().all(|w| has(ws, w))).map(|(_, v)| v).sum();
+                let by_word: f64 = next_words.iter().filter(|w| has(ws, w)).map(|w| idf(std::slice::from_ref(w))).sum();
+                by_entity + WORD_WEIGHT * by_word
+            })
             .collect()
     }
 
@@ -233,13 +302,18 @@ impl ContextMemory for CaptionMatch {
 
     fn select(&self, query: &ContextQuery) -> Vec<ContextPick> {
         let matched = query.caption_split().and_then(|(earlier, next)| {
-            let scores = Self::scores(earlier, next);
+            let scores = Self::scores(earlier, next, query.global_caption);
             self.counts(&scores, query.shot_frames)
         });
         match matched {
             Some(counts) => spread_picks(query.shot_frames, &counts),
             None => DynamicSampling { max_frames: self.max_frames }.select(query),
         }
+    }
+
+    fn revision(&self) -> u32 {
+        // 2: entities of the global caption, word weight a twentieth.
+        2
     }
 }
 
@@ -330,7 +404,7 @@ mod tests {
     #[test]
     fn caption_match_weights_the_fox_and_its_city_over_a_shared_motion() {
         let captions = caps(&RABBIT_AND_FOX);
-        let scores = CaptionMatch::scores(&captions[..3], &captions[3]);
+        let scores = CaptionMatch::scores(&captions[..3], &captions[3], "");
         assert!(scores[1] > scores[0] && scores[0] > 0.0, "{scores:?}");
         assert_eq!(scores[2], 0.0, "\"the same\" is boilerplate: {scores:?}");
         let picks = CaptionMatch { max_frames: 6 }.select(&ContextQuery::with_captions(&[25, 25, 25], &captions));
@@ -357,6 +431,51 @@ mod tests {
         assert_eq!(picks, DynamicSampling::default().select(&ContextQuery::lengths(&[0, 25])));
         assert!(policy_by_name("caption", 6).is_some_and(|p| p.name() == "caption"));
         assert!(POLICY_NAMES.iter().all(|n| policy_by_name(n, 6).is_some()));
+    }
+
+    #[test]
+    fn caption_match_gives_frames_to_both_the_character_and_the_place_the_global_caption_names() {
+        let global = "A story in 4 shots about the red fox and the spotted blue owl, on the snowfield, in the city \
+                      and in the desert.";
+        let captions = caps(&[
+            "A red fox walks left on a snowfield in daylight turning to dusk, medium shot.",
+            "The same red fox grows bigger in a city at dusk, wide shot.",
+            "A spotted blue owl, now in daylight, grows bigger in a desert, medium shot.",
+            "The same spotted blue owl turns around in the same city in daylight, close-up.",
+        ]);
+        let per_shot = |picks: Vec<ContextPick>| (0..3).map(|s| picks.iter().filter(|p| p.shot == s).count()).collect();
+        let policy = CaptionMatch { max_frames: 6 };
+        let query = ContextQuery::with_captions(&[25, 25, 25], &captions);
+        // Word by word the owl's three words outweigh the one word "city".
+        let by_words: Vec<usize> = per_shot(policy.select(&query));
+        assert_eq!(by_words, vec![0, 0, 6]);
+        // As entities the owl and the city weigh the same, so the city's shot gets its share.
+        let by_entities: Vec<usize> = per_shot(policy.select(&query.with_global(global)));
+        assert_eq!(by_entities, vec![0, 3, 3]);
+        let scores = CaptionMatch::scores(&captions[..3], &captions[3], global);
+        assert!(scores[0] < 0.1 * scores[1], "{scores:?}");
+    }
+
+    #[test]
+    fn entities_are_the_global_captions_phrases_and_match_whole() {
+        let found = entities("A story in 5 shots about the spotted white rabbit and the pink rabbit, in the forest.");
+        let words = |e: &[&str]| e.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            found,
+            vec![
+                words(&["story"]),
+                words(&["shots"]),
+                words(&["rabbit", "spotted", "white"]),
+                words(&["pink", "rabbit"]),
+                words(&["forest"])
+            ]
+        );
+        // "The same pink rabbit" names the pink rabbit, not the spotted white one.
+        let global = "About the spotted white rabbit and the pink rabbit.";
+        let earlier = caps(&["A spotted white rabbit jumps.", "A pink rabbit jumps."]);
+        let scores = CaptionMatch::scores(&earlier, "The same pink rabbit sits.", global);
+        assert!(scores[1] > 10.0 * scores[0], "{scores:?}");
+        assert!(entities("").is_empty());
     }
 
     #[test]

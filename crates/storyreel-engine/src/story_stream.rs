@@ -173,7 +173,7 @@ impl<'m> StoryStream<'m> {
         let lens: Vec<usize> = self.history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
         let mut known = self.captions.clone();
         known.push(request.caption.clone());
-        let picks = self.options.memory.select(&ContextQuery::with_captions(&lens, &known));
+        let picks = self.options.memory.select(&ContextQuery::with_captions(&lens, &known).with_global(&self.global));
         (events.on_start)(k, &picks)?;
         let card = &self.model.card;
         let scale = self.model.vae.spatial_scale();

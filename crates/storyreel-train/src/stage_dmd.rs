@@ -426,7 +426,15 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         let (cond, scores) = match &walk {
             None => (truth.clone(), truth),
             Some(w) => {
-                let own = self_conditioning(&teacher, &truth, &draw, &w.history, &story.captions, memory.as_ref())?;
+                let own = self_conditioning(
+                    &teacher,
+                    &truth,
+                    &draw,
+                    &w.history,
+                    &story.captions,
+                    &story.global,
+                    memory.as_ref(),
+                )?;
                 let scores = if cfg.scores_use_gt_context { truth } else { own.clone() };
                 (own, scores)
             }
@@ -612,14 +620,15 @@ impl StoryWalk {
 }
 
 /// The drawn shot's conditioning with context picked from the walk's own earlier shots
-/// (dropped → zeros, like ground truth); `captions` are the story's, for caption-aware
-/// policies (empty: lengths only).
+/// (dropped → zeros, like ground truth); `captions` and `global` are the story's, for
+/// caption-aware policies (empty: lengths only).
 pub fn self_conditioning(
     teacher: &StoryModel,
     truth: &ShotConditioning,
     draw: &DmdDraw,
     history: &[Tensor],
     captions: &[String],
+    global: &str,
     memory: &dyn ContextMemory,
 ) -> Result<ShotConditioning> {
     if draw.context_dropped || !teacher.card.uses_context || history.is_empty() {
@@ -629,7 +638,7 @@ pub fn self_conditioning(
     let (_, _, h, w) = truth.context.dims4()?;
     let lens: Vec<usize> = history.iter().map(|t| t.dim(0)).collect::<candle_core::Result<_>>()?;
     let known = captions.get(..=history.len()).unwrap_or(&[]);
-    let picks = memory.select(&ContextQuery::with_captions(&lens, known));
+    let picks = memory.select(&ContextQuery::with_captions(&lens, known).with_global(global));
     let (context, flags) =
         encode_context(teacher.vae.as_ref(), history, &picks, truth.flags.len(), (h, w), truth.context.device())?;
     Ok(ShotConditioning { context, flags, ..truth.clone() })

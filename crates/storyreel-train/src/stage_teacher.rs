@@ -656,7 +656,7 @@ pub(crate) fn encode_story(
         }
         let lens: Vec<usize> = story.shots[..k].iter().map(|s| s.frames).collect();
         let captions: Vec<String> = story.shots[..=k].iter().map(|s| s.caption.clone()).collect();
-        let picks = memory.select(&ContextQuery::with_captions(&lens, &captions));
+        let picks = memory.select(&ContextQuery::with_captions(&lens, &captions).with_global(&story.global_caption));
         let (z, flags) = encode_context(vae, &shot_pixels[..k], &picks, context_frames, hw, device)
             .map_err(|e| TrainError::File(format!("encoding the context of story {} shot {k}: {e}", story.seed)))?;
         contexts.push(Some((z, flags)));
@@ -1134,10 +1134,16 @@ fn vae_fingerprint(vae_dir: &Path) -> Result<u64> {
 }
 
 /// Identifies the encoded corpus: the VAE's weights and config, the data settings, the
-/// context size and policy (named only when not "dynamic", so older corpora keep their keys).
+/// context size and policy (named only when not "dynamic", so older corpora keep their keys;
+/// with its revision past the first, so a policy that now picks otherwise re-encodes).
 pub(crate) fn corpus_key(vae_dir: &Path, data: &TeacherData, context_frames: usize, policy: &str) -> Result<String> {
     let h = vae_fingerprint(vae_dir)?;
-    let policy = if policy == "dynamic" { String::new() } else { format!(" policy:{policy}") };
+    let revision = context_memory(policy, context_frames)?.revision();
+    let policy = match (policy, revision) {
+        ("dynamic", 1) => String::new(),
+        (_, 1) => format!(" policy:{policy}"),
+        (_, r) => format!(" policy:{policy} r{r}"),
+    };
     Ok(format!(
         "vae:{h:016x} data:{} context:{context_frames}{policy}",
         serde_json::to_string(data).unwrap_or_default()

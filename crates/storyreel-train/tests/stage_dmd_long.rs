@@ -133,7 +133,7 @@ fn stage_four_conditions_on_its_own_decoded_shots_picked_as_at_inference() {
     let history = vec![Tensor::randn(0f32, 0.5, (9, 3, 32, 32), &Device::Cpu).unwrap().clamp(-1f32, 1f32).unwrap()];
     let memory = DynamicSampling { max_frames: 6 };
     let mut draw = DmdDraw { story: 0, shot: 1, exit: 0, t: 500.0, context_dropped: false, noise_seed: 1 };
-    let own = self_conditioning(&teacher, &truth, &draw, &history, &[], &memory).unwrap();
+    let own = self_conditioning(&teacher, &truth, &draw, &history, &[], "", &memory).unwrap();
     let picks = memory.select(&ContextQuery::lengths(&[9]));
     let (want, flags) = encode_context(teacher.vae.as_ref(), &history, &picks, 6, (8, 8), &Device::Cpu).unwrap();
     assert_eq!(own.flags, flags);
@@ -142,11 +142,11 @@ fn stage_four_conditions_on_its_own_decoded_shots_picked_as_at_inference() {
     assert_eq!((own.shot, own.frames), (1, 3));
     // Dropped context (or no earlier shot) is zeros with flags 0, as in stage 3.
     draw.context_dropped = true;
-    let dropped = self_conditioning(&teacher, &truth, &draw, &history, &[], &memory).unwrap();
+    let dropped = self_conditioning(&teacher, &truth, &draw, &history, &[], "", &memory).unwrap();
     assert_eq!(dropped.flags, vec![0; 6]);
     assert_eq!(dropped.context.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     draw.context_dropped = false;
-    let first = self_conditioning(&teacher, &truth, &draw, &[], &[], &memory).unwrap();
+    let first = self_conditioning(&teacher, &truth, &draw, &[], &[], "", &memory).unwrap();
     assert_eq!(first.flags, vec![0; 6]);
 }
 

@@ -253,7 +253,7 @@ fn a_caption_policy_run_picks_context_by_caption_and_says_so_on_its_card() {
         for k in 1..story.shots.len() {
             let lens: Vec<usize> = story.shots[..k].iter().map(|s| s.frames).collect();
             let want: Vec<i64> = policy
-                .select(&ContextQuery::with_captions(&lens, &enc.captions[..=k]))
+                .select(&ContextQuery::with_captions(&lens, &enc.captions[..=k]).with_global(&enc.global))
                 .iter()
                 .map(|p| p.shot as i64)
                 .collect();
@@ -273,7 +273,7 @@ fn a_caption_policy_run_picks_context_by_caption_and_says_so_on_its_card() {
     assert!(card_text.contains(r#""context_policy": "caption""#), "{card_text}");
     // The corpus is keyed by policy: the same run dir with dynamic sampling encodes afresh.
     let key_text = std::fs::read_to_string(dir.path().join("run/latents/latents.json")).unwrap();
-    assert!(key_text.contains("policy:caption"), "corpus key does not name the policy");
+    assert!(key_text.contains("policy:caption r2"), "corpus key does not name the policy and its revision");
     let mut no_ctx = cfg.clone();
     no_ctx.use_context = false;
     no_ctx.train.out_dir = dir.path().join("run-noctx");
