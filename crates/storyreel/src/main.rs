@@ -5,6 +5,7 @@ mod bench_serve;
 mod bench_text;
 mod bench_vae;
 mod codec;
+mod context_relevance;
 mod decode;
 mod default_model;
 mod device;

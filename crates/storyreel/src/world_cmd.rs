@@ -69,6 +69,22 @@ pub enum WorldCommand {
     },
     /// Measure the shot detector on freshly rendered training-seed stories.
     DetectBench(DetectBenchArgs),
+    /// How often each context policy's frames show the next shot's place and characters, from
+    /// the stories' world labels (no model, no video).
+    ContextRelevance {
+        /// A folder of story JSON files, or a dataset folder holding `stories/`.
+        #[arg(long)]
+        stories: PathBuf,
+        /// Policies to compare (repeatable; default dynamic, caption and first-frame).
+        #[arg(long = "context")]
+        policies: Vec<String>,
+        /// Context frames per shot.
+        #[arg(long, default_value_t = 6)]
+        frames: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Flags of `world generate`.
@@ -169,7 +185,48 @@ pub fn run(command: &WorldCommand) -> Result<()> {
         }
         WorldCommand::Detect { video, story, json } => detect(video, story.as_deref(), *json),
         WorldCommand::DetectBench(args) => detect_bench(args),
+        WorldCommand::ContextRelevance { stories, policies, frames, json } => {
+            context_relevance(stories, policies, *frames, *json)
+        }
     }
+}
+
+fn context_relevance(folder: &Path, policies: &[String], frames: usize, json: bool) -> Result<()> {
+    use storyreel_engine::context::{policy_by_name, POLICY_NAMES};
+    if frames == 0 || frames > 64 {
+        bail!("--frames {frames}: context frames must be 1..=64");
+    }
+    let dir = if folder.join("stories").is_dir() { folder.join("stories") } else { folder.to_path_buf() };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading the story folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        bail!("{} holds no story JSON files", dir.display());
+    }
+    let stories = paths.iter().map(|p| read_story(p)).collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = if policies.is_empty() {
+        ["dynamic", "caption", "first-frame"].iter().map(|s| s.to_string()).collect()
+    } else {
+        policies.to_vec()
+    };
+    let mut rows = Vec::with_capacity(names.len());
+    for name in &names {
+        let memory = policy_by_name(name, frames)
+            .with_context(|| format!("unknown context policy {name:?}: one of {}", POLICY_NAMES.join(", ")))?;
+        rows.push(crate::context_relevance::relevance(&stories, memory.as_ref()));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "stories": stories.len(), "policies": rows }))?
+        );
+    } else {
+        print!("{}", crate::context_relevance::relevance_table(&rows, stories.len()));
+    }
+    Ok(())
 }
 
 fn generate(args: &GenerateArgs) -> Result<()> {

@@ -116,3 +116,36 @@ fn bad_story_files_are_named() {
     assert!(!ok);
     assert!(err.contains("epic"), "{err}");
 }
+
+#[test]
+fn context_relevance_compares_policies_on_a_dataset_and_names_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = tmp.path().join("set");
+    let (ok, _, err) = storyreel(&["world", "generate", "--stories", "6", "--out", s(&set), "--no-videos"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = storyreel(&["world", "context-relevance", "--stories", s(&set), "--json"]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["stories"], 6);
+    let names: Vec<&str> =
+        report["policies"].as_array().unwrap().iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["dynamic", "caption", "first-frame"]);
+    // The stories/ folder itself works as well, and the table names the policies asked for.
+    let (ok, out, err) =
+        storyreel(&["world", "context-relevance", "--stories", s(&set.join("stories")), "--context", "none"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("over 6 stories") && out.contains("none"), "{out}");
+
+    let (ok, _, err) = storyreel(&["world", "context-relevance", "--stories", s(&set), "--context", "psychic"]);
+    assert!(!ok);
+    assert!(err.contains("psychic") && err.contains("caption"), "{err}");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, _, err) = storyreel(&["world", "context-relevance", "--stories", s(&empty)]);
+    assert!(!ok);
+    assert!(err.contains("no story JSON"), "{err}");
+    std::fs::write(empty.join("bad.json"), "{").unwrap();
+    let (ok, _, err) = storyreel(&["world", "context-relevance", "--stories", s(&empty)]);
+    assert!(!ok);
+    assert!(err.contains("bad.json"), "{err}");
+}
