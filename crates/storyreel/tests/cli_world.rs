@@ -139,6 +139,9 @@ fn context_relevance_compares_policies_on_a_dataset_and_names_bad_input() {
     let (ok, _, err) = storyreel(&["world", "context-relevance", "--stories", s(&set), "--context", "psychic"]);
     assert!(!ok);
     assert!(err.contains("psychic") && err.contains("caption"), "{err}");
+    let (ok, _, err) = storyreel(&["world", "context-relevance", "--stories", s(&set), "--frames", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--frames 0"), "{err}");
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let (ok, _, err) = storyreel(&["world", "context-relevance", "--stories", s(&empty)]);
