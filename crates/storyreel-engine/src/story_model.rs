@@ -120,6 +120,10 @@ pub struct ModelCard {
     /// The context policy it was trained with and runs with by default (absent: "dynamic").
     #[serde(default = "default_context_policy", skip_serializing_if = "is_dynamic_policy")]
     pub context_policy: String,
+    /// Whether a teacher embeds its context frames at t = 0 rather than at the target's t
+    /// (absent: false, ShotStream's teacher). Students always see context at t = 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clean_context: bool,
     /// Sampling defaults (of the multi-step teacher: for a student, of the teacher it learned from).
     pub sampler: TeacherSampling,
     /// The few-step sampler of a student (absent for a teacher).
@@ -355,6 +359,22 @@ mod tests {
         std::fs::write(dir.path().join(CARD_FILE), bad).unwrap();
         let err = ModelCard::read(dir.path()).unwrap_err().to_string();
         assert!(err.contains("context_guidance"), "{err}");
+    }
+
+    #[test]
+    fn clean_context_defaults_to_off_and_is_written_only_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CARD_FILE), TEACHER_CARD).unwrap();
+        let card = ModelCard::read(dir.path()).unwrap();
+        assert!(!card.clean_context, "a card from before the setting is ShotStream's teacher");
+        card.write(dir.path()).unwrap();
+        assert!(!std::fs::read_to_string(dir.path().join(CARD_FILE)).unwrap().contains("clean_context"));
+        ModelCard { clean_context: true, ..card }.write(dir.path()).unwrap();
+        assert!(ModelCard::read(dir.path()).unwrap().clean_context);
+        let bad = TEACHER_CARD.replace(r#""uses_context": true"#, r#""uses_context": true, "clean_context": "yes""#);
+        std::fs::write(dir.path().join(CARD_FILE), bad).unwrap();
+        let err = ModelCard::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("storyreel_model.json") && err.contains("expected a boolean"), "{err}");
     }
 
     #[test]

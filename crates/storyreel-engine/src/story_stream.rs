@@ -272,7 +272,13 @@ impl<'m> StoryStream<'m> {
         }
         let caption_cache = dit.embed_captions(embeddings)?;
         let plan = ShotPlan::new(k, flags, k + 1)?;
-        let inputs = TeacherInputs { plan: &plan, captions: &caption_cache, uncond: self.uncond.as_ref(), context };
+        let inputs = TeacherInputs {
+            plan: &plan,
+            captions: &caption_cache,
+            uncond: self.uncond.as_ref(),
+            context,
+            clean_context: card.clean_context,
+        };
         let x = SeededNoise::new(self.options.seed).noise(k, 0, 0, &[f, dit.config().in_dim, h, w], &device)?;
         let total = self.options.sampler.timesteps().len();
         let mut step = 0usize;

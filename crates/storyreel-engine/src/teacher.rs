@@ -20,6 +20,9 @@ pub struct TeacherInputs<'a> {
     pub uncond: Option<&'a CaptionCache>,
     /// Context latents `[n, C, H, W]` (clean).
     pub context: &'a Tensor,
+    /// Embed the context frames at t = 0 instead of the target's t (the model card's
+    /// `clean_context`; ShotStream's teacher embeds them at the target's t).
+    pub clean_context: bool,
 }
 
 /// Flow of the target frames `x` `[F, C, H, W]` at timestep `t` under the teacher, with the
@@ -40,7 +43,7 @@ pub fn teacher_flow(
         _ => (inputs.context.to_dtype(DType::F32)?, inputs.plan.clone()),
     };
     let full = Tensor::cat(&[context.to_dtype(DType::F32)?, x], 0)?;
-    let mut frames = teacher_frames(&plan, f, t);
+    let mut frames = teacher_frames(&plan, f, t, inputs.clean_context);
     let captions = if branch == FlowBranch::Unconditional {
         for fr in frames.iter_mut() {
             fr.caption = 0;
@@ -62,14 +65,16 @@ fn has_context(inputs: &TeacherInputs<'_>) -> Result<bool> {
     Ok(inputs.context.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? > 0.0)
 }
 
-/// The frames of one teacher forward: the plan's context frames, then `f` target frames, all
-/// embedded at the target's `t` (the teacher does not mark its clean context by timestep).
-pub fn teacher_frames(plan: &ShotPlan, f: usize, t: f32) -> Vec<FrameInfo> {
+/// The frames of one teacher forward: the plan's context frames, then `f` target frames at the
+/// target's `t`. ShotStream's teacher embeds its clean context at the target's `t` too, so at
+/// the top of the schedule the context tokens get the modulation learned for pure noise;
+/// `clean_context` marks them as clean (t = 0), the way the causal student sees its context.
+pub fn teacher_frames(plan: &ShotPlan, f: usize, t: f32, clean_context: bool) -> Vec<FrameInfo> {
     let mut frames: Vec<FrameInfo> = plan.context_frames();
-    frames.extend(plan.shot_frames(0, f, t));
     for fr in frames.iter_mut() {
-        fr.t = t;
+        fr.t = if clean_context { 0.0 } else { t };
     }
+    frames.extend(plan.shot_frames(0, f, t));
     frames
 }
 

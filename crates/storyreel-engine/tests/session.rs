@@ -200,7 +200,7 @@ fn teacher_sampling_runs_bidirectionally_with_cfg() {
     let neg = Tensor::randn(0f32, 1.0, (1, cfg.text_len, cfg.text_dim), &Device::Cpu).unwrap();
     let (c, u) = (m.embed_captions(&caps).unwrap(), m.embed_captions(&neg).unwrap());
     let ctx = Tensor::randn(0f32, 1.0, (6, 4, 4, 6), &Device::Cpu).unwrap();
-    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: Some(&u), context: &ctx };
+    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: Some(&u), context: &ctx, clean_context: false };
     let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &Device::Cpu).unwrap();
     // Bidirectional: the flow of target frame 0 depends on target frame 2 (not so in the student).
     let v = teacher_flow(&m, &inputs, &noise, 500.0, FlowBranch::Conditional).unwrap();
@@ -233,6 +233,40 @@ fn teacher_sampling_runs_bidirectionally_with_cfg() {
 }
 
 #[test]
+fn a_clean_context_is_embedded_at_t0_while_the_target_keeps_its_t() {
+    use storyreel_engine::teacher::{teacher_flow, teacher_frames, TeacherInputs};
+    use storyreel_engine::{FlowBranch, ShotPlan};
+    let m = model();
+    let dev = Device::Cpu;
+    let cfg = WanConfig::tiny();
+    let plan = ShotPlan::new(1, &[0, 0, 0, 1, 1, 1], 2).unwrap();
+    let clean = teacher_frames(&plan, 3, 800.0, true);
+    let shotstream = teacher_frames(&plan, 3, 800.0, false);
+    let times = |frames: &[storyreel_nn::FrameInfo]| frames.iter().map(|f| f.t).collect::<Vec<_>>();
+    assert_eq!(times(&clean), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 800.0, 800.0, 800.0]);
+    assert_eq!(times(&shotstream), [800.0; 9]);
+    for (a, b) in clean.iter().zip(&shotstream) {
+        assert_eq!((a.phase, a.caption), (b.phase, b.caption), "only the timestep changes");
+    }
+
+    // The flow is the DiT's over exactly those frames, and the context's timestep matters.
+    let caps = Tensor::randn(0f32, 1.0, (2, cfg.text_len, cfg.text_dim), &dev).unwrap();
+    let c = m.embed_captions(&caps).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (6, 4, 4, 6), &dev).unwrap();
+    let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &dev).unwrap();
+    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: None, context: &ctx, clean_context: true };
+    let v = teacher_flow(&m, &inputs, &noise, 800.0, FlowBranch::Conditional).unwrap();
+    let full = Tensor::cat(&[&ctx, &noise], 0).unwrap();
+    let want = m.forward_bidirectional(&full, &clean, &c).unwrap().narrow(0, 6, 3).unwrap();
+    let max_diff =
+        |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(max_diff(&v, &want), 0.0);
+    let at_target = TeacherInputs { clean_context: false, ..inputs };
+    let v_target = teacher_flow(&m, &at_target, &noise, 800.0, FlowBranch::Conditional).unwrap();
+    assert!(max_diff(&v, &v_target) > 1e-5, "the context's timestep must reach the flow");
+}
+
+#[test]
 fn context_guidance_pushes_away_from_the_dropped_context() {
     use storyreel_engine::teacher::{sample_shot, teacher_flow, TeacherInputs};
     use storyreel_engine::{EulerSampler, FlowBranch, ShotPlan};
@@ -244,12 +278,13 @@ fn context_guidance_pushes_away_from_the_dropped_context() {
     let plan = ShotPlan::new(2, &[0, 0, 1, 1, 1, 1], 3).unwrap();
     let ctx = Tensor::randn(0f32, 1.0, (6, 4, 4, 6), &dev).unwrap();
     let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &dev).unwrap();
-    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: None, context: &ctx };
+    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: None, context: &ctx, clean_context: false };
     // The context-free branch is exactly the dropped-context input training shows.
     let without = teacher_flow(&m, &inputs, &noise, 700.0, FlowBranch::WithoutContext).unwrap();
     let dropped_plan = ShotPlan::new(2, &[0; 6], 3).unwrap();
     let zeros = ctx.zeros_like().unwrap();
-    let dropped = TeacherInputs { plan: &dropped_plan, captions: &c, uncond: None, context: &zeros };
+    let dropped =
+        TeacherInputs { plan: &dropped_plan, captions: &c, uncond: None, context: &zeros, clean_context: false };
     let want = teacher_flow(&m, &dropped, &noise, 700.0, FlowBranch::Conditional).unwrap();
     let max_diff =
         |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

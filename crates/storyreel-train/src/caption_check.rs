@@ -98,7 +98,13 @@ pub fn caption_check(model: &StoryModel, options: &CaptionCheckOptions) -> Resul
             let sigma = (t / 1000.0) as f64;
             let x_t = ((x0 * (1.0 - sigma))? + (&eps * sigma)?)?;
             let mse = |captions, conditional| -> Result<f64> {
-                let inputs = TeacherInputs { plan: &plan, captions, uncond: Some(&uncond), context: &context };
+                let inputs = TeacherInputs {
+                    plan: &plan,
+                    captions,
+                    uncond: Some(&uncond),
+                    context: &context,
+                    clean_context: card.clean_context,
+                };
                 let v = teacher_flow(&model.dit, &inputs, &x_t, t, conditional)?;
                 Ok((v - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
             };

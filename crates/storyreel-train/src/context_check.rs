@@ -118,7 +118,13 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
             let sigma = (t / 1000.0) as f64;
             let x_t = ((x0 * (1.0 - sigma))? + (&eps * sigma)?)?;
             let mse = |plan: &ShotPlan, context: &Tensor| -> Result<f64> {
-                let inputs = TeacherInputs { plan, captions: &captions, uncond: None, context };
+                let inputs = TeacherInputs {
+                    plan,
+                    captions: &captions,
+                    uncond: None,
+                    context,
+                    clean_context: model.card.clean_context,
+                };
                 let v = teacher_flow(&model.dit, &inputs, &x_t, t, FlowBranch::Conditional)?;
                 Ok((v - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
             };

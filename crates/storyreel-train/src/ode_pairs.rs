@@ -307,8 +307,13 @@ pub fn make_ode_pairs(cfg: &OdePairsConfig) -> Result<OdePairsReport> {
                 let embeddings = caption_embeddings(&model.text, &encoded.global, &encoded.captions[..=k])?;
                 let captions = model.dit.embed_captions(&embeddings)?;
                 let plan = ShotPlan::new(k, &flags, k + 1)?;
-                let inputs =
-                    TeacherInputs { plan: &plan, captions: &captions, uncond: Some(&uncond), context: &context };
+                let inputs = TeacherInputs {
+                    plan: &plan,
+                    captions: &captions,
+                    uncond: Some(&uncond),
+                    context: &context,
+                    clean_context: card.clean_context,
+                };
                 let noise = SeededNoise::new(mix64(cfg.seed ^ seed)).noise(k, 0, 0, &[f, c, h, w], &device)?;
                 let mut states = Vec::with_capacity(saved.len());
                 let mut keep = |step: usize, x: &Tensor| -> storyreel_engine::Result<()> {

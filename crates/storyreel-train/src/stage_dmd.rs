@@ -275,6 +275,8 @@ pub struct ScoreInputs<'a> {
     pub x_t: &'a Tensor,
     /// Timestep.
     pub t: f32,
+    /// Whether the teacher (and so its copy, the critic) embeds context at t = 0 (its card).
+    pub clean_context: bool,
 }
 
 /// x0 of the real score (the teacher with CFG: cond + g·(cond − uncond)).
@@ -283,7 +285,13 @@ pub fn real_x0(teacher: &WanModel, inputs: &ScoreInputs<'_>, guidance: f32) -> R
     let plan = ShotPlan::new(inputs.cond.shot, &inputs.cond.flags, inputs.cond.shot + 1)?;
     let captions = teacher.embed_captions(&inputs.cond.embeddings)?;
     let uncond = unconditional_caption(teacher, &device)?;
-    let ti = TeacherInputs { plan: &plan, captions: &captions, uncond: Some(&uncond), context: &inputs.cond.context };
+    let ti = TeacherInputs {
+        plan: &plan,
+        captions: &captions,
+        uncond: Some(&uncond),
+        context: &inputs.cond.context,
+        clean_context: inputs.clean_context,
+    };
     let c = teacher_flow(teacher, &ti, inputs.x_t, inputs.t, FlowBranch::Conditional)?;
     let u = teacher_flow(teacher, &ti, inputs.x_t, inputs.t, FlowBranch::Unconditional)?;
     let v = (&c + ((&c - u)? * guidance as f64)?)?;
@@ -295,7 +303,13 @@ pub fn real_x0(teacher: &WanModel, inputs: &ScoreInputs<'_>, guidance: f32) -> R
 pub fn critic_flow(critic: &WanModel, inputs: &ScoreInputs<'_>) -> Result<Tensor> {
     let plan = ShotPlan::new(inputs.cond.shot, &inputs.cond.flags, inputs.cond.shot + 1)?;
     let captions = critic.embed_captions(&inputs.cond.embeddings)?;
-    let ti = TeacherInputs { plan: &plan, captions: &captions, uncond: None, context: &inputs.cond.context };
+    let ti = TeacherInputs {
+        plan: &plan,
+        captions: &captions,
+        uncond: None,
+        context: &inputs.cond.context,
+        clean_context: inputs.clean_context,
+    };
     Ok(teacher_flow(critic, &ti, inputs.x_t, inputs.t, FlowBranch::Conditional)?)
 }
 
@@ -413,6 +427,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     };
     let memory = context_memory(&policy, teacher.card.context_frames)?;
     let table = FlowSchedule::new(1000, cfg.shift);
+    let clean_context = teacher.card.clean_context;
     let bar = Progress::new(cfg.steps, step, cfg.progress);
     let (mut g_recent, mut c_recent) = (Vec::new(), Vec::new());
     while step < cfg.steps {
@@ -448,7 +463,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
                 rolled = Some(x_hat.detach());
                 let eps = score_noise(draw.noise_seed, x_hat.dims(), &device)?;
                 let x_t = noised(&x_hat.detach(), &eps, draw.t)?;
-                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t };
+                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t, clean_context };
                 let real = real_x0(&teacher.dit, &inputs, cfg.real_guidance)?;
                 let v_fake = critic_flow(&critic, &inputs)?.detach();
                 let fake = (&x_t - (v_fake * (draw.t as f64 / 1000.0))?)?;
@@ -461,7 +476,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
                 rolled = Some(x_hat.clone());
                 let eps = score_noise(draw.noise_seed, x_hat.dims(), &device)?;
                 let x_t = noised(&x_hat, &eps, draw.t)?;
-                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t };
+                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t, clean_context };
                 let v = critic_flow(&critic, &inputs)?;
                 let loss = (v - (&eps - &x_hat)?)?.sqr()?.mean_all()?;
                 Ok((loss, vec![("t".into(), draw.t as f64)]))

@@ -155,6 +155,11 @@ pub struct TeacherStageConfig {
     pub context_policy: String,
     /// The RoPE shot-phase indicator (θ = 1/6 per shot flag).
     pub shot_phase: bool,
+    /// Embed the context frames at t = 0 instead of the target's t. ShotStream's teacher (false)
+    /// gives its clean context the target's noise level, so at the top of the schedule the
+    /// context tokens get the modulation learned for pure noise; true marks them clean, as
+    /// the causal student sees them. Written to the card, which every later use reads.
+    pub clean_context: bool,
     /// Probability of zeroing every caption embedding of a sample.
     pub caption_dropout: f64,
     /// Probability of zeroing the context latents and flags of a sample.
@@ -231,6 +236,7 @@ impl Default for TeacherStageConfig {
             use_context: true,
             context_policy: "dynamic".into(),
             shot_phase: true,
+            clean_context: false,
             caption_dropout: 0.1,
             context_dropout: 0.1,
             shift: 24.0,
@@ -675,6 +681,8 @@ pub struct TeacherNetworks {
     pub dit: WanModel,
     /// The text encoder.
     pub text: ToyTextEncoder,
+    /// Whether the context frames are embedded at t = 0 (the config's `clean_context`).
+    pub clean_context: bool,
 }
 
 impl TeacherNetworks {
@@ -690,7 +698,7 @@ impl TeacherNetworks {
         let text = ToyTextEncoder::trainable_in(cfg.text.clone(), tokenizer, &vb.pp(TEXT_PREFIX))?;
         let rope = story_model::story_rope(cfg.shot_phase);
         let dit = WanModel::load(vb.pp(DIT_PREFIX), &wan, rope)?;
-        Ok(Self { dit, text })
+        Ok(Self { dit, text, clean_context: cfg.clean_context })
     }
 }
 
@@ -820,7 +828,13 @@ pub fn teacher_loss(
 ) -> Result<TeacherLoss> {
     let p = prepare_sample(nets, sample, schedule, context_frames)?;
     let captions = nets.dit.embed_captions(&p.embeddings)?;
-    let inputs = TeacherInputs { plan: &p.plan, captions: &captions, uncond: None, context: &p.context };
+    let inputs = TeacherInputs {
+        plan: &p.plan,
+        captions: &captions,
+        uncond: None,
+        context: &p.context,
+        clean_context: nets.clean_context,
+    };
     let v = teacher_flow(&nets.dit, &inputs, &p.x_t, p.t, FlowBranch::Conditional)?;
     let mse = (v - &p.target)?.sqr()?.mean_all()?;
     let mse_value = mse.to_scalar::<f32>()? as f64;
@@ -850,7 +864,7 @@ pub fn batched_teacher_loss(
         let target_frames = p.x_t.dim(0)?;
         inputs.push(p.context.clone());
         inputs.push(p.x_t.clone());
-        frames.extend(teacher_frames(&p.plan, target_frames, p.t).into_iter().map(|mut f| {
+        frames.extend(teacher_frames(&p.plan, target_frames, p.t, nets.clean_context).into_iter().map(|mut f| {
             f.caption += caption_base;
             f
         }));
@@ -1176,6 +1190,7 @@ fn write_model(
         shot_phase: cfg.shot_phase,
         uses_context: cfg.use_context,
         context_policy: cfg.context_policy.clone(),
+        clean_context: cfg.clean_context,
         sampler: cfg.sampler,
         student: None,
         decoder: None,

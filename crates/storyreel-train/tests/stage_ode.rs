@@ -63,7 +63,13 @@ fn pairs_are_the_teachers_trajectory_and_a_stopped_run_resumes() {
     let captions = model.dit.embed_captions(&caption_embeddings(&model.text, &p.global, &p.captions).unwrap()).unwrap();
     let uncond = unconditional_caption(&model.dit, &Device::Cpu).unwrap();
     let plan = ShotPlan::new(1, &p.flags, 2).unwrap();
-    let inputs = TeacherInputs { plan: &plan, captions: &captions, uncond: Some(&uncond), context: &p.context };
+    let inputs = TeacherInputs {
+        plan: &plan,
+        captions: &captions,
+        uncond: Some(&uncond),
+        context: &p.context,
+        clean_context: false,
+    };
     let sampler = EulerSampler::new(50, 8.0, 2.0).unwrap();
     let mut seen = Vec::new();
     let x0 = sample_shot(

@@ -286,6 +286,43 @@ fn a_caption_policy_run_picks_context_by_caption_and_says_so_on_its_card() {
 }
 
 #[test]
+fn a_clean_context_teacher_trains_with_its_context_at_t0_and_says_so_on_its_card() {
+    let (corpus, varmap, mut nets) = tiny_networks();
+    assert!(!nets.clean_context, "ShotStream's teacher is the default");
+    let schedule = FlowSchedule::new(1000, 8.0);
+    let weights = timestep_weights(schedule.timesteps());
+    let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
+    let sample = TeacherSample {
+        story,
+        shot: 1,
+        table_index: 900,
+        caption_dropped: false,
+        context_dropped: false,
+        target_frames: None,
+        noise_seed: 3,
+    };
+    // A fresh teacher's output head is zero, so train a little before comparing flows.
+    let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
+    for _ in 0..3 {
+        let grads = teacher_loss(&nets, &sample, &schedule, &weights, 6).unwrap().total.backward().unwrap();
+        opt.step(&grads, 3e-3).unwrap();
+    }
+    let at_target = teacher_loss(&nets, &sample, &schedule, &weights, 6).unwrap().mse;
+    nets.clean_context = true;
+    let clean = teacher_loss(&nets, &sample, &schedule, &weights, 6).unwrap().mse;
+    assert!((clean - at_target).abs() > 1e-7, "the training loss must see the context's timestep");
+
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let mut cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
+    cfg.clean_context = true;
+    let report = run_teacher_stage(&cfg).unwrap();
+    assert!(StoryModel::load(&report.model_dir, &Device::Cpu).unwrap().card.clean_context);
+    let card_text = std::fs::read_to_string(report.model_dir.join("storyreel_model.json")).unwrap();
+    assert!(card_text.contains(r#""clean_context": true"#), "{card_text}");
+}
+
+#[test]
 fn bad_settings_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = tiny(&dir.path().join("no-vae"), &dir.path().join("run"), 2);
