@@ -322,6 +322,63 @@ fn a_clean_context_teacher_trains_with_its_context_at_t0_and_says_so_on_its_card
     assert!(card_text.contains(r#""clean_context": true"#), "{card_text}");
 }
 
+/// A story whose target shot is one colour that only its context shows: `(context, x0)` with
+/// every latent of both the per-channel colour drawn from `seed`.
+fn one_colour_story(seed: u64, frames: usize) -> (candle_core::Tensor, candle_core::Tensor) {
+    use storyreel_engine::{NoiseSource, SeededNoise};
+    let colour = SeededNoise::new(seed).noise(0, 0, 0, &[1, 4, 1, 1], &Device::Cpu).unwrap();
+    (
+        colour.broadcast_as((6, 4, 4, 4)).unwrap().contiguous().unwrap(),
+        colour.broadcast_as((frames, 4, 4, 4)).unwrap().contiguous().unwrap(),
+    )
+}
+
+#[test]
+fn the_teacher_learns_to_copy_what_only_its_context_shows() {
+    // The whole context path (concatenation, RoPE phases and positions, caption routing, the
+    // flow head) must be able to carry a look from the context frames to the target: here the
+    // target is a colour that nothing else gives away, so at t = 990 a model that reads its
+    // context removes most of the loss and one that cannot is stuck at the colours' variance.
+    use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
+    use storyreel_engine::{FlowBranch, NoiseSource, SeededNoise, ShotPlan};
+    for clean_context in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 1);
+        cfg.clean_context = clean_context;
+        let varmap = VarMap::new();
+        let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
+        let plan = ShotPlan::new(1, &[0; 6], 2).unwrap();
+        let text = nets.dit.config().text_dim;
+        let blank = candle_core::Tensor::zeros((2, cfg.text.text_len, text), DType::F32, &Device::Cpu).unwrap();
+        let captions = nets.dit.embed_captions(&blank).unwrap();
+        let loss_at = |story: u64, context_of: u64, t: f32| {
+            let (_, x0) = one_colour_story(story, 2);
+            let (context, _) = one_colour_story(context_of, 2);
+            let eps = SeededNoise::new(story ^ 0x5eed).noise(0, 0, 0, x0.dims(), &Device::Cpu).unwrap();
+            let sigma = t as f64 / 1000.0;
+            let x_t = ((&x0 * (1.0 - sigma)).unwrap() + (&eps * sigma).unwrap()).unwrap();
+            let inputs =
+                TeacherInputs { plan: &plan, captions: &captions, uncond: None, context: &context, clean_context };
+            let v = teacher_flow(&nets.dit, &inputs, &x_t, t, FlowBranch::Conditional).unwrap();
+            (v - (eps - x0).unwrap()).unwrap().sqr().unwrap().mean_all().unwrap()
+        };
+        let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
+        for step in 0..300u64 {
+            let t = 800.0 + (step % 20) as f32 * 10.0;
+            let grads = loss_at(step, step, t).backward().unwrap();
+            opt.step(&grads, 3e-3).unwrap();
+        }
+        let mean = |context_shift: u64| {
+            (0..32u64)
+                .map(|i| loss_at(10_000 + i, 10_000 + i + context_shift, 990.0).to_scalar::<f32>().unwrap())
+                .sum::<f32>()
+                / 32.0
+        };
+        let (own, other) = (mean(0), mean(1));
+        assert!(own < 0.5 * other, "clean_context {clean_context}: own context {own}, another story's {other}");
+    }
+}
+
 #[test]
 fn bad_settings_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
