@@ -164,8 +164,9 @@ impl ModelCard {
                 path.display()
             ))
         })?;
-        let card: Self =
-            serde_json::from_str(&text).map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+        // Through serde_path_to_error, so a wrong value names its field ("clean_context: …").
+        let card: Self = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
+            .map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
         card.validate().map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
         Ok(card)
     }
@@ -374,7 +375,7 @@ mod tests {
         let bad = TEACHER_CARD.replace(r#""uses_context": true"#, r#""uses_context": true, "clean_context": "yes""#);
         std::fs::write(dir.path().join(CARD_FILE), bad).unwrap();
         let err = ModelCard::read(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("storyreel_model.json") && err.contains("expected a boolean"), "{err}");
+        assert!(err.contains("storyreel_model.json") && err.contains("clean_context"), "{err}");
     }
 
     #[test]
