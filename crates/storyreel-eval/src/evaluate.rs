@@ -51,6 +51,13 @@ pub struct Metrics {
     /// Place agreement across shots in the same place, in [0, 1]; `None` when no two shots
     /// share a place.
     pub inter_shot_place_consistency: Option<f64>,
+    /// Character consistency beyond what the batch's other stories share: see
+    /// [`fill_story_specific_consistency`]. Batches only.
+    #[serde(default)]
+    pub story_specific_character_consistency: Option<f64>,
+    /// Place consistency beyond what the batch's other stories share. Batches only.
+    #[serde(default)]
+    pub story_specific_place_consistency: Option<f64>,
     /// Mean of the three adherence checks below, in [0, 1].
     pub prompt_adherence: f64,
     /// Fraction of shots whose place is the captioned one.
@@ -96,6 +103,13 @@ pub struct ShotReport {
     pub motion: f64,
     /// Whether the shot counts as dynamic.
     pub dynamic: bool,
+    /// The probe's mean (character, look) readings over the shot, which character consistency
+    /// compares (empty in reports written before they were kept).
+    #[serde(default)]
+    pub character_looks: Vec<f32>,
+    /// The probe's mean (place, look) readings over the shot, which place consistency compares.
+    #[serde(default)]
+    pub place_looks: Vec<f32>,
 }
 
 /// The full evaluation of one video.
@@ -132,6 +146,10 @@ pub struct PairScore {
     pub kind: String,
     /// Similarity in [0, 1].
     pub similarity: f64,
+    /// `similarity` less the mean similarity of its two shots to the shots of the batch's
+    /// other stories with the same cast (or place); `None` outside a batch.
+    #[serde(default)]
+    pub specific: Option<f64>,
 }
 
 /// Settings of an evaluation.
@@ -247,8 +265,11 @@ pub fn evaluate_story(
         let chars_ok = jaccard(&expected_characters, &seen_characters);
         let embeddings: Vec<Vec<f32>> = r.iter().map(|x| x.embedding.clone()).collect();
         let clip = clip_motion(&frames[start..end], fps, &options.motion)?;
+        let (character_looks, place_looks) = (reading.character_looks.to_vec(), reading.place_looks.to_vec());
         readings_per_shot.push(reading);
         shots.push(ShotReport {
+            character_looks,
+            place_looks,
             index: i,
             caption: story.shots[i].caption.clone(),
             frames: (start, end),
@@ -276,11 +297,11 @@ pub fn evaluate_story(
             if ca == cb {
                 let similarity =
                     cosine(&readings_per_shot[a].character_looks, &readings_per_shot[b].character_looks).max(0.0);
-                pairs.push(PairScore { a, b, kind: "character".into(), similarity });
+                pairs.push(PairScore { a, b, kind: "character".into(), similarity, specific: None });
             }
             if sa.place == sb.place {
                 let similarity = cosine(&readings_per_shot[a].place_looks, &readings_per_shot[b].place_looks).max(0.0);
-                pairs.push(PairScore { a, b, kind: "place".into(), similarity });
+                pairs.push(PairScore { a, b, kind: "place".into(), similarity, specific: None });
             }
         }
     }
@@ -297,6 +318,8 @@ pub fn evaluate_story(
         intra_shot_consistency: shots.iter().map(|s| s.intra_consistency).sum::<f64>() / n,
         inter_shot_character_consistency: mean_of("character"),
         inter_shot_place_consistency: mean_of("place"),
+        story_specific_character_consistency: None,
+        story_specific_place_consistency: None,
         prompt_adherence: shots.iter().map(|s| s.adherence).sum::<f64>() / n,
         adherence_place: place_hits / n,
         adherence_framing: framing_hits / n,
@@ -393,8 +416,83 @@ pub fn shot_index_curves(reports: &[StoryReport]) -> Vec<ShotIndexRow> {
         .collect()
 }
 
-/// Means over stories; optional metrics average over the stories that have them.
-pub fn summarise(reports: Vec<StoryReport>, quality_fd: Option<f64>) -> BatchReport {
+/// The key a shot is compared across stories by: its sorted cast, or its place.
+fn entity_key(shot: &ShotReport, kind: &str) -> Option<Vec<usize>> {
+    match kind {
+        "character" => {
+            let mut cast = shot.expected_characters.clone();
+            cast.sort_unstable();
+            Some(cast)
+        }
+        _ => shot.expected_place.map(|p| vec![p as usize]),
+    }
+}
+
+/// Fills every pair's `specific` and every story's story-specific consistencies. The plain
+/// consistencies reward drawing each character and place in one fixed look in every story;
+/// but a story's looks are drawn per story and never captioned, so its shots should be more
+/// alike than the same cast's (or place's) shots in other stories. Each pair's similarity is
+/// measured against the mean similarity of its two shots to those other stories' shots: a
+/// model that draws one look everywhere scores about 0, one that keeps each story's own look
+/// scores above 0. Shots of reports without readings take no part.
+pub fn fill_story_specific_consistency(reports: &mut [StoryReport]) {
+    let looks = |shot: &ShotReport, kind: &str| -> Vec<f32> {
+        if kind == "character" {
+            shot.character_looks.clone()
+        } else {
+            shot.place_looks.clone()
+        }
+    };
+    for kind in ["character", "place"] {
+        // Mean similarity of every shot to the same entity's shots in the other stories.
+        let mut baseline: Vec<Vec<Option<f64>>> = Vec::with_capacity(reports.len());
+        for (i, r) in reports.iter().enumerate() {
+            let row = r
+                .shots
+                .iter()
+                .map(|s| {
+                    let (key, mine) = (entity_key(s, kind)?, looks(s, kind));
+                    if mine.is_empty() {
+                        return None;
+                    }
+                    let sims: Vec<f64> = reports
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != i)
+                        .flat_map(|(_, other)| other.shots.iter())
+                        .filter(|o| entity_key(o, kind).as_ref() == Some(&key))
+                        .map(|o| looks(o, kind))
+                        .filter(|theirs| theirs.len() == mine.len())
+                        .map(|theirs| cosine(&mine, &theirs).max(0.0))
+                        .collect();
+                    (!sims.is_empty()).then(|| sims.iter().sum::<f64>() / sims.len() as f64)
+                })
+                .collect();
+            baseline.push(row);
+        }
+        for (r, base) in reports.iter_mut().zip(&baseline) {
+            let mut specific = Vec::new();
+            for p in r.pairs.iter_mut().filter(|p| p.kind == kind) {
+                p.specific = match (base.get(p.a).copied().flatten(), base.get(p.b).copied().flatten()) {
+                    (Some(x), Some(y)) => Some(p.similarity - (x + y) / 2.0),
+                    _ => None,
+                };
+                specific.extend(p.specific);
+            }
+            let mean = (!specific.is_empty()).then(|| specific.iter().sum::<f64>() / specific.len() as f64);
+            if kind == "character" {
+                r.metrics.story_specific_character_consistency = mean;
+            } else {
+                r.metrics.story_specific_place_consistency = mean;
+            }
+        }
+    }
+}
+
+/// Means over stories; optional metrics average over the stories that have them. Fills the
+/// story-specific consistencies first ([`fill_story_specific_consistency`]).
+pub fn summarise(mut reports: Vec<StoryReport>, quality_fd: Option<f64>) -> BatchReport {
+    fill_story_specific_consistency(&mut reports);
     let n = reports.len().max(1) as f64;
     let mean = |f: &dyn Fn(&Metrics) -> f64| reports.iter().map(|r| f(&r.metrics)).sum::<f64>() / n;
     let mean_opt = |f: &dyn Fn(&Metrics) -> Option<f64>| {
@@ -406,6 +504,8 @@ pub fn summarise(reports: Vec<StoryReport>, quality_fd: Option<f64>) -> BatchRep
         intra_shot_consistency: mean(&|m| m.intra_shot_consistency),
         inter_shot_character_consistency: mean_opt(&|m| m.inter_shot_character_consistency),
         inter_shot_place_consistency: mean_opt(&|m| m.inter_shot_place_consistency),
+        story_specific_character_consistency: mean_opt(&|m| m.story_specific_character_consistency),
+        story_specific_place_consistency: mean_opt(&|m| m.story_specific_place_consistency),
         prompt_adherence: mean(&|m| m.prompt_adherence),
         adherence_place: mean(&|m| m.adherence_place),
         adherence_framing: mean(&|m| m.adherence_framing),

@@ -11,7 +11,8 @@ use crate::error::{EvalError, Result};
 use crate::evaluate::{BatchReport, StoryReport};
 
 /// The per-story numbers a paired comparison looks at.
-pub const PAIRED_METRICS: [&str; 3] = ["character_consistency", "place_consistency", "adherence"];
+pub const PAIRED_METRICS: [&str; 5] =
+    ["character_consistency", "place_consistency", "adherence", "story_specific_character", "story_specific_place"];
 
 /// Mean ± standard error of one metric's per-story differences.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -45,6 +46,10 @@ pub fn story_value(report: &StoryReport, metric: &str, from_shot: usize) -> Opti
         "character_consistency" | "place_consistency" => {
             let kind = metric.trim_end_matches("_consistency");
             report.pairs.iter().filter(|p| p.kind == kind && p.b >= from_shot).map(|p| p.similarity).collect()
+        }
+        "story_specific_character" | "story_specific_place" => {
+            let kind = metric.trim_start_matches("story_specific_");
+            report.pairs.iter().filter(|p| p.kind == kind && p.b >= from_shot).filter_map(|p| p.specific).collect()
         }
         _ => return None,
     };
@@ -135,10 +140,14 @@ mod tests {
                 intra_consistency: 0.9,
                 motion: 0.0,
                 dynamic: false,
+                character_looks: Vec::new(),
+                place_looks: Vec::new(),
             })
             .collect();
-        let pairs =
-            pairs.iter().map(|&(a, b, kind, similarity)| PairScore { a, b, kind: kind.into(), similarity }).collect();
+        let pairs = pairs
+            .iter()
+            .map(|&(a, b, kind, similarity)| PairScore { a, b, kind: kind.into(), similarity, specific: None })
+            .collect();
         StoryReport {
             story: id.into(),
             frames: adherence.len() * 17,
@@ -201,6 +210,49 @@ mod tests {
         assert!(paired_markdown(&later, 2).contains("shots 3 and later"));
         let disjoint = batch(vec![story("other", &[0.5], &[])]);
         assert!(paired_differences(&a, &disjoint, 0).unwrap_err().to_string().contains("no story id"));
+    }
+
+    /// Three two-shot stories of the same cast in the same place; shot looks from `look(story)`.
+    fn same_place_stories(look: impl Fn(usize) -> Vec<f32>) -> BatchReport {
+        let reports = (0..3)
+            .map(|i| {
+                let sim = 1.0;
+                let mut r = story(&format!("s{i}"), &[0.5, 0.5], &[(0, 1, "character", sim), (0, 1, "place", sim)]);
+                r.metrics.inter_shot_place_consistency = Some(sim);
+                for s in r.shots.iter_mut() {
+                    s.expected_place = Some(Place::Meadow);
+                    s.expected_characters = vec![2];
+                    s.place_looks = look(i);
+                    s.character_looks = look(i);
+                }
+                r
+            })
+            .collect();
+        crate::evaluate::summarise(reports, None)
+    }
+
+    #[test]
+    fn story_specific_consistency_tells_one_look_everywhere_from_each_storys_own() {
+        let one_hot = |k: usize| (0..4).map(|j| f32::from(u8::from(j == k))).collect::<Vec<f32>>();
+        // Every story draws the meadow and the character in the same look: as consistent as can
+        // be, and nothing specific to any story.
+        let fixed = same_place_stories(|_| one_hot(0));
+        assert_eq!(fixed.metrics.inter_shot_place_consistency, Some(1.0));
+        assert_eq!(fixed.metrics.story_specific_place_consistency, Some(0.0));
+        assert_eq!(fixed.metrics.story_specific_character_consistency, Some(0.0));
+        // Each story keeps its own look: same plain consistency, all of it specific.
+        let own = same_place_stories(one_hot);
+        assert_eq!(own.metrics.inter_shot_place_consistency, Some(1.0));
+        assert_eq!(own.metrics.story_specific_place_consistency, Some(1.0));
+        assert!(own.reports.iter().all(|r| r.pairs.iter().all(|p| p.specific == Some(1.0))));
+        let rows = paired_differences(&fixed, &own, 0).unwrap();
+        let place = rows.iter().find(|r| r.metric == "story_specific_place").unwrap();
+        assert_eq!((place.stories, place.mean), (3, 1.0));
+        // A lone story, or reports without readings, have nothing to compare against.
+        let lone = crate::evaluate::summarise(vec![own.reports[0].clone()], None);
+        assert_eq!(lone.metrics.story_specific_place_consistency, None);
+        let old = crate::evaluate::summarise(vec![story("a", &[0.5, 0.5], &[(0, 1, "place", 1.0)]); 2], None);
+        assert_eq!(old.metrics.story_specific_place_consistency, None);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub fn metric_rows(m: &Metrics) -> Vec<(&'static str, Option<f64>)> {
         ("intra_shot_consistency", Some(m.intra_shot_consistency)),
         ("inter_shot_character_consistency", m.inter_shot_character_consistency),
         ("inter_shot_place_consistency", m.inter_shot_place_consistency),
+        ("story_specific_character_consistency", m.story_specific_character_consistency),
+        ("story_specific_place_consistency", m.story_specific_place_consistency),
         ("prompt_adherence", Some(m.prompt_adherence)),
         ("adherence_place", Some(m.adherence_place)),
         ("adherence_framing", Some(m.adherence_framing)),

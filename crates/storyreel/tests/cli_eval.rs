@@ -75,7 +75,7 @@ fn evaluate_one_a_folder_and_compare() {
     let cmp: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(cmp["paired"]["from_shot"], 2, "{cmp}");
     let rows = cmp["paired"]["differences"].as_array().unwrap();
-    assert_eq!(rows.len(), 3, "{cmp}");
+    assert_eq!(rows.len(), 5, "{cmp}");
     let adherence = rows.iter().find(|r| r["metric"] == "adherence").unwrap();
     assert_eq!(adherence["stories"], 2, "{cmp}");
     assert_eq!((adherence["mean"].as_f64(), adherence["standard_error"].as_f64()), (Some(0.0), Some(0.0)));
