@@ -12,8 +12,9 @@ use storyreel_engine::{generate_story, EulerSampler, ShotRequest, StoryEvents, S
 use storyreel_nn::text::toy::ToyTextConfig;
 use storyreel_nn::vae::WanVae;
 use storyreel_train::stage_teacher::{
-    draw_images, draw_sample, image_loss, run_teacher_stage, teacher_loss, timestep_weights, ImageSample, ImageSource,
-    TeacherCorpus, TeacherData, TeacherNetworks, TeacherSample, TeacherStageConfig, TimestepWeighting, ToyDitShape,
+    draw_images, draw_sample, image_loss, run_teacher_stage, teacher_loss, timestep_weights, EncodedStory, ImageSample,
+    ImageSource, TeacherCorpus, TeacherData, TeacherNetworks, TeacherSample, TeacherStageConfig, TimestepWeighting,
+    ToyDitShape,
 };
 use storyreel_train::stage_vae::ToyVaeShape;
 use storyreel_train::{AdamW, AdamWConfig, NamedParams};
@@ -52,6 +53,19 @@ fn tiny_networks() -> (TeacherCorpus, VarMap, TeacherNetworks) {
     let varmap = VarMap::new();
     let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
     (corpus, varmap, nets)
+}
+
+/// A sample of shot 1 of `story` with its context and caption, at table index `table_index`.
+fn second_shot(story: &EncodedStory, table_index: usize, noise_seed: u64) -> TeacherSample<'_> {
+    TeacherSample {
+        story,
+        shot: 1,
+        table_index,
+        caption_dropped: false,
+        context_dropped: false,
+        target_frames: None,
+        noise_seed,
+    }
 }
 
 #[test]
@@ -98,15 +112,7 @@ fn a_few_steps_reduce_the_loss_on_a_fixed_sample() {
     let schedule = FlowSchedule::new(1000, 8.0);
     let weights = timestep_weights(schedule.timesteps());
     let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
-    let sample = TeacherSample {
-        story,
-        shot: 1,
-        table_index: 400,
-        caption_dropped: false,
-        context_dropped: false,
-        target_frames: None,
-        noise_seed: 5,
-    };
+    let sample = second_shot(story, 400, 5);
     let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
     let first = teacher_loss(&nets, &sample, &schedule, &weights, 6).unwrap();
     let mut last = first.mse;
@@ -292,15 +298,7 @@ fn a_clean_context_teacher_trains_with_its_context_at_t0_and_says_so_on_its_card
     let schedule = FlowSchedule::new(1000, 8.0);
     let weights = timestep_weights(schedule.timesteps());
     let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
-    let sample = TeacherSample {
-        story,
-        shot: 1,
-        table_index: 900,
-        caption_dropped: false,
-        context_dropped: false,
-        target_frames: None,
-        noise_seed: 3,
-    };
+    let sample = second_shot(story, 900, 3);
     // A fresh teacher's output head is zero, so train a little before comparing flows.
     let mut opt = AdamW::new(&NamedParams::from_varmap(&varmap), AdamWConfig::default()).unwrap();
     for _ in 0..3 {
