@@ -436,13 +436,13 @@ fn entity_key(shot: &ShotReport, kind: &str) -> Option<Vec<usize>> {
 /// model that draws one look everywhere scores about 0, one that keeps each story's own look
 /// scores above 0. Shots of reports without readings take no part.
 pub fn fill_story_specific_consistency(reports: &mut [StoryReport]) {
-    let looks = |shot: &ShotReport, kind: &str| -> Vec<f32> {
+    fn looks<'a>(shot: &'a ShotReport, kind: &str) -> &'a [f32] {
         if kind == "character" {
-            shot.character_looks.clone()
+            &shot.character_looks
         } else {
-            shot.place_looks.clone()
+            &shot.place_looks
         }
-    };
+    }
     for kind in ["character", "place"] {
         // Mean similarity of every shot to the same entity's shots in the other stories.
         let mut baseline: Vec<Vec<Option<f64>>> = Vec::with_capacity(reports.len());
@@ -463,7 +463,7 @@ pub fn fill_story_specific_consistency(reports: &mut [StoryReport]) {
                         .filter(|o| entity_key(o, kind).as_ref() == Some(&key))
                         .map(|o| looks(o, kind))
                         .filter(|theirs| theirs.len() == mine.len())
-                        .map(|theirs| cosine(&mine, &theirs).max(0.0))
+                        .map(|theirs| cosine(mine, theirs).max(0.0))
                         .collect();
                     (!sims.is_empty()).then(|| sims.iter().sum::<f64>() / sims.len() as f64)
                 })
