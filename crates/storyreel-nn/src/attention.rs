@@ -282,7 +282,7 @@ fn fused_cpu(q: &Tensor, segments: &[QuerySegment<'_>], scale: f32) -> Result<Te
 
 /// Replaces a block of one row's scores by exp(x − m), where m = max(`running_max`, block max),
 /// and returns (m, Σ exp).
-fn exp_block(block: &mut [f32], running_max: f32) -> (f32, f32) {
+pub(crate) fn exp_block(block: &mut [f32], running_max: f32) -> (f32, f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -370,9 +370,13 @@ fn exp_nonpositive_impl<const FMA: bool>(x: f32) -> f32 {
 
 /// Softmax over the last dimension that gradients flow through: candle's fused kernel is
 /// registered without a backward pass (`apply_op1_no_bwd`), so while autograd is tracking it would
-/// silently cut every gradient to the queries and keys; then the same maths runs as plain ops.
+/// silently cut every gradient to the queries and keys; then our kernel with its own backward
+/// runs (f32 on the CPU), or else the same maths as plain ops.
 pub fn softmax_last_dim(scores: &Tensor) -> Result<Tensor> {
     if scores.track_op() {
+        if crate::fused_grad::applies(scores) {
+            return crate::fused_grad::softmax_last_dim(scores);
+        }
         return Ok(candle_nn::ops::softmax(scores, candle_core::D::Minus1)?);
     }
     Ok(candle_nn::ops::softmax_last_dim(scores)?)
@@ -400,11 +404,10 @@ fn composite(q: &Tensor, segments: &[QuerySegment<'_>], scale: f64) -> Result<Te
         let mut r = seg.rows.start;
         while r < seg.rows.end {
             let e = (r + COMPOSITE_BLOCK).min(seg.rows.end);
-            let qb = q.narrow(1, r, e - r)?;
-            let mut scores = spans
-                .iter()
-                .map(|(k, _)| Ok((qb.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?))
-                .collect::<Result<Vec<_>>>()?;
+            // Scaling the queries rather than the scores saves a pass over the largest tensor.
+            let qb = (q.narrow(1, r, e - r)? * scale)?;
+            let mut scores =
+                spans.iter().map(|(k, _)| Ok(qb.matmul(&k.t()?)?.to_dtype(DType::F32)?)).collect::<Result<Vec<_>>>()?;
             let scores = if scores.len() == 1 { scores.remove(0) } else { Tensor::cat(&scores, 2)? };
             let probs = softmax_last_dim(&scores)?;
             let mut o: Option<Tensor> = None;

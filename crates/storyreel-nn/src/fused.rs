@@ -7,8 +7,8 @@
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::attention::exp_nonpositive;
 use crate::error::{NnError, Result};
+use crate::fused_grad;
 use crate::norm;
 
 fn fast(ts: &[&Tensor]) -> bool {
@@ -90,25 +90,19 @@ pub fn gated_add(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (f, p, d), x.device())?)
 }
 
-/// tanh for any x via exp of a non-positive argument (branch-free, vectorisable).
-#[inline(always)]
-fn tanh_fast(x: f32) -> f32 {
-    let e = exp_nonpositive(-2.0 * x.abs());
-    let t = (1.0 - e) / (1.0 + e);
-    t.copysign(x)
-}
-
 /// GELU with the tanh approximation: 0.5·u·(1 + tanh(√(2/π)·(u + 0.044715·u³))).
 pub fn gelu_tanh(u: &Tensor) -> Result<Tensor> {
     if !fast(&[u]) {
+        if fused_grad::applies(u) {
+            return fused_grad::gelu_tanh(u);
+        }
         return Ok(u.gelu()?);
     }
-    const C: f32 = 0.797_884_6; // √(2/π)
     let mut out = vec![0f32; u.elem_count()];
     with_slice(u, |us| {
         out.par_chunks_mut(4096).zip(us.par_chunks(4096)).for_each(|(o, ur)| {
             for (oi, &v) in o.iter_mut().zip(ur) {
-                *oi = 0.5 * v * (1.0 + tanh_fast(C * (v + 0.044_715 * v * v * v)));
+                *oi = fused_grad::gelu_tanh_value(v);
             }
         });
         Ok(())

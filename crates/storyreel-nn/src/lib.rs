@@ -12,6 +12,7 @@ pub mod conv;
 pub mod dit;
 pub mod error;
 pub mod fused;
+pub mod fused_grad;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;

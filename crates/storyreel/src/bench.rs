@@ -1,4 +1,5 @@
-//! `storyreel bench`: DiT chunk-forward throughput and the machine's matmul peak.
+//! `storyreel bench`: DiT chunk-forward throughput, the machine's matmul peak, and the other
+//! benchmarks' entry points.
 
 use std::time::Instant;
 
@@ -25,6 +26,8 @@ pub enum What {
     Matmul(MatmulArgs),
     /// The server end to end: append → first frame and streaming rate over HTTP + WebSocket.
     Serve(crate::bench_serve::ServeBenchArgs),
+    /// Forward and backward of one teacher training sample at the teacher stage's shape.
+    TeacherStep(crate::bench_train::TeacherStepArgs),
 }
 
 /// Flags of `bench dit`.
@@ -102,6 +105,7 @@ pub fn run(what: &What) -> Result<()> {
         What::Vae(a) => crate::bench_vae::run(a),
         What::Text(a) => crate::bench_text::run(a),
         What::Serve(a) => crate::bench_serve::run(a),
+        What::TeacherStep(a) => crate::bench_train::run(a),
     }
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_serve;
 mod bench_text;
+mod bench_train;
 mod bench_vae;
 mod codec;
 mod context_relevance;

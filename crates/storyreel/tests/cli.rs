@@ -144,6 +144,33 @@ fn bad_inputs_and_checkpoints_are_reported_clearly() {
 }
 
 #[test]
+fn bench_teacher_step_fused_kernels_match_candle_ops() {
+    let run = |extra: &[&str]| {
+        let mut args =
+            vec!["bench", "teacher-step", "--latent", "4x4", "--target-frames", "2", "--iters", "1", "--warmup", "0"];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        let (ok, out, err) = storyreel(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let fused = run(&[]);
+    let plain = run(&["--plain-ops"]);
+    assert_eq!(fused["kernels"], "fused training kernels");
+    assert_eq!(plain["kernels"], "candle ops");
+    assert_eq!(fused["tokens"], 32);
+    for key in ["loss", "grad_norm"] {
+        let (a, b) = (fused[key].as_f64().unwrap(), plain[key].as_f64().unwrap());
+        assert!(a > 0.0 && (a - b).abs() <= 1e-4 * b, "{key}: fused {a} against candle's {b}");
+    }
+    for key in ["forward_ms", "backward_ms", "step_ms"] {
+        assert!(fused[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    let (ok, _, err) = storyreel(&["bench", "teacher-step", "--target-frames", "0"]);
+    assert!(!ok && err.contains("--target-frames"), "{err}");
+}
+
+#[test]
 fn bench_prints_machine_readable_json() {
     let (ok, out, err) = storyreel(&["bench", "matmul", "--n", "64", "--iters", "2", "--json"]);
     assert!(ok, "{err}");

@@ -1,0 +1,277 @@
+//! CPU kernels with their own backward pass for the ops training spends its time in: the
+//! attention softmax and GELU-tanh.
+//!
+//! Under autograd, candle runs softmax as five ops (max, subtract, exp, sum, divide) and GELU-tanh
+//! as four; their backward passes add a dozen more full passes, each allocating and zero-filling
+//! a gradient the size of the attention scores. Profiling a toy teacher step put 40% of its time
+//! there. Each op here is one parallel pass forward and one backward (dx = y·(dy − Σ dy·y) for
+//! softmax; dx = dy·gelu′(x) for GELU), registered with candle's autograd as a custom op.
+//!
+//! They apply to f32 tensors on the CPU; elsewhere (CUDA, bf16) callers keep the candle ops.
+//! [`set_enabled`] switches them off process-wide so benchmarks can time the plain ops.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::attention::{exp_block, exp_nonpositive};
+use crate::error::Result;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused training kernels on or off for the whole process (on by default).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused training kernels serve `t`: enabled, f32 and on the CPU.
+pub fn applies(t: &Tensor) -> bool {
+    ENABLED.load(Ordering::Relaxed) && matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+}
+
+/// Elements per parallel task for elementwise kernels.
+const ELEMENTWISE_CHUNK: usize = 4096;
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{what} expects f32 input"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what} expects a contiguous input"),
+    }
+}
+
+fn row_width(layout: &Layout) -> usize {
+    layout.dims().last().copied().unwrap_or(1).max(1)
+}
+
+/// Softmax over the last dimension with a fused backward; `x` must be f32 on the CPU.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(SoftmaxLastDim)?)
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "storyreel-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(storage, layout, self.name())?;
+        let d = row_width(layout);
+        let mut out = xs.to_vec();
+        out.par_chunks_mut(d).for_each(|row| {
+            let (_, sum) = exp_block(row, f32::NEG_INFINITY);
+            let inv = 1.0 / sum;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad, &SoftmaxBackward)?))
+    }
+}
+
+/// dx = y·(dy − Σ dy·y) per row, from the softmax's output y and its gradient dy.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "storyreel-softmax-last-dim-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ys = contiguous_f32(s1, l1, self.name())?;
+        let gs = contiguous_f32(s2, l2, self.name())?;
+        if ys.len() != gs.len() {
+            candle_core::bail!("softmax gradient of {:?} for output {:?}", l2.dims(), l1.dims());
+        }
+        let d = row_width(l1);
+        let mut out = vec![0f32; ys.len()];
+        out.par_chunks_mut(d).zip(ys.par_chunks(d).zip(gs.par_chunks(d))).for_each(|(o, (y, g))| {
+            let dot = dot_lanes(y, g);
+            for i in 0..o.len() {
+                o[i] = y[i] * (g[i] - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Σ a·b with independent lane sums, so the loop vectorises.
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut lanes = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    tail + lanes.iter().sum::<f32>()
+}
+
+/// √(2/π).
+const GELU_C: f32 = 0.797_884_6;
+/// The cubic coefficient of the tanh approximation.
+const GELU_A: f32 = 0.044_715;
+
+/// tanh for any x via exp of a non-positive argument (branch-free, vectorisable).
+#[inline(always)]
+pub(crate) fn tanh_fast(x: f32) -> f32 {
+    let e = exp_nonpositive(-2.0 * x.abs());
+    let t = (1.0 - e) / (1.0 + e);
+    t.copysign(x)
+}
+
+/// GELU-tanh of one value: 0.5·u·(1 + tanh(√(2/π)·(u + 0.044715·u³))).
+#[inline(always)]
+pub(crate) fn gelu_tanh_value(u: f32) -> f32 {
+    0.5 * u * (1.0 + tanh_fast(GELU_C * (u + GELU_A * u * u * u)))
+}
+
+/// d/du of [`gelu_tanh_value`].
+#[inline(always)]
+fn gelu_tanh_slope(u: f32) -> f32 {
+    let th = tanh_fast(GELU_C * (u + GELU_A * u * u * u));
+    0.5 * (1.0 + th) + 0.5 * u * (1.0 - th * th) * GELU_C * (1.0 + 3.0 * GELU_A * u * u)
+}
+
+/// GELU-tanh with a fused backward; `u` must be f32 on the CPU.
+pub fn gelu_tanh(u: &Tensor) -> Result<Tensor> {
+    Ok(u.contiguous()?.apply_op1(GeluTanh)?)
+}
+
+struct GeluTanh;
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "storyreel-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let us = contiguous_f32(storage, layout, self.name())?;
+        let mut out = vec![0f32; us.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(us.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(o, u)| {
+            for (oi, &v) in o.iter_mut().zip(u) {
+                *oi = gelu_tanh_value(v);
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad, &GeluTanhBackward)?))
+    }
+}
+
+/// dx = dy·gelu′(u), from the GELU's input u and its output's gradient dy.
+struct GeluTanhBackward;
+
+impl CustomOp2 for GeluTanhBackward {
+    fn name(&self) -> &'static str {
+        "storyreel-gelu-tanh-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let us = contiguous_f32(s1, l1, self.name())?;
+        let gs = contiguous_f32(s2, l2, self.name())?;
+        if us.len() != gs.len() {
+            candle_core::bail!("GELU gradient of {:?} for input {:?}", l2.dims(), l1.dims());
+        }
+        let mut out = vec![0f32; us.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(us.par_chunks(ELEMENTWISE_CHUNK).zip(gs.par_chunks(ELEMENTWISE_CHUNK)))
+            .for_each(|(o, (u, g))| {
+                for i in 0..o.len() {
+                    o[i] = g[i] * gelu_tanh_slope(u[i]);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Value and input gradient of Σ w·op(x), through `op`.
+    fn value_and_grad(x: &Tensor, w: &Tensor, op: impl Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {
+        let var = Var::from_tensor(x).unwrap();
+        let y = op(var.as_tensor());
+        let loss = (&y * w).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        (y.detach(), grads.get(var.as_tensor()).expect("a gradient").clone())
+    }
+
+    #[test]
+    fn softmax_matches_candle_forward_and_backward() {
+        let dev = Device::Cpu;
+        // Wide rows with large offsets exercise the max subtraction; a strided input the copy.
+        let x = (Tensor::randn(0f32, 3.0, (3, 5, 77), &dev).unwrap() + 40.0).unwrap();
+        let x = x.transpose(0, 1).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (5, 3, 77), &dev).unwrap();
+        let (y, g) = value_and_grad(&x, &w, |t| softmax_last_dim(t).unwrap());
+        let (y_ref, g_ref) = value_and_grad(&x, &w, |t| candle_nn::ops::softmax(t, candle_core::D::Minus1).unwrap());
+        assert!(max_diff(&y, &y_ref) < 1e-6, "forward {}", max_diff(&y, &y_ref));
+        assert!(max_diff(&g, &g_ref) < 1e-5, "backward {}", max_diff(&g, &g_ref));
+        let rows = y.sum(candle_core::D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn gelu_matches_candle_forward_and_backward() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.5, (4, 9000), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (4, 9000), &dev).unwrap();
+        let (y, g) = value_and_grad(&x, &w, |t| gelu_tanh(t).unwrap());
+        let (y_ref, g_ref) = value_and_grad(&x, &w, |t| t.gelu().unwrap());
+        assert!(max_diff(&y, &y_ref) < 1e-5, "forward {}", max_diff(&y, &y_ref));
+        assert!(max_diff(&g, &g_ref) < 1e-5, "backward {}", max_diff(&g, &g_ref));
+    }
+
+    #[test]
+    fn gelu_slope_matches_a_central_difference() {
+        for i in -400..400 {
+            let u = i as f32 * 0.02;
+            let h = 1e-2f64;
+            let exact = |v: f64| 0.5 * v * (1.0 + (0.797_884_560_8 * (v + 0.044_715 * v * v * v)).tanh());
+            let numeric = ((exact(u as f64 + h) - exact(u as f64 - h)) / (2.0 * h)) as f32;
+            assert!((gelu_tanh_slope(u) - numeric).abs() < 1e-4, "{u}: {} vs {numeric}", gelu_tanh_slope(u));
+        }
+    }
+
+    #[test]
+    fn they_apply_to_f32_on_the_cpu_only() {
+        let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        assert!(applies(&t));
+        assert!(!applies(&t.to_dtype(DType::BF16).unwrap()));
+    }
+}
