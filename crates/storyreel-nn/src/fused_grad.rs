@@ -44,6 +44,21 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> c
     }
 }
 
+/// The two inputs of a backward kernel (a forward tensor and a gradient), which must be the same size.
+fn backward_inputs<'a>(
+    what: &str,
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    let (a, b) = (contiguous_f32(s1, l1, what)?, contiguous_f32(s2, l2, what)?);
+    if a.len() != b.len() {
+        candle_core::bail!("{what}: a gradient of shape {:?} for a tensor of shape {:?}", l2.dims(), l1.dims());
+    }
+    Ok((a, b))
+}
+
 fn row_width(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1).max(1)
 }
@@ -76,16 +91,32 @@ impl CustomOp1 for SoftmaxLastDim {
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = grad_res.contiguous()?;
-        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad, &SoftmaxBackward)?))
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad, &SOFTMAX_BACKWARD)?))
     }
 }
 
 /// dx = y·(dy − Σ dy·y) per row, from the softmax's output y and its gradient dy.
-struct SoftmaxBackward;
+const SOFTMAX_BACKWARD: BackwardKernel =
+    BackwardKernel { name: "storyreel-softmax-last-dim-backward", by_row: true, chunk: softmax_backward_row };
 
-impl CustomOp2 for SoftmaxBackward {
+fn softmax_backward_row(y: &[f32], g: &[f32], o: &mut [f32]) {
+    let dot = dot_lanes(y, g);
+    for i in 0..o.len() {
+        o[i] = y[i] * (g[i] - dot);
+    }
+}
+
+/// A backward kernel out = f(forward tensor, gradient), run over matching chunks in parallel:
+/// whole rows of the last dimension, or fixed-size chunks for elementwise kernels.
+struct BackwardKernel {
+    name: &'static str,
+    by_row: bool,
+    chunk: fn(&[f32], &[f32], &mut [f32]),
+}
+
+impl CustomOp2 for BackwardKernel {
     fn name(&self) -> &'static str {
-        "storyreel-softmax-last-dim-backward"
+        self.name
     }
 
     fn cpu_fwd(
@@ -95,19 +126,10 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let ys = contiguous_f32(s1, l1, self.name())?;
-        let gs = contiguous_f32(s2, l2, self.name())?;
-        if ys.len() != gs.len() {
-            candle_core::bail!("softmax gradient of {:?} for output {:?}", l2.dims(), l1.dims());
-        }
-        let d = row_width(l1);
-        let mut out = vec![0f32; ys.len()];
-        out.par_chunks_mut(d).zip(ys.par_chunks(d).zip(gs.par_chunks(d))).for_each(|(o, (y, g))| {
-            let dot = dot_lanes(y, g);
-            for i in 0..o.len() {
-                o[i] = y[i] * (g[i] - dot);
-            }
-        });
+        let (xs, gs) = backward_inputs(self.name, s1, l1, s2, l2)?;
+        let n = if self.by_row { row_width(l1) } else { ELEMENTWISE_CHUNK };
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(n).zip(xs.par_chunks(n).zip(gs.par_chunks(n))).for_each(|(o, (x, g))| (self.chunk)(x, g, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -177,39 +199,17 @@ impl CustomOp1 for GeluTanh {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = grad_res.contiguous()?;
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad, &GeluTanhBackward)?))
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad, &GELU_TANH_BACKWARD)?))
     }
 }
 
 /// dx = dy·gelu′(u), from the GELU's input u and its output's gradient dy.
-struct GeluTanhBackward;
+const GELU_TANH_BACKWARD: BackwardKernel =
+    BackwardKernel { name: "storyreel-gelu-tanh-backward", by_row: false, chunk: gelu_tanh_backward_chunk };
 
-impl CustomOp2 for GeluTanhBackward {
-    fn name(&self) -> &'static str {
-        "storyreel-gelu-tanh-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let us = contiguous_f32(s1, l1, self.name())?;
-        let gs = contiguous_f32(s2, l2, self.name())?;
-        if us.len() != gs.len() {
-            candle_core::bail!("GELU gradient of {:?} for input {:?}", l2.dims(), l1.dims());
-        }
-        let mut out = vec![0f32; us.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(us.par_chunks(ELEMENTWISE_CHUNK).zip(gs.par_chunks(ELEMENTWISE_CHUNK)))
-            .for_each(|(o, (u, g))| {
-                for i in 0..o.len() {
-                    o[i] = g[i] * gelu_tanh_slope(u[i]);
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+fn gelu_tanh_backward_chunk(u: &[f32], g: &[f32], o: &mut [f32]) {
+    for i in 0..o.len() {
+        o[i] = g[i] * gelu_tanh_slope(u[i]);
     }
 }
 
