@@ -43,6 +43,13 @@ pub struct TeacherStepArgs {
     pub json: bool,
 }
 
+/// The fourth shot of a story, with two context frames from each earlier shot.
+const CONTEXT_FLAGS: [i64; 6] = [0, 0, 1, 1, 2, 2];
+/// Latent channels accepted (Wan's VAE has 16).
+const MAX_CHANNELS: usize = 64;
+/// Tokens accepted: at 8,192 the attention scores of one layer take 1 GiB.
+const MAX_TOKENS: usize = 8192;
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -56,7 +63,19 @@ pub fn run(a: &TeacherStepArgs) -> Result<()> {
     if a.target_frames == 0 || a.target_frames > 64 {
         bail!("--target-frames must be in 1..=64, got {}", a.target_frames);
     }
+    if a.channels == 0 || a.channels > MAX_CHANNELS {
+        bail!("--channels must be in 1..={MAX_CHANNELS}, got {}", a.channels);
+    }
     let (h, w) = crate::testcase::parse_size(&a.latent).context("--latent")?;
+    let tokens = (CONTEXT_FLAGS.len() + a.target_frames) * (h / 2) * (w / 2);
+    if tokens > MAX_TOKENS {
+        bail!(
+            "--latent {} with --target-frames {} makes {tokens} tokens; at most {MAX_TOKENS} fit in memory \
+             (the scores of one attention layer grow with the square)",
+            a.latent,
+            a.target_frames
+        );
+    }
     storyreel_nn::fused_grad::set_enabled(!a.plain_ops);
     let device = Device::Cpu;
     let cfg = TeacherStageConfig::default();
@@ -73,8 +92,7 @@ pub fn run(a: &TeacherStepArgs) -> Result<()> {
         }
     }
 
-    // The fourth shot of a story, with two context frames from each earlier shot.
-    let context_flags = [0i64, 0, 1, 1, 2, 2];
+    let context_flags = CONTEXT_FLAGS;
     let plan = ShotPlan::new(3, &context_flags, 4)?;
     let text = (cfg.text.text_len, cfg.text.dim);
     let embeddings = draw(0, &[4, text.0, text.1])?;
@@ -110,7 +128,6 @@ pub fn run(a: &TeacherStepArgs) -> Result<()> {
     }
     let totals: Vec<f64> = forward_ms.iter().zip(&backward_ms).map(|(f, b)| f + b).collect();
     let (fwd, bwd, total) = (median(forward_ms), median(backward_ms), median(totals));
-    let tokens = (context_flags.len() + a.target_frames) * (h / 2) * (w / 2);
     let kernels = if a.plain_ops { "candle ops" } else { "fused training kernels" };
     let threads = rayon::current_num_threads();
     if a.json {

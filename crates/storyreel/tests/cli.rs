@@ -166,8 +166,19 @@ fn bench_teacher_step_fused_kernels_match_candle_ops() {
     for key in ["forward_ms", "backward_ms", "step_ms"] {
         assert!(fused[key].as_f64().unwrap() > 0.0, "{key}");
     }
-    let (ok, _, err) = storyreel(&["bench", "teacher-step", "--target-frames", "0"]);
-    assert!(!ok && err.contains("--target-frames"), "{err}");
+    for (bad, named) in [
+        (&["--target-frames", "0"][..], "--target-frames"),
+        (&["--channels", "0"][..], "--channels"),
+        (&["--channels", "100000"][..], "--channels"),
+        (&["--latent", "512x512"][..], "8192"),
+        (&["--latent", "3x5"][..], "3×5"),
+        (&["--latent", "abc"][..], "--latent"),
+    ] {
+        let mut args = vec!["bench", "teacher-step", "--iters", "1", "--warmup", "0"];
+        args.extend_from_slice(bad);
+        let (ok, _, err) = storyreel(&args);
+        assert!(!ok && err.contains(named), "{bad:?}: {err}");
+    }
 }
 
 #[test]
