@@ -35,6 +35,9 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
 /// LN(x)·(1 + scale) + shift over the last dimension, with x `[F, P, D]` and scale, shift `[F, 1, D]`.
 pub fn modulated_layer_norm(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64) -> Result<Tensor> {
     if !fast(&[x, scale, shift]) {
+        if fused_grad::applies_all(&[x, scale, shift]) {
+            return fused_grad::modulated_layer_norm(x, scale, shift, eps);
+        }
         let h = norm::layer_norm(x, eps)?;
         return Ok(h.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?);
     }
@@ -65,6 +68,9 @@ pub fn modulated_layer_norm(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64
 /// x + y·gate with x, y `[F, P, D]` and gate `[F, 1, D]`.
 pub fn gated_add(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     if !fast(&[x, y, gate]) {
+        if fused_grad::applies_all(&[x, y, gate]) {
+            return fused_grad::gated_add(x, y, gate);
+        }
         return Ok((x + y.broadcast_mul(gate)?)?);
     }
     let (f, p, d) = x.dims3()?;

@@ -66,7 +66,11 @@ impl Linear {
         let xw = x2.to_dtype(wd)?;
         let mut y = xw.matmul(&self.weight.t()?)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+            y = if y.track_op() && crate::fused_grad::applies_all(&[&y, b]) {
+                crate::fused_grad::bias_add(&y, b)?
+            } else {
+                y.broadcast_add(b)?
+            };
         }
         if let Some(l) = &self.lora {
             let down = xw.matmul(&l.a.to_dtype(wd)?.t()?)?;

@@ -25,6 +25,15 @@ pub fn layer_norm_affine(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -
     if !x.track_op() && !weight.track_op() && !bias.track_op() {
         return Ok(candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32)?);
     }
+    if crate::fused_grad::applies_all(&[&x, weight, bias]) {
+        // An affine LayerNorm is a modulated one with a single group: scale = weight − 1.
+        let d = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / d.max(1);
+        let scale = (weight - 1.0)?.reshape((1, 1, d))?;
+        let y =
+            crate::fused_grad::modulated_layer_norm(&x.reshape((1, rows, d))?, &scale, &bias.reshape((1, 1, d))?, eps)?;
+        return Ok(y.reshape(x.shape())?);
+    }
     Ok(layer_norm(&x, eps)?.broadcast_mul(weight)?.broadcast_add(bias)?)
 }
 
@@ -33,6 +42,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let x = x.to_dtype(DType::F32)?;
     if !x.track_op() && !weight.track_op() {
         return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?);
+    }
+    if crate::fused_grad::applies_all(&[&x, weight]) {
+        return crate::fused_grad::rms_norm(&x, weight, eps);
     }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight)?)

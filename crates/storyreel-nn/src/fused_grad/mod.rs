@@ -1,5 +1,6 @@
 //! CPU kernels with their own backward pass for the ops training spends its time in: the
-//! attention softmax and GELU-tanh.
+//! attention softmax and GELU-tanh here, the normalisations in [`norm`] and the scaled residual
+//! adds in [`residual`].
 //!
 //! Under autograd, candle runs softmax as five ops (max, subtract, exp, sum, divide) and GELU-tanh
 //! as four; their backward passes add a dozen more full passes, each allocating and zero-filling
@@ -7,12 +8,23 @@
 //! there. Each op here is one parallel pass forward and one backward (dx = y·(dy − Σ dy·y) for
 //! softmax; dx = dy·gelu′(x) for GELU), registered with candle's autograd as a custom op.
 //!
+//! The normalisations and residual adds matter for another reason: their modulation, gate, weight
+//! and bias broadcast over rows, and candle's gradient for a broadcast is a strided reduction
+//! over a full-size temporary. Here those sums are taken in the same pass as the input gradient.
+//!
 //! They apply to f32 tensors on the CPU; elsewhere (CUDA, bf16) callers keep the candle ops.
 //! [`set_enabled`] switches them off process-wide so benchmarks can time the plain ops.
 
+mod norm;
+mod residual;
+
+pub use norm::{modulated_layer_norm, rms_norm};
+pub use residual::{bias_add, gated_add};
+
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::attention::{exp_block, exp_nonpositive};
@@ -30,8 +42,77 @@ pub fn applies(t: &Tensor) -> bool {
     ENABLED.load(Ordering::Relaxed) && matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
 }
 
+/// Whether the fused training kernels serve all of `ts`.
+pub fn applies_all(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| applies(t))
+}
+
 /// Elements per parallel task for elementwise kernels.
 const ELEMENTWISE_CHUNK: usize = 4096;
+
+/// Runs `f` on the contiguous f32 data of each of `ts` (copying only strided inputs).
+fn with_f32<R, const N: usize>(
+    what: &str,
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let owned = ts.iter().map(|t| t.contiguous()).collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (storage, layout) in &guards {
+        match &**storage {
+            Storage::Cpu(s) => slices.push(contiguous_f32(s, layout, what)?),
+            _ => candle_core::bail!("{what} runs on the CPU only"),
+        }
+    }
+    f(std::array::from_fn(|i| slices[i]))
+}
+
+/// A parallel pass over `out`, rows of width `d` split evenly into `groups` groups that each
+/// share a parameter vector (a frame's modulation, or one weight for all rows). `f(group, rows,
+/// out_rows, sums)` handles one chunk of rows inside one group and adds its share of `n_sums`
+/// per-group sums (each of width `d`) into `sums`. Returns the sums, `n_sums` vectors of `groups·d`.
+fn grouped_pass(
+    out: &mut [f32],
+    d: usize,
+    groups: usize,
+    n_sums: usize,
+    f: impl Fn(usize, Range<usize>, &mut [f32], &mut [Vec<f32>]) + Sync,
+) -> Vec<Vec<f32>> {
+    let rows = out.len() / d.max(1);
+    let group = rows / groups.max(1);
+    let chunk_rows = (ELEMENTWISE_CHUNK / d.max(1)).max(1);
+    let mut tasks = Vec::new();
+    let mut rest = out;
+    for g in 0..groups {
+        let mut r = g * group;
+        let end = if g + 1 == groups { rows } else { r + group };
+        while r < end {
+            let e = (r + chunk_rows).min(end);
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut((e - r) * d);
+            tasks.push((g, r..e, head));
+            rest = tail;
+            r = e;
+        }
+    }
+    let partials: Vec<(usize, Vec<Vec<f32>>)> = tasks
+        .into_par_iter()
+        .map(|(g, rows, chunk)| {
+            let mut sums = vec![vec![0f32; d]; n_sums];
+            f(g, rows, chunk, &mut sums);
+            (g, sums)
+        })
+        .collect();
+    let mut totals = vec![vec![0f32; groups * d]; n_sums];
+    for (g, sums) in partials {
+        for (total, part) in totals.iter_mut().zip(&sums) {
+            for (t, p) in total[g * d..(g + 1) * d].iter_mut().zip(part) {
+                *t += p;
+            }
+        }
+    }
+    totals
+}
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let data = match storage {
@@ -61,6 +142,31 @@ fn backward_inputs<'a>(
 
 fn row_width(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1).max(1)
+}
+
+/// Σ over rows of `data` (rows of width `d`), in parallel.
+fn column_sums(data: &[f32], d: usize) -> Vec<f32> {
+    let d = d.max(1);
+    let chunk = (ELEMENTWISE_CHUNK / d).max(1) * d;
+    data.par_chunks(chunk)
+        .map(|block| {
+            let mut sums = vec![0f32; d];
+            for row in block.chunks_exact(d) {
+                for (s, &v) in sums.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            sums
+        })
+        .reduce(
+            || vec![0f32; d],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
+                }
+                a
+            },
+        )
 }
 
 /// Softmax over the last dimension with a fused backward; `x` must be f32 on the CPU.
