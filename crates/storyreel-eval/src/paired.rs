@@ -1,6 +1,11 @@
 //! Paired comparison of two benchmark runs: both generated the same stories with the same
 //! seeds, so the per-story differences (B − A) cancel most of what makes one story harder than
 //! another, and their mean ± standard error says whether a change is more than noise.
+//!
+//! That standard error covers the stories, not the training: two twins trained with another
+//! seed can differ by more than a recipe change does. [`pooled_differences`] therefore takes
+//! several (A, B) pairs, e.g. a twin pair per training seed, averages each story's difference
+//! over the pairs and keeps every pair's own mean, so the spread between seeds is visible.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -56,28 +61,112 @@ pub fn story_value(report: &StoryReport, metric: &str, from_shot: usize) -> Opti
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
-/// B − A per story for each of [`PAIRED_METRICS`], over the stories both runs scored (matched
-/// by id). Errors when the runs share no story.
+/// Per-story differences B − A of every paired metric, counting shots from index `from_shot`
+/// (0-based) on, over the stories both runs hold.
 pub fn paired_differences(a: &BatchReport, b: &BatchReport, from_shot: usize) -> Result<Vec<PairedDifference>> {
-    let by_id: HashMap<&str, &StoryReport> = a.reports.iter().map(|r| (r.story.as_str(), r)).collect();
-    let matched: Vec<(&StoryReport, &StoryReport)> =
-        b.reports.iter().filter_map(|rb| by_id.get(rb.story.as_str()).map(|ra| (*ra, rb))).collect();
-    if matched.is_empty() {
+    Ok(pooled_differences(&[(a, b)], from_shot)?
+        .into_iter()
+        .map(|p| PairedDifference {
+            metric: p.metric,
+            stories: p.stories,
+            mean: p.mean,
+            standard_error: p.standard_error,
+        })
+        .collect())
+}
+
+/// One paired metric pooled over several (A, B) pairs of runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PooledDifference {
+    /// Metric name (one of [`PAIRED_METRICS`]).
+    pub metric: &'static str,
+    /// Stories with a value in every run of every pair.
+    pub stories: usize,
+    /// Mean over those stories of the story's B − A averaged over the pairs.
+    pub mean: f64,
+    /// Standard error of that mean over the stories.
+    pub standard_error: f64,
+    /// Each pair's own mean B − A over the same stories.
+    pub per_pair: Vec<f64>,
+}
+
+/// A run's story reports by story id.
+type StoryIndex<'a> = HashMap<&'a str, &'a StoryReport>;
+
+fn story_index(run: &BatchReport) -> StoryIndex<'_> {
+    run.reports.iter().map(|s| (s.story.as_str(), s)).collect()
+}
+
+/// Paired differences pooled over `pairs` of runs of the same stories (e.g. one twin pair per
+/// training seed): each story's B − A is averaged over the pairs; stories missing a value in
+/// any run are left out of that metric.
+pub fn pooled_differences(pairs: &[(&BatchReport, &BatchReport)], from_shot: usize) -> Result<Vec<PooledDifference>> {
+    let Some((first_a, _)) = pairs.first() else {
+        return Err(EvalError::Mismatch("a paired comparison needs at least one pair of runs".into()));
+    };
+    let indexed: Vec<(StoryIndex<'_>, StoryIndex<'_>)> =
+        pairs.iter().map(|&(a, b)| (story_index(a), story_index(b))).collect();
+    let shared: Vec<&str> = first_a
+        .reports
+        .iter()
+        .map(|r| r.story.as_str())
+        .filter(|id| indexed.iter().all(|(a, b)| a.contains_key(id) && b.contains_key(id)))
+        .collect();
+    if shared.is_empty() {
         return Err(EvalError::Mismatch(
-            "the two runs share no story id; a paired comparison needs the same stories in both".into(),
+            "the runs share no story id; a paired comparison needs the same stories in every run".into(),
         ));
     }
     Ok(PAIRED_METRICS
         .iter()
         .map(|&metric| {
-            let diffs: Vec<f64> = matched
+            // Rows: stories with a value in every run; columns: the pairs.
+            let rows: Vec<Vec<f64>> = shared
                 .iter()
-                .filter_map(|(ra, rb)| Some(story_value(rb, metric, from_shot)? - story_value(ra, metric, from_shot)?))
+                .filter_map(|id| {
+                    indexed
+                        .iter()
+                        .map(|(a, b)| {
+                            Some(story_value(b[id], metric, from_shot)? - story_value(a[id], metric, from_shot)?)
+                        })
+                        .collect::<Option<Vec<f64>>>()
+                })
                 .collect();
-            let (mean, standard_error) = mean_and_standard_error(&diffs);
-            PairedDifference { metric, stories: diffs.len(), mean, standard_error }
+            let story_means: Vec<f64> = rows.iter().map(|r| r.iter().sum::<f64>() / r.len() as f64).collect();
+            let (mean, standard_error) = mean_and_standard_error(&story_means);
+            let per_pair = (0..pairs.len())
+                .map(|k| mean_and_standard_error(&rows.iter().map(|r| r[k]).collect::<Vec<_>>()).0)
+                .collect();
+            PooledDifference { metric, stories: rows.len(), mean, standard_error, per_pair }
         })
         .collect())
+}
+
+/// Pooled differences as a Markdown table, with each pair's own mean.
+pub fn pooled_markdown(rows: &[PooledDifference], from_shot: usize) -> String {
+    let mut s = String::new();
+    let shots = if from_shot == 0 { "all shots".to_string() } else { format!("shots {} and later", from_shot + 1) };
+    let pairs = rows.first().map_or(0, |r| r.per_pair.len());
+    let _ = writeln!(s, "\nPaired per-story differences, B − A, pooled over {pairs} pairs ({shots}):\n");
+    let _ = writeln!(
+        s,
+        "| metric | stories | each pair | pooled (mean ± SE over stories) | in SE |\n|---|---|---|---|---|"
+    );
+    for r in rows {
+        let each: Vec<String> = r.per_pair.iter().map(|v| format!("{v:+.3}")).collect();
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {} | {:+.3} ± {:.3} | {:+.1} |",
+            r.metric,
+            r.stories,
+            each.join(" / "),
+            r.mean,
+            r.standard_error,
+            if r.standard_error > 0.0 { r.mean / r.standard_error } else { 0.0 }
+        );
+    }
+    let _ = writeln!(s, "\nThe standard error is over stories; the spread of the pairs' means shows what seeds add.");
+    s
 }
 
 /// Mean and standard error of the mean (0, 0 for no values).
@@ -210,6 +299,35 @@ mod tests {
         assert!(paired_markdown(&later, 2).contains("shots 3 and later"));
         let disjoint = batch(vec![story("other", &[0.5], &[])]);
         assert!(paired_differences(&a, &disjoint, 0).unwrap_err().to_string().contains("no story id"));
+    }
+
+    #[test]
+    fn pooled_differences_average_each_story_over_the_pairs_and_keep_each_pairs_mean() {
+        let run = |values: &[(&str, f64)]| {
+            batch(values.iter().map(|&(id, v)| story(id, &[v, v], &[(0, 1, "character", v)])).collect())
+        };
+        // Seed 1: s1 +0.2, s2 +0.4. Seed 2: s1 0.0, s2 +0.2, and s3 exists only here.
+        let (a1, b1) = (run(&[("s1", 0.1), ("s2", 0.1)]), run(&[("s1", 0.3), ("s2", 0.5)]));
+        let (a2, b2) = (run(&[("s1", 0.5), ("s2", 0.2), ("s3", 0.0)]), run(&[("s1", 0.5), ("s2", 0.4), ("s3", 0.9)]));
+        let rows = pooled_differences(&[(&a1, &b1), (&a2, &b2)], 0).unwrap();
+        let adherence = rows.iter().find(|r| r.metric == "adherence").unwrap();
+        assert_eq!(adherence.stories, 2, "s3 is not in every run");
+        // Story means over the seeds: s1 +0.1, s2 +0.3; the seeds' own means: +0.3 and +0.1.
+        assert!((adherence.mean - 0.2).abs() < 1e-12, "{adherence:?}");
+        assert!((adherence.standard_error - 0.1).abs() < 1e-12, "{adherence:?}");
+        assert!((adherence.per_pair[0] - 0.3).abs() < 1e-12 && (adherence.per_pair[1] - 0.1).abs() < 1e-12);
+        // One pair gives the plain paired differences.
+        let single = pooled_differences(&[(&a1, &b1)], 0).unwrap();
+        let plain = paired_differences(&a1, &b1, 0).unwrap();
+        assert!(single.iter().zip(&plain).all(|(p, q)| p.mean == q.mean && p.standard_error == q.standard_error));
+        let table = pooled_markdown(&rows, 0);
+        assert!(table.contains("pooled over 2 pairs") && table.contains("+0.300 / +0.100"), "{table}");
+        assert!(pooled_differences(&[], 0).is_err());
+        let elsewhere = run(&[("x", 0.1)]);
+        assert!(pooled_differences(&[(&a1, &b1), (&elsewhere, &elsewhere)], 0)
+            .unwrap_err()
+            .to_string()
+            .contains("no story id"));
     }
 
     /// Three two-shot stories of the same cast in the same place; shot looks from `look(story)`.

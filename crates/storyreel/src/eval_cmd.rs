@@ -11,7 +11,7 @@ use storyreel_eval::corrupt::{corrupt, Corruption};
 use storyreel_eval::evaluate::{
     embedding_distance, evaluate_story, summarise, BatchReport, EvalOptions, Metrics, StoryReport,
 };
-use storyreel_eval::paired::{paired_differences, paired_markdown};
+use storyreel_eval::paired::{paired_differences, paired_markdown, pooled_differences, pooled_markdown};
 use storyreel_eval::probe::{render_samples, Probe, ProbeCard, ProbeFitOptions, PROBE_TEST_SEED_BASE};
 use storyreel_eval::report::{
     batch_markdown, compare_markdown, story_markdown, table_markdown, to_json, write_story_report, write_text,
@@ -38,8 +38,10 @@ pub struct EvalArgs {
     dir: Option<PathBuf>,
     /// Two earlier reports (report.json files or the folders holding them), side by side; for
     /// two batch reports of the same stories, also the paired per-story differences (B − A,
-    /// mean ± standard error) of consistency and adherence.
-    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    /// mean ± standard error) of consistency and adherence. Give it again for more pairs (e.g.
+    /// one twin pair per training seed): the differences are then pooled over the pairs, with
+    /// each pair's own mean beside them.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], action = clap::ArgAction::Append)]
     compare: Option<Vec<PathBuf>>,
     /// With --compare: count only shots N and later (1-based) in the paired differences, e.g.
     /// 4 for the later shots of a story, where context has the most to carry.
@@ -108,9 +110,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Some(EvalAction::Table(a)) => return table(a),
         None => {}
     }
-    if let Some(pair) = &args.compare {
+    if let Some(files) = &args.compare {
         let from_shot = args.from_shot.map_or(0, |n| n as usize - 1);
-        return compare(&pair[0], &pair[1], from_shot, args.json);
+        return match files.as_slice() {
+            [a, b] => compare(a, b, from_shot, args.json),
+            _ => compare_pooled(files, from_shot, args.json),
+        };
     }
     let probe = load_probe(args.probe.as_deref())?;
     match (&args.video, &args.story, &args.dir) {
@@ -297,6 +302,31 @@ fn compare(a: &Path, b: &Path, from_shot: usize, json: bool) -> Result<()> {
         if let Some(rows) = &paired {
             print!("{}", paired_markdown(rows, from_shot));
         }
+    }
+    Ok(())
+}
+
+/// Paired differences pooled over several `--compare A B` pairs of batch reports.
+fn compare_pooled(files: &[PathBuf], from_shot: usize, json: bool) -> Result<()> {
+    let mut batches = Vec::with_capacity(files.len());
+    for path in files {
+        let (file, value) = read_report(path)?;
+        let batch = as_batch(&file, &value)?.with_context(|| {
+            format!(
+                "{}: pooling several --compare pairs needs batch reports (from `storyreel eval --dir`)",
+                file.display()
+            )
+        })?;
+        batches.push(batch);
+    }
+    let pairs: Vec<(&BatchReport, &BatchReport)> = batches.chunks_exact(2).map(|p| (&p[0], &p[1])).collect();
+    let rows = pooled_differences(&pairs, from_shot).context("pooling the --compare pairs")?;
+    if json {
+        let names: Vec<[String; 2]> =
+            files.chunks_exact(2).map(|p| [p[0].display().to_string(), p[1].display().to_string()]).collect();
+        println!("{}", serde_json::json!({ "pairs": names, "from_shot": from_shot + 1, "pooled": rows }));
+    } else {
+        print!("{}", pooled_markdown(&rows, from_shot));
     }
     Ok(())
 }

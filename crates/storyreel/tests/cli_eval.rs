@@ -84,6 +84,20 @@ fn evaluate_one_a_folder_and_compare() {
     let (ok, _, err) = storyreel(&["eval", "--compare", s(&out), s(&batch), "--from-shot", "4"]);
     assert!(!ok && err.contains("--from-shot needs two batch reports"), "{err}");
 
+    // Several pairs (e.g. one per training seed) are pooled story by story.
+    let pooled = ["eval", "--compare", s(&batch), s(&batch), "--compare", s(&batch), s(&batch)];
+    let (ok, stdout, err) = storyreel(&[&pooled[..], &["--json"]].concat());
+    assert!(ok, "{err}");
+    let cmp: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(cmp["pairs"].as_array().map(Vec::len), Some(2), "{cmp}");
+    let adherence = cmp["pooled"].as_array().unwrap().iter().find(|r| r["metric"] == "adherence").unwrap().clone();
+    assert_eq!((adherence["stories"].as_u64(), adherence["mean"].as_f64()), (Some(2), Some(0.0)), "{cmp}");
+    assert_eq!(adherence["per_pair"].as_array().map(Vec::len), Some(2), "{cmp}");
+    let (ok, stdout, err) = storyreel(&pooled);
+    assert!(ok && stdout.contains("pooled over 2 pairs"), "{err}{stdout}");
+    let (ok, _, err) = storyreel(&["eval", "--compare", s(&batch), s(&batch), "--compare", s(&out), s(&batch)]);
+    assert!(!ok && err.contains("needs batch reports"), "{err}");
+
     // Errors name the problem.
     let other = set.join("stories/world-000041.json");
     let (ok, _, err) = storyreel(&["eval", "--video", s(&video), "--story", s(&other)]);
