@@ -125,6 +125,18 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> c
     }
 }
 
+/// The contiguous f32 data of a custom op's inputs.
+fn f32_inputs<'a, const N: usize>(
+    what: &str,
+    inputs: [(&'a CpuStorage, &Layout); N],
+) -> candle_core::Result<[&'a [f32]; N]> {
+    let mut out: [&[f32]; N] = [&[]; N];
+    for (o, (storage, layout)) in out.iter_mut().zip(inputs) {
+        *o = contiguous_f32(storage, layout, what)?;
+    }
+    Ok(out)
+}
+
 /// The two inputs of a backward kernel (a forward tensor and a gradient), which must be the same size.
 fn backward_inputs<'a>(
     what: &str,
@@ -319,14 +331,31 @@ fn gelu_tanh_backward_chunk(u: &[f32], g: &[f32], o: &mut [f32]) {
     }
 }
 
+/// Helpers the kernels' tests share.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Var;
+mod test_util {
+    use candle_core::{Tensor, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// The largest absolute difference between two tensors.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
+
+    /// op(inputs) and the gradient of Σ w·op(inputs) with respect to every input.
+    pub fn grads(inputs: &[&Tensor], w: &Tensor, op: impl Fn(&[Tensor]) -> Tensor) -> (Tensor, Vec<Tensor>) {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = op(&ts);
+        let store = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+        (y.detach(), vars.iter().map(|v| store.get(v.as_tensor()).expect("a gradient").clone()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::max_diff;
+    use super::*;
+    use candle_core::Var;
 
     /// Value and input gradient of Σ w·op(x), through `op`.
     fn value_and_grad(x: &Tensor, w: &Tensor, op: impl Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {

@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 
-use super::{contiguous_f32, grouped_pass, with_f32};
+use super::{f32_inputs, grouped_pass, with_f32};
 use crate::error::{NnError, Result};
 
 /// LN(x)·(1 + scale) + shift over the last dimension, with x `[G, P, D]` and scale, shift
@@ -107,11 +107,7 @@ impl CustomOp3 for ModulatedLayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (xs, sc, sh) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-            contiguous_f32(s3, l3, self.name())?,
-        );
+        let [xs, sc, sh] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (g, _, d) = l1.shape().dims3()?;
         let mut out = vec![0f32; xs.len()];
         grouped_pass(&mut out, d, g, 0, |grp, rows, out, _| {
@@ -157,7 +153,7 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (xs, w) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+        let [xs, w] = f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         let d = w.len();
         let mut out = vec![0f32; xs.len()];
         grouped_pass(&mut out, d, 1, 0, |_, rows, out, _| {
@@ -206,21 +202,9 @@ impl CustomOp2 for RmsNorm {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{grads, max_diff};
     use super::*;
-    use candle_core::{Var, D};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
-
-    /// Σ w·op(vars) and the gradient of every var, through `op`.
-    fn grads(inputs: &[&Tensor], w: &Tensor, op: impl Fn(&[Tensor]) -> Tensor) -> (Tensor, Vec<Tensor>) {
-        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
-        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let y = op(&ts);
-        let store = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
-        (y.detach(), vars.iter().map(|v| store.get(v.as_tensor()).expect("a gradient").clone()).collect())
-    }
+    use candle_core::D;
 
     fn plain_layer_norm(x: &Tensor, eps: f64) -> Tensor {
         let mean = x.mean_keepdim(D::Minus1).unwrap();

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Tensor};
 
-use super::{column_sums, contiguous_f32, grouped_pass, with_f32};
+use super::{column_sums, f32_inputs, grouped_pass, with_f32};
 use crate::error::{NnError, Result};
 
 /// x + y·gate with x, y `[G, P, D]` and gate `[G, 1, D]`, with a fused backward; f32 on the CPU.
@@ -40,11 +40,7 @@ impl CustomOp3 for GatedAdd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (xs, ys, gate) = (
-            contiguous_f32(s1, l1, self.name())?,
-            contiguous_f32(s2, l2, self.name())?,
-            contiguous_f32(s3, l3, self.name())?,
-        );
+        let [xs, ys, gate] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (g, _, d) = l1.shape().dims3()?;
         let mut out = vec![0f32; xs.len()];
         grouped_pass(&mut out, d, g, 0, |grp, rows, out, _| {
@@ -106,7 +102,7 @@ impl CustomOp2 for BiasAdd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (ys, bias) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+        let [ys, bias] = f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         let d = bias.len();
         let mut out = vec![0f32; ys.len()];
         grouped_pass(&mut out, d, 1, 0, |_, rows, out, _| {
@@ -135,21 +131,8 @@ impl CustomOp2 for BiasAdd {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{grads, max_diff};
     use super::*;
-    use candle_core::Var;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
-
-    /// Σ w·op(vars) and the gradient of every var, through `op`.
-    fn grads(inputs: &[&Tensor], w: &Tensor, op: impl Fn(&[Tensor]) -> Tensor) -> (Tensor, Vec<Tensor>) {
-        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
-        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let y = op(&ts);
-        let store = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
-        (y.detach(), vars.iter().map(|v| store.get(v.as_tensor()).expect("a gradient").clone()).collect())
-    }
 
     #[test]
     fn gated_add_matches_candle_forward_and_backward() {
