@@ -34,6 +34,7 @@ use storyreel_world::Story;
 use crate::consistency::{cosine, vbench_consistency};
 use crate::error::{EvalError, Result};
 use crate::frechet::{frechet_distance_eps, Gaussian};
+use crate::look_agreement::story_look_agreement;
 use crate::motion::{clip_motion, dynamic_degree, MotionConfig};
 use crate::probe::{Probe, ProbeReading, N_CHARACTERS, N_CHARACTER_LOOKS};
 use crate::sca::{shot_cut_accuracy, ScaReport};
@@ -58,6 +59,13 @@ pub struct Metrics {
     /// Place consistency beyond what the batch's other stories share. Batches only.
     #[serde(default)]
     pub story_specific_place_consistency: Option<f64>,
+    /// Share of same-cast shot pairs whose characters the probe reads in the same look, in
+    /// [0, 1] ([`crate::look_agreement`]); `None` when no two shots share a cast.
+    #[serde(default)]
+    pub character_look_agreement: Option<f64>,
+    /// Share of same-place shot pairs whose place the probe reads in the same look.
+    #[serde(default)]
+    pub place_look_agreement: Option<f64>,
     /// Mean of the three adherence checks below, in [0, 1].
     pub prompt_adherence: f64,
     /// Fraction of shots whose place is the captioned one.
@@ -320,6 +328,8 @@ pub fn evaluate_story(
         inter_shot_place_consistency: mean_of("place"),
         story_specific_character_consistency: None,
         story_specific_place_consistency: None,
+        character_look_agreement: None,
+        place_look_agreement: None,
         prompt_adherence: shots.iter().map(|s| s.adherence).sum::<f64>() / n,
         adherence_place: place_hits / n,
         adherence_framing: framing_hits / n,
@@ -330,20 +340,20 @@ pub fn evaluate_story(
         quality_fd: None,
     };
     let embeddings = readings.into_iter().map(|r| r.embedding).collect();
-    Ok((
-        StoryReport {
-            story: story.id.clone(),
-            frames: frames.len(),
-            fps,
-            metrics,
-            cuts_expected,
-            cuts_detected,
-            cut_matching,
-            shots,
-            pairs,
-        },
-        embeddings,
-    ))
+    let mut report = StoryReport {
+        story: story.id.clone(),
+        frames: frames.len(),
+        fps,
+        metrics,
+        cuts_expected,
+        cuts_detected,
+        cut_matching,
+        shots,
+        pairs,
+    };
+    report.metrics.character_look_agreement = story_look_agreement(&report, "character", 0);
+    report.metrics.place_look_agreement = story_look_agreement(&report, "place", 0);
+    Ok((report, embeddings))
 }
 
 /// Fréchet distance between two sets of probe embeddings (a small ridge keeps it defined when
@@ -493,6 +503,10 @@ pub fn fill_story_specific_consistency(reports: &mut [StoryReport]) {
 /// story-specific consistencies first ([`fill_story_specific_consistency`]).
 pub fn summarise(mut reports: Vec<StoryReport>, quality_fd: Option<f64>) -> BatchReport {
     fill_story_specific_consistency(&mut reports);
+    for r in reports.iter_mut() {
+        r.metrics.character_look_agreement = story_look_agreement(r, "character", 0);
+        r.metrics.place_look_agreement = story_look_agreement(r, "place", 0);
+    }
     let n = reports.len().max(1) as f64;
     let mean = |f: &dyn Fn(&Metrics) -> f64| reports.iter().map(|r| f(&r.metrics)).sum::<f64>() / n;
     let mean_opt = |f: &dyn Fn(&Metrics) -> Option<f64>| {
@@ -506,6 +520,8 @@ pub fn summarise(mut reports: Vec<StoryReport>, quality_fd: Option<f64>) -> Batc
         inter_shot_place_consistency: mean_opt(&|m| m.inter_shot_place_consistency),
         story_specific_character_consistency: mean_opt(&|m| m.story_specific_character_consistency),
         story_specific_place_consistency: mean_opt(&|m| m.story_specific_place_consistency),
+        character_look_agreement: mean_opt(&|m| m.character_look_agreement),
+        place_look_agreement: mean_opt(&|m| m.place_look_agreement),
         prompt_adherence: mean(&|m| m.prompt_adherence),
         adherence_place: mean(&|m| m.adherence_place),
         adherence_framing: mean(&|m| m.adherence_framing),

@@ -10,6 +10,7 @@ pub mod corrupt;
 pub mod evaluate;
 pub mod features;
 pub mod frechet;
+pub mod look_agreement;
 pub mod motion;
 pub mod paired;
 pub mod probe;

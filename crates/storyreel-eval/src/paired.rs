@@ -14,10 +14,18 @@ use serde::Serialize;
 
 use crate::error::{EvalError, Result};
 use crate::evaluate::{BatchReport, StoryReport};
+use crate::look_agreement::story_look_agreement;
 
 /// The per-story numbers a paired comparison looks at.
-pub const PAIRED_METRICS: [&str; 5] =
-    ["character_consistency", "place_consistency", "adherence", "story_specific_character", "story_specific_place"];
+pub const PAIRED_METRICS: [&str; 7] = [
+    "character_consistency",
+    "place_consistency",
+    "adherence",
+    "story_specific_character",
+    "story_specific_place",
+    "character_look_agreement",
+    "place_look_agreement",
+];
 
 /// Mean ± standard error of one metric's per-story differences.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,6 +63,9 @@ pub fn story_value(report: &StoryReport, metric: &str, from_shot: usize) -> Opti
         "story_specific_character" | "story_specific_place" => {
             let kind = metric.trim_start_matches("story_specific_");
             report.pairs.iter().filter(|p| p.kind == kind && p.b >= from_shot).filter_map(|p| p.specific).collect()
+        }
+        "character_look_agreement" | "place_look_agreement" => {
+            return story_look_agreement(report, metric.trim_end_matches("_look_agreement"), from_shot);
         }
         _ => return None,
     };
@@ -371,6 +382,39 @@ mod tests {
         assert_eq!(lone.metrics.story_specific_place_consistency, None);
         let old = crate::evaluate::summarise(vec![story("a", &[0.5, 0.5], &[(0, 1, "place", 1.0)]); 2], None);
         assert_eq!(old.metrics.story_specific_place_consistency, None);
+    }
+
+    #[test]
+    fn look_agreement_counts_the_pairs_read_in_the_same_look() {
+        // The meadow's looks are place readings 0–2; character 2's looks are readings 6–8.
+        let place = |l: usize| (0..18).map(|j| if j == l { 0.9 } else { 0.05 }).collect::<Vec<f32>>();
+        let cast = |l: usize| (0..30).map(|j| if j == 6 + l { 0.9 } else { 0.05 }).collect::<Vec<f32>>();
+        let pairs = [(0, 1, "place", 0.9), (0, 2, "place", 0.9), (1, 2, "place", 0.9), (0, 2, "character", 0.9)];
+        let mut r = story("s", &[0.5, 0.5, 0.5], &pairs);
+        for (s, (p, c)) in r.shots.iter_mut().zip([(1, 0), (1, 1), (2, 0)]) {
+            s.expected_place = Some(Place::Meadow);
+            s.expected_characters = vec![2];
+            s.place_looks = place(p);
+            s.character_looks = cast(c);
+        }
+        // Place pairs: (0, 1) agree, (0, 2) and (1, 2) do not; the character pair (0, 2) agrees.
+        let third = |v: Option<f64>| v.map(|v| (v - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(third(story_look_agreement(&r, "place", 0)), Some(true));
+        assert_eq!(story_look_agreement(&r, "place", 2), Some(0.0));
+        assert_eq!(story_look_agreement(&r, "character", 0), Some(1.0));
+        assert_eq!(story_look_agreement(&r, "character", 3), None);
+        let summary = crate::evaluate::summarise(vec![r.clone()], None);
+        assert_eq!(third(summary.metrics.place_look_agreement), Some(true));
+        assert_eq!(summary.metrics.character_look_agreement, Some(1.0));
+        // Paired: B draws the third shot in the first shots' look.
+        let mut b = r.clone();
+        b.shots[2].place_looks = place(1);
+        let rows = paired_differences(&batch(vec![r]), &batch(vec![b]), 0).unwrap();
+        let agreement = rows.iter().find(|d| d.metric == "place_look_agreement").unwrap();
+        assert!((agreement.mean - 2.0 / 3.0).abs() < 1e-12, "{agreement:?}");
+        // Reports without readings have no agreement.
+        let bare = story("b", &[0.5, 0.5], &[(0, 1, "place", 1.0)]);
+        assert_eq!(story_look_agreement(&bare, "place", 0), None);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub fn metric_rows(m: &Metrics) -> Vec<(&'static str, Option<f64>)> {
         ("inter_shot_place_consistency", m.inter_shot_place_consistency),
         ("story_specific_character_consistency", m.story_specific_character_consistency),
         ("story_specific_place_consistency", m.story_specific_place_consistency),
+        ("character_look_agreement", m.character_look_agreement),
+        ("place_look_agreement", m.place_look_agreement),
         ("prompt_adherence", Some(m.prompt_adherence)),
         ("adherence_place", Some(m.adherence_place)),
         ("adherence_framing", Some(m.adherence_framing)),

@@ -13,11 +13,13 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const METRICS: [&str; 11] = [
+const METRICS: [&str; 13] = [
     "shot_cut_accuracy",
     "intra_shot_consistency",
     "inter_shot_character_consistency",
     "inter_shot_place_consistency",
+    "character_look_agreement",
+    "place_look_agreement",
     "prompt_adherence",
     "adherence_place",
     "adherence_framing",
@@ -75,7 +77,7 @@ fn evaluate_one_a_folder_and_compare() {
     let cmp: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(cmp["paired"]["from_shot"], 2, "{cmp}");
     let rows = cmp["paired"]["differences"].as_array().unwrap();
-    assert_eq!(rows.len(), 5, "{cmp}");
+    assert_eq!(rows.len(), 7, "{cmp}");
     let adherence = rows.iter().find(|r| r["metric"] == "adherence").unwrap();
     assert_eq!(adherence["stories"], 2, "{cmp}");
     assert_eq!((adherence["mean"].as_f64(), adherence["standard_error"].as_f64()), (Some(0.0), Some(0.0)));
