@@ -2,6 +2,7 @@
 //! streaming multi-shot [`Session`] that turns per-shot caption embeddings into latent chunks.
 
 pub mod context;
+pub mod context_channels;
 pub mod error;
 pub mod noise;
 pub mod pixels;

@@ -124,6 +124,10 @@ pub struct ModelCard {
     /// (absent: false, ShotStream's teacher). Students always see context at t = 0.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clean_context: bool,
+    /// Whether a teacher takes the mean context latent joined to each target frame's channels
+    /// (absent: false; [`crate::context_channels`]). Its DiT then reads twice the VAE's channels.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub context_channels: bool,
     /// Sampling defaults (of the multi-step teacher: for a student, of the teacher it learned from).
     pub sampler: TeacherSampling,
     /// The few-step sampler of a student (absent for a teacher).
@@ -305,11 +309,19 @@ pub fn load_tiny_decoder(dir: &Path, vae: &WanVae, device: &Device) -> Result<Ti
 /// The parts must agree on latent channels, spatial scale and text width.
 fn check_parts(card: &ModelCard, cfg: &WanConfig, vae: &WanVae, text: &ToyTextEncoder) -> Result<()> {
     let z = vae.latent_channels();
-    if cfg.in_dim != z || cfg.out_dim != z {
+    let takes = if card.context_channels { 2 * z } else { z };
+    if cfg.in_dim != takes || cfg.out_dim != z {
         return Err(EngineError::Config(format!(
-            "the DiT takes {} / gives {} latent channels but the VAE has {z}",
-            cfg.in_dim, cfg.out_dim
+            "the DiT takes {} / gives {} latent channels but the VAE has {z}{}",
+            cfg.in_dim,
+            cfg.out_dim,
+            if card.context_channels { " (and context channels double its input)" } else { "" }
         )));
+    }
+    if card.context_channels && card.kind != ModelKind::Teacher {
+        return Err(EngineError::Config(
+            "only a teacher takes context channels (`context_channels` on a student card)".into(),
+        ));
     }
     let scale = vae.spatial_scale() as u32 * cfg.patch_size[1] as u32;
     if !card.width.is_multiple_of(scale) || !card.height.is_multiple_of(scale) {

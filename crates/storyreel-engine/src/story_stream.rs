@@ -278,8 +278,9 @@ impl<'m> StoryStream<'m> {
             uncond: self.uncond.as_ref(),
             context,
             clean_context: card.clean_context,
+            context_channels: card.context_channels,
         };
-        let x = SeededNoise::new(self.options.seed).noise(k, 0, 0, &[f, dit.config().in_dim, h, w], &device)?;
+        let x = SeededNoise::new(self.options.seed).noise(k, 0, 0, &[f, dit.config().out_dim, h, w], &device)?;
         let total = self.options.sampler.timesteps().len();
         let mut step = 0usize;
         let mut step_seen = |_: usize, _: &Tensor| -> Result<()> {

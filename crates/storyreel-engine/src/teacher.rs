@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor};
 use storyreel_nn::kv_cache::CaptionCache;
 use storyreel_nn::{FrameInfo, WanModel};
 
+use crate::context_channels::{context_mean, join_channels, join_zeros};
 use crate::error::{EngineError, Result};
 use crate::sampler::{EulerSampler, FlowBranch};
 use crate::shot_plan::ShotPlan;
@@ -23,6 +24,9 @@ pub struct TeacherInputs<'a> {
     /// Embed the context frames at t = 0 instead of the target's t (the model card's
     /// `clean_context`; ShotStream's teacher embeds them at the target's t).
     pub clean_context: bool,
+    /// Join the mean context latent to every target frame's channels (the model card's
+    /// `context_channels`; [`crate::context_channels`]).
+    pub context_channels: bool,
 }
 
 /// Flow of the target frames `x` `[F, C, H, W]` at timestep `t` under the teacher, with the
@@ -42,7 +46,7 @@ pub fn teacher_flow(
         FlowBranch::WithoutContext => (inputs.context.zeros_like()?, inputs.plan.without_context()),
         _ => (inputs.context.to_dtype(DType::F32)?, inputs.plan.clone()),
     };
-    let full = Tensor::cat(&[context.to_dtype(DType::F32)?, x], 0)?;
+    let full = teacher_input(&context, &x, inputs.context_channels)?;
     let mut frames = teacher_frames(&plan, f, t, inputs.clean_context);
     let captions = if branch == FlowBranch::Unconditional {
         for fr in frames.iter_mut() {
@@ -54,6 +58,18 @@ pub fn teacher_flow(
     };
     let v = model.forward_bidirectional(&full, &frames, captions)?;
     Ok(v.narrow(0, n, f)?)
+}
+
+/// The DiT input of one teacher forward: the context latents in front of the target `x`, with
+/// the context channels joined when `context_channels` (zeros behind the context frames, the
+/// mean of the real context frames behind the target's).
+pub fn teacher_input(context: &Tensor, x: &Tensor, context_channels: bool) -> Result<Tensor> {
+    let context = context.to_dtype(DType::F32)?;
+    if !context_channels {
+        return Ok(Tensor::cat(&[context, x.clone()], 0)?);
+    }
+    let mean = context_mean(&context)?;
+    Ok(Tensor::cat(&[join_zeros(&context)?, join_channels(x, &mean)?], 0)?)
 }
 
 /// Whether the inputs carry any context (the first shot, and a shot whose context was dropped,

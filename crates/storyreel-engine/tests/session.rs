@@ -200,7 +200,14 @@ fn teacher_sampling_runs_bidirectionally_with_cfg() {
     let neg = Tensor::randn(0f32, 1.0, (1, cfg.text_len, cfg.text_dim), &Device::Cpu).unwrap();
     let (c, u) = (m.embed_captions(&caps).unwrap(), m.embed_captions(&neg).unwrap());
     let ctx = Tensor::randn(0f32, 1.0, (6, 4, 4, 6), &Device::Cpu).unwrap();
-    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: Some(&u), context: &ctx, clean_context: false };
+    let inputs = TeacherInputs {
+        plan: &plan,
+        captions: &c,
+        uncond: Some(&u),
+        context: &ctx,
+        clean_context: false,
+        context_channels: false,
+    };
     let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &Device::Cpu).unwrap();
     // Bidirectional: the flow of target frame 0 depends on target frame 2 (not so in the student).
     let v = teacher_flow(&m, &inputs, &noise, 500.0, FlowBranch::Conditional).unwrap();
@@ -254,7 +261,14 @@ fn a_clean_context_is_embedded_at_t0_while_the_target_keeps_its_t() {
     let c = m.embed_captions(&caps).unwrap();
     let ctx = Tensor::randn(0f32, 1.0, (6, 4, 4, 6), &dev).unwrap();
     let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &dev).unwrap();
-    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: None, context: &ctx, clean_context: true };
+    let inputs = TeacherInputs {
+        plan: &plan,
+        captions: &c,
+        uncond: None,
+        context: &ctx,
+        clean_context: true,
+        context_channels: false,
+    };
     let v = teacher_flow(&m, &inputs, &noise, 800.0, FlowBranch::Conditional).unwrap();
     let full = Tensor::cat(&[&ctx, &noise], 0).unwrap();
     let want = m.forward_bidirectional(&full, &clean, &c).unwrap().narrow(0, 6, 3).unwrap();
@@ -278,13 +292,26 @@ fn context_guidance_pushes_away_from_the_dropped_context() {
     let plan = ShotPlan::new(2, &[0, 0, 1, 1, 1, 1], 3).unwrap();
     let ctx = Tensor::randn(0f32, 1.0, (6, 4, 4, 6), &dev).unwrap();
     let noise = Tensor::randn(0f32, 1.0, (3, 4, 4, 6), &dev).unwrap();
-    let inputs = TeacherInputs { plan: &plan, captions: &c, uncond: None, context: &ctx, clean_context: false };
+    let inputs = TeacherInputs {
+        plan: &plan,
+        captions: &c,
+        uncond: None,
+        context: &ctx,
+        clean_context: false,
+        context_channels: false,
+    };
     // The context-free branch is exactly the dropped-context input training shows.
     let without = teacher_flow(&m, &inputs, &noise, 700.0, FlowBranch::WithoutContext).unwrap();
     let dropped_plan = ShotPlan::new(2, &[0; 6], 3).unwrap();
     let zeros = ctx.zeros_like().unwrap();
-    let dropped =
-        TeacherInputs { plan: &dropped_plan, captions: &c, uncond: None, context: &zeros, clean_context: false };
+    let dropped = TeacherInputs {
+        plan: &dropped_plan,
+        captions: &c,
+        uncond: None,
+        context: &zeros,
+        clean_context: false,
+        context_channels: false,
+    };
     let want = teacher_flow(&m, &dropped, &noise, 700.0, FlowBranch::Conditional).unwrap();
     let max_diff =
         |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -104,6 +104,7 @@ pub fn caption_check(model: &StoryModel, options: &CaptionCheckOptions) -> Resul
                     uncond: Some(&uncond),
                     context: &context,
                     clean_context: card.clean_context,
+                    context_channels: card.context_channels,
                 };
                 let v = teacher_flow(&model.dit, &inputs, &x_t, t, conditional)?;
                 Ok((v - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)

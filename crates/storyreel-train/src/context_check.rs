@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
-use storyreel_engine::teacher_story::caption_embeddings;
+use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
 use storyreel_engine::{FlowBranch, NoiseSource, SeededNoise, StoryModel};
 
 use crate::error::{Result, TrainError};
@@ -35,6 +35,10 @@ pub struct ContextCheckOptions {
     pub timesteps: Vec<f32>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Measure with the unconditional caption (all zeros, as caption dropout trains) instead
+    /// of the shot's captions, so that context is the only thing telling the place and cast:
+    /// whether the context path carries anything at all, apart from the looks.
+    pub without_captions: bool,
 }
 
 impl Default for ContextCheckOptions {
@@ -44,6 +48,7 @@ impl Default for ContextCheckOptions {
             stories: 16,
             timesteps: DEFAULT_TIMESTEPS.to_vec(),
             progress: true,
+            without_captions: false,
         }
     }
 }
@@ -73,6 +78,8 @@ pub struct ContextCheckReport {
     pub context_gain: f64,
     /// `1 − Σ own / Σ none`: what the own context is worth against none at all.
     pub gain_over_none: f64,
+    /// Measured with the unconditional caption instead of the shots' captions.
+    pub without_captions: bool,
 }
 
 /// Measures how much `model` relies on its context (see the module docs).
@@ -91,6 +98,8 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
     let masks: Vec<Option<Vec<bool>>> = stories.iter().map(padding_mask).collect::<Result<_>>()?;
     let k_rows = options.timesteps.len();
     let (mut own, mut other, mut none) = (vec![0f64; k_rows], vec![0f64; k_rows], vec![0f64; k_rows]);
+    let uncond = unconditional_caption(&model.dit, &device)?;
+    let branch = if options.without_captions { FlowBranch::Unconditional } else { FlowBranch::Conditional };
     let mut measured = 0u64;
     for (i, story) in stories.iter().enumerate() {
         let k = story.shots.len() - 1;
@@ -121,11 +130,12 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
                 let inputs = TeacherInputs {
                     plan,
                     captions: &captions,
-                    uncond: None,
+                    uncond: Some(&uncond),
                     context,
                     clean_context: model.card.clean_context,
+                    context_channels: model.card.context_channels,
                 };
-                let v = teacher_flow(&model.dit, &inputs, &x_t, t, FlowBranch::Conditional)?;
+                let v = teacher_flow(&model.dit, &inputs, &x_t, t, branch)?;
                 Ok((v - &target)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
             };
             own[row] += mse(&plan, context)?;
@@ -153,7 +163,13 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
     let sum = |f: fn(&ContextCheckRow) -> f64| rows.iter().map(f).sum::<f64>();
     let context_gain = 1.0 - sum(|r| r.own) / sum(|r| r.other).max(1e-12);
     let gain_over_none = 1.0 - sum(|r| r.own) / sum(|r| r.none).max(1e-12);
-    Ok(ContextCheckReport { stories: measured, rows, context_gain, gain_over_none })
+    Ok(ContextCheckReport {
+        stories: measured,
+        rows,
+        context_gain,
+        gain_over_none,
+        without_captions: options.without_captions,
+    })
 }
 
 /// Which of the last shot's context latents are real frames (`None` for a one-shot story).

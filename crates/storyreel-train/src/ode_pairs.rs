@@ -313,6 +313,7 @@ pub fn make_ode_pairs(cfg: &OdePairsConfig) -> Result<OdePairsReport> {
                     uncond: Some(&uncond),
                     context: &context,
                     clean_context: card.clean_context,
+                    context_channels: card.context_channels,
                 };
                 let noise = SeededNoise::new(mix64(cfg.seed ^ seed)).noise(k, 0, 0, &[f, c, h, w], &device)?;
                 let mut states = Vec::with_capacity(saved.len());

@@ -277,6 +277,8 @@ pub struct ScoreInputs<'a> {
     pub t: f32,
     /// Whether the teacher (and so its copy, the critic) embeds context at t = 0 (its card).
     pub clean_context: bool,
+    /// Whether the teacher (and the critic) takes context channels (its card).
+    pub context_channels: bool,
 }
 
 /// x0 of the real score (the teacher with CFG: cond + g·(cond − uncond)).
@@ -291,6 +293,7 @@ pub fn real_x0(teacher: &WanModel, inputs: &ScoreInputs<'_>, guidance: f32) -> R
         uncond: Some(&uncond),
         context: &inputs.cond.context,
         clean_context: inputs.clean_context,
+        context_channels: inputs.context_channels,
     };
     let c = teacher_flow(teacher, &ti, inputs.x_t, inputs.t, FlowBranch::Conditional)?;
     let u = teacher_flow(teacher, &ti, inputs.x_t, inputs.t, FlowBranch::Unconditional)?;
@@ -309,6 +312,7 @@ pub fn critic_flow(critic: &WanModel, inputs: &ScoreInputs<'_>) -> Result<Tensor
         uncond: None,
         context: &inputs.cond.context,
         clean_context: inputs.clean_context,
+        context_channels: inputs.context_channels,
     };
     Ok(teacher_flow(critic, &ti, inputs.x_t, inputs.t, FlowBranch::Conditional)?)
 }
@@ -428,6 +432,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     let memory = context_memory(&policy, teacher.card.context_frames)?;
     let table = FlowSchedule::new(1000, cfg.shift);
     let clean_context = teacher.card.clean_context;
+    let context_channels = teacher.card.context_channels;
     let bar = Progress::new(cfg.steps, step, cfg.progress);
     let (mut g_recent, mut c_recent) = (Vec::new(), Vec::new());
     while step < cfg.steps {
@@ -463,7 +468,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
                 rolled = Some(x_hat.detach());
                 let eps = score_noise(draw.noise_seed, x_hat.dims(), &device)?;
                 let x_t = noised(&x_hat.detach(), &eps, draw.t)?;
-                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t, clean_context };
+                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t, clean_context, context_channels };
                 let real = real_x0(&teacher.dit, &inputs, cfg.real_guidance)?;
                 let v_fake = critic_flow(&critic, &inputs)?.detach();
                 let fake = (&x_t - (v_fake * (draw.t as f64 / 1000.0))?)?;
@@ -476,7 +481,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
                 rolled = Some(x_hat.clone());
                 let eps = score_noise(draw.noise_seed, x_hat.dims(), &device)?;
                 let x_t = noised(&x_hat, &eps, draw.t)?;
-                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t, clean_context };
+                let inputs = ScoreInputs { cond: &scores, x_t: &x_t, t: draw.t, clean_context, context_channels };
                 let v = critic_flow(&critic, &inputs)?;
                 let loss = (v - (&eps - &x_hat)?)?.sqr()?.mean_all()?;
                 Ok((loss, vec![("t".into(), draw.t as f64)]))

@@ -206,6 +206,15 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
     let started = Instant::now();
     let device = Device::Cpu;
     let teacher = StoryModel::load(&cfg.teacher, &device)?;
+    if teacher.card.context_channels {
+        // The causal student's KV-cache path joins no channels yet, so it could not take over
+        // the teacher's weights; refuse before any pair is read.
+        return Err(TrainError::File(format!(
+            "{}: the teacher takes context channels (card `context_channels`), which the causal student \
+             does not support yet; distil a teacher trained without them",
+            cfg.teacher.display()
+        )));
+    }
     let (index, pairs) = load_ode_pairs(&cfg.pairs)?;
     if pairs.is_empty() {
         return Err(TrainError::File(format!("{}: the pair folder holds no pairs", cfg.pairs.display())));
@@ -282,14 +291,14 @@ fn check_pairs_fit(teacher: &StoryModel, index: &OdePairsIndex, pairs: &[OdePair
     }
     for p in pairs {
         let d = p.x0.dims();
-        if d[1] != cfg.in_dim || (d[2], d[3]) != hw || p.flags.len() != teacher.card.context_frames {
+        if d[1] != cfg.out_dim || (d[2], d[3]) != hw || p.flags.len() != teacher.card.context_frames {
             return Err(TrainError::File(format!(
                 "a pair of story {} shot {} has latents {d:?} and {} context frames; the teacher takes \
                  [F, {}, {}, {}] and {} (pairs of another teacher?)",
                 p.story_seed,
                 p.shot,
                 p.flags.len(),
-                cfg.in_dim,
+                cfg.out_dim,
                 hw.0,
                 hw.1,
                 teacher.card.context_frames

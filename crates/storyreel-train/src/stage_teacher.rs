@@ -23,10 +23,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use storyreel_engine::context::{policy_by_name, ContextMemory, ContextQuery, POLICY_NAMES};
+use storyreel_engine::context_channels::join_zeros;
 use storyreel_engine::sampler::add_noise;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::story_model::{self, ModelCard, ModelKind, TeacherSampling};
-use storyreel_engine::teacher::{teacher_flow, teacher_frames, TeacherInputs};
+use storyreel_engine::teacher::{teacher_flow, teacher_frames, teacher_input, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, encode_context};
 use storyreel_engine::{FlowBranch, FlowSchedule, NoiseSource, SeededNoise};
 use storyreel_nn::checkpoint::save_safetensors;
@@ -160,6 +161,14 @@ pub struct TeacherStageConfig {
     /// context tokens get the modulation learned for pure noise; true marks them clean, as
     /// the causal student sees them. Written to the card, which every later use reads.
     pub clean_context: bool,
+    /// Join the mean context latent to every target frame's channels, as Wan's I2V model joins
+    /// its image (`storyreel_engine::context_channels`): a direct path for the looks, which
+    /// attention alone barely learns to copy at this scale. Off by default (ShotStream's
+    /// teacher has only the concatenated context frames). With `init_from` a teacher without
+    /// them, the new input channels start at zero weight, so training starts from its function.
+    /// Written to the card; the causal student does not support it yet.
+    #[serde(default)]
+    pub context_channels: bool,
     /// Probability of zeroing every caption embedding of a sample.
     pub caption_dropout: f64,
     /// Probability of zeroing the context latents and flags of a sample.
@@ -237,6 +246,7 @@ impl Default for TeacherStageConfig {
             context_policy: "dynamic".into(),
             shot_phase: true,
             clean_context: false,
+            context_channels: false,
             caption_dropout: 0.1,
             context_dropout: 0.1,
             shift: 24.0,
@@ -299,6 +309,13 @@ impl TeacherStageConfig {
         }
         if self.context_samples > 64 {
             return Err(TrainError::out_of_range("context_samples", self.context_samples, "at most 64"));
+        }
+        if self.context_channels && !self.use_context {
+            return Err(TrainError::out_of_range(
+                "context_channels",
+                true,
+                "false when use_context is false (there is no context to join)",
+            ));
         }
         if self.context_samples > 0 && !self.use_context {
             return Err(TrainError::out_of_range(
@@ -455,7 +472,12 @@ pub fn image_loss(
         frames.extend(frame);
     }
     let captions = nets.dit.embed_captions(&Tensor::stack(&embeddings, 0)?)?;
-    let v = nets.dit.forward_separate_frames(&Tensor::cat(&noisy, 0)?, &frames, &captions)?;
+    let mut noisy = Tensor::cat(&noisy, 0)?;
+    if nets.context_channels {
+        // An image sample has no context: its context channels are zero, as on a first shot.
+        noisy = join_zeros(&noisy)?;
+    }
+    let v = nets.dit.forward_separate_frames(&noisy, &frames, &captions)?;
     let mse = (v - Tensor::cat(&targets, 0)?)?.sqr()?.mean_all()?;
     let value = mse.to_scalar::<f32>()? as f64;
     Ok((mse, value))
@@ -683,13 +705,18 @@ pub struct TeacherNetworks {
     pub text: ToyTextEncoder,
     /// Whether the context frames are embedded at t = 0 (the config's `clean_context`).
     pub clean_context: bool,
+    /// Whether the DiT takes context channels (the config's `context_channels`).
+    pub context_channels: bool,
 }
 
 impl TeacherNetworks {
     /// Builds (or, for variables already in `varmap`, reuses) the networks for `cfg` and a VAE
     /// with `z` latent channels; fresh weights come from `cfg.init_seed`.
     pub fn trainable(cfg: &TeacherStageConfig, z: usize, varmap: &VarMap, device: &Device) -> Result<Self> {
-        let wan = cfg.dit.config(z, &cfg.text);
+        let mut wan = cfg.dit.config(z, &cfg.text);
+        if cfg.context_channels {
+            wan.in_dim = 2 * z;
+        }
         let words =
             storyreel_nn::text::toy::SPECIALS.iter().map(|s| s.to_string()).chain(caption_vocabulary()).collect();
         let tokenizer = ToyTokenizer::new(words)?;
@@ -698,7 +725,7 @@ impl TeacherNetworks {
         let text = ToyTextEncoder::trainable_in(cfg.text.clone(), tokenizer, &vb.pp(TEXT_PREFIX))?;
         let rope = story_model::story_rope(cfg.shot_phase);
         let dit = WanModel::load(vb.pp(DIT_PREFIX), &wan, rope)?;
-        Ok(Self { dit, text, clean_context: cfg.clean_context })
+        Ok(Self { dit, text, clean_context: cfg.clean_context, context_channels: cfg.context_channels })
     }
 }
 
@@ -834,6 +861,7 @@ pub fn teacher_loss(
         uncond: None,
         context: &p.context,
         clean_context: nets.clean_context,
+        context_channels: nets.context_channels,
     };
     let v = teacher_flow(&nets.dit, &inputs, &p.x_t, p.t, FlowBranch::Conditional)?;
     let mse = (v - &p.target)?.sqr()?.mean_all()?;
@@ -862,8 +890,7 @@ pub fn batched_teacher_loss(
     let mut caption_base = 0;
     for p in &prepared {
         let target_frames = p.x_t.dim(0)?;
-        inputs.push(p.context.clone());
-        inputs.push(p.x_t.clone());
+        inputs.push(teacher_input(&p.context, &p.x_t, nets.context_channels)?);
         frames.extend(teacher_frames(&p.plan, target_frames, p.t, nets.clean_context).into_iter().map(|mut f| {
             f.caption += caption_base;
             f
@@ -1127,12 +1154,31 @@ pub fn load_initial_teacher(
             None
         };
         let t = found.ok_or_else(|| bad(format!("no tensor for `{name}` (a teacher of another shape?)")))?;
+        let t = &widen_for_context_channels(name, t, var.dims())?;
         if t.dims() != var.dims() {
             return Err(bad(format!("`{name}` is {:?}, the stage's teacher needs {:?}", t.dims(), var.dims())));
         }
         var.set(&t.to_dtype(DType::F32)?)?;
     }
     Ok(())
+}
+
+/// A teacher without context channels starting one with them: its patch embedding gains the
+/// new input channels with zero weight, so the wider model computes exactly what it did.
+/// Every other tensor, and one already of the wanted shape, is returned as it is.
+fn widen_for_context_channels(name: &str, t: &Tensor, want: &[usize]) -> Result<Tensor> {
+    let is_patch = name == format!("{DIT_PREFIX}.patch_embedding.weight");
+    let dims = t.dims();
+    if !is_patch
+        || dims.len() != 5
+        || want.len() != 5
+        || want[1] != 2 * dims[1]
+        || dims[0] != want[0]
+        || dims[2..] != want[2..]
+    {
+        return Ok(t.clone());
+    }
+    Ok(Tensor::cat(&[t.clone(), t.zeros_like()?], 1)?)
 }
 
 /// Hash of a VAE folder's weights and config.
@@ -1191,6 +1237,7 @@ fn write_model(
         uses_context: cfg.use_context,
         context_policy: cfg.context_policy.clone(),
         clean_context: cfg.clean_context,
+        context_channels: cfg.context_channels,
         sampler: cfg.sampler,
         student: None,
         decoder: None,

@@ -69,6 +69,7 @@ fn pairs_are_the_teachers_trajectory_and_a_stopped_run_resumes() {
         uncond: Some(&uncond),
         context: &p.context,
         clean_context: false,
+        context_channels: false,
     };
     let sampler = EulerSampler::new(50, 8.0, 2.0).unwrap();
     let mut seen = Vec::new();

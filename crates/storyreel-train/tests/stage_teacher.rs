@@ -355,8 +355,14 @@ fn the_teacher_learns_to_copy_what_only_its_context_shows() {
             let eps = SeededNoise::new(story ^ 0x5eed).noise(0, 0, 0, x0.dims(), &Device::Cpu).unwrap();
             let sigma = t as f64 / 1000.0;
             let x_t = ((&x0 * (1.0 - sigma)).unwrap() + (&eps * sigma).unwrap()).unwrap();
-            let inputs =
-                TeacherInputs { plan: &plan, captions: &captions, uncond: None, context: &context, clean_context };
+            let inputs = TeacherInputs {
+                plan: &plan,
+                captions: &captions,
+                uncond: None,
+                context: &context,
+                clean_context,
+                context_channels: false,
+            };
             let v = teacher_flow(&nets.dit, &inputs, &x_t, t, FlowBranch::Conditional).unwrap();
             (v - (eps - x0).unwrap()).unwrap().sqr().unwrap().mean_all().unwrap()
         };
@@ -509,6 +515,14 @@ fn the_context_check_tells_a_context_blind_model_from_a_reading_one() {
     assert!(reading.stories >= 1, "{reading:?}");
     assert_eq!(reading.rows.len(), 2);
     assert!(reading.rows.iter().all(|r| r.own != r.other && r.own != r.none), "context changes the flow: {reading:?}");
+    assert!(!reading.without_captions);
+    // Without captions the same stories and noise go through the unconditional caption.
+    let uncaptioned = ContextCheckOptions { without_captions: true, ..options.clone() };
+    let bare = context_check(&model, &uncaptioned).unwrap();
+    assert!(bare.without_captions);
+    assert_eq!(bare.stories, reading.stories);
+    assert!(bare.rows.iter().zip(&reading.rows).all(|(b, r)| b.own != r.own), "captions change the flow: {bare:?}");
+    assert!(bare.rows.iter().all(|r| r.own != r.other && r.own != r.none), "{bare:?}");
 
     // Zero every self-attention output: no token sees another, so context cannot reach the target.
     let weights = report.model_dir.join("dit/model.safetensors");
@@ -522,6 +536,8 @@ fn the_context_check_tells_a_context_blind_model_from_a_reading_one() {
     let blind = context_check(&StoryModel::load(&report.model_dir, &Device::Cpu).unwrap(), &options).unwrap();
     assert!(blind.rows.iter().all(|r| r.own == r.other && r.own == r.none), "{blind:?}");
     assert_eq!(blind.context_gain, 0.0);
+    let blind_bare = context_check(&StoryModel::load(&report.model_dir, &Device::Cpu).unwrap(), &uncaptioned).unwrap();
+    assert!(blind_bare.rows.iter().all(|r| r.own == r.other && r.own == r.none), "{blind_bare:?}");
 
     assert!(context_check(&model, &ContextCheckOptions { stories: 1, ..options.clone() })
         .unwrap_err()
@@ -708,4 +724,116 @@ fn the_look_check_reads_a_run_corpus_and_names_a_missing_or_stale_one() {
     // A corpus encoded for other data is not read as this config's.
     cfg.data.first_seed = 12;
     assert!(corpus_look_ceiling(&cfg).unwrap_err().to_string().contains("no encoded corpus"));
+}
+
+#[test]
+fn context_channels_start_from_a_teacher_without_them_and_carry_the_context_mean() {
+    use storyreel_engine::context::DynamicSampling;
+    use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
+    use storyreel_engine::{FlowBranch, NoiseSource, SeededNoise, ShotPlan};
+    use storyreel_train::stage_teacher::load_initial_teacher;
+    let dir = tempfile::tempdir().unwrap();
+    let vae_dir = dir.path().join("vae");
+    write_vae(&vae_dir);
+    let first = run_teacher_stage(&tiny(&vae_dir, &dir.path().join("first"), 2)).unwrap();
+    let narrow = StoryModel::load(&first.model_dir, &Device::Cpu).unwrap();
+    assert!(!narrow.card.context_channels);
+
+    let mut cfg = tiny(&vae_dir, &dir.path().join("wide"), 3);
+    cfg.context_channels = true;
+    cfg.init_from = Some(first.model_dir.clone());
+    // Widened from the first teacher, the new channels have zero weight: the same flow.
+    let varmap = VarMap::new();
+    let nets = TeacherNetworks::trainable(&cfg, 4, &varmap, &Device::Cpu).unwrap();
+    assert_eq!((nets.dit.config().in_dim, nets.dit.config().out_dim), (8, 4));
+    load_initial_teacher(&varmap, &first.model_dir, &vae_dir, &nets.text, &Device::Cpu).unwrap();
+    let noise = |seed: u64, frames: usize| SeededNoise::new(seed).noise(0, 0, 0, &[frames, 4, 8, 8], &Device::Cpu);
+    // Two padding frames in front of four real ones, as a second shot's context.
+    let real = noise(1, 4).unwrap();
+    let context = candle_core::Tensor::cat(&[real.zeros_like().unwrap().narrow(0, 0, 2).unwrap(), real], 0).unwrap();
+    let x = noise(2, 3).unwrap();
+    let plan = ShotPlan::new(1, &[0, 0, 0, 0, 0, 0], 2).unwrap();
+    let blank = candle_core::Tensor::zeros((2, cfg.text.text_len, cfg.text.dim), DType::F32, &Device::Cpu).unwrap();
+    let flow = |dit: &storyreel_nn::WanModel, context: &candle_core::Tensor, context_channels: bool| {
+        let captions = dit.embed_captions(&blank).unwrap();
+        let inputs = TeacherInputs {
+            plan: &plan,
+            captions: &captions,
+            uncond: None,
+            context,
+            clean_context: false,
+            context_channels,
+        };
+        teacher_flow(dit, &inputs, &x, 700.0, FlowBranch::Conditional).unwrap()
+    };
+    let max_diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert!(max_diff(&flow(&narrow.dit, &context, false), &flow(&nets.dit, &context, true)) < 1e-5);
+    // A model without context channels is refused the wider input.
+    let captions = narrow.dit.embed_captions(&blank).unwrap();
+    let wrong = TeacherInputs {
+        plan: &plan,
+        captions: &captions,
+        uncond: None,
+        context: &context,
+        clean_context: false,
+        context_channels: true,
+    };
+    assert!(teacher_flow(&narrow.dit, &wrong, &x, 700.0, FlowBranch::Conditional).is_err());
+
+    // Trained, the new channels carry weight and the card says so.
+    let wide = run_teacher_stage(&cfg).unwrap();
+    let model = StoryModel::load(&wide.model_dir, &Device::Cpu).unwrap();
+    assert!(model.card.context_channels);
+    let card_text = std::fs::read_to_string(wide.model_dir.join("storyreel_model.json")).unwrap();
+    assert!(card_text.contains(r#""context_channels": true"#), "{card_text}");
+    let weights = candle_core::safetensors::load(wide.model_dir.join("dit/model.safetensors"), &Device::Cpu).unwrap();
+    let patch = &weights["patch_embedding.weight"];
+    assert_eq!(patch.dims()[1], 8);
+    let added = patch.narrow(1, 4, 4).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(added > 0.0, "the context channels' weights stayed zero");
+    // It generates a story with context, and the causal student refuses it for now.
+    let shots = vec![
+        ShotRequest { caption: "a red fox walks in a meadow".into(), frames: 5 },
+        ShotRequest { caption: "the same red fox jumps".into(), frames: 9 },
+    ];
+    let options = StoryOptions {
+        seed: 1,
+        sampler: EulerSampler::new(2, 8.0, 2.0).unwrap(),
+        memory: Box::new(DynamicSampling { max_frames: 6 }),
+        decoder: None,
+    };
+    let mut got = Vec::new();
+    generate_story(
+        &model,
+        "",
+        &shots,
+        options,
+        StoryEvents {
+            on_frames: &mut |_, _| Ok(()),
+            on_shot: &mut |s| {
+                got.push(s.frames.dims().to_vec());
+                Ok(())
+            },
+            on_progress: &mut |_, _, _| (),
+            cancelled: &|| false,
+        },
+    )
+    .unwrap();
+    assert_eq!(got, vec![vec![5, 3, 32, 32], vec![9, 3, 32, 32]]);
+    let mut init = storyreel_train::stage_ode_init::OdeInitConfig {
+        teacher: wide.model_dir.clone(),
+        pairs: dir.path().join("no-pairs"),
+        ..Default::default()
+    };
+    init.train.out_dir = dir.path().join("ode-init");
+    let err = storyreel_train::stage_ode_init::run_ode_init_stage(&init).unwrap_err().to_string();
+    assert!(err.contains("context_channels"), "{err}");
+
+    // Without context there is nothing to join.
+    let mut ablation = tiny(&vae_dir, &dir.path().join("ablation"), 1);
+    ablation.use_context = false;
+    ablation.context_channels = true;
+    assert!(ablation.validate().unwrap_err().to_string().contains("context_channels"));
 }

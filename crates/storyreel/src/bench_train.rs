@@ -107,8 +107,14 @@ pub fn run(a: &TeacherStepArgs) -> Result<()> {
     for i in 0..a.warmup + a.iters {
         let started = Instant::now();
         let captions = nets.dit.embed_captions(&embeddings)?;
-        let inputs =
-            TeacherInputs { plan: &plan, captions: &captions, uncond: None, context: &context, clean_context: false };
+        let inputs = TeacherInputs {
+            plan: &plan,
+            captions: &captions,
+            uncond: None,
+            context: &context,
+            clean_context: false,
+            context_channels: false,
+        };
         let v = teacher_flow(&nets.dit, &inputs, &x_t, 800.0, FlowBranch::Conditional)?;
         let loss = (v - &target)?.sqr()?.mean_all()?;
         let loss_value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;

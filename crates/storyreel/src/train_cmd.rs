@@ -49,7 +49,7 @@ pub enum TrainStage {
     CheckCaptions(CheckCaptionsArgs),
     /// Check whether a trained teacher reads its context: flow loss on held-out stories with
     /// their own context latents, another story's and none, at a few timesteps.
-    CheckContext(CheckCaptionsArgs),
+    CheckContext(CheckContextArgs),
     /// What a place's look is worth at the top of the noise schedule, on a teacher config's
     /// encoded training corpus: the bound on what reading context can gain (see
     /// `check-context`).
@@ -177,6 +177,17 @@ pub struct CheckCaptionsArgs {
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of `storyreel train check-context`.
+#[derive(Args)]
+pub struct CheckContextArgs {
+    #[command(flatten)]
+    common: CheckCaptionsArgs,
+    /// Measure with the unconditional caption instead of the shots' captions, so that only the
+    /// context can tell the place and cast (does the context path carry anything at all?).
+    #[arg(long)]
+    without_captions: bool,
 }
 
 /// Arguments of `storyreel train check-looks`.
@@ -425,22 +436,25 @@ fn check_looks(args: &CheckLooksArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_context(args: &CheckCaptionsArgs) -> Result<()> {
-    let model = load_checked_model(&args.model)?;
+fn check_context(args: &CheckContextArgs) -> Result<()> {
+    let (common, without_captions) = (&args.common, args.without_captions);
+    let model = load_checked_model(&common.model)?;
     let options = ContextCheckOptions {
-        first_seed: args.first_seed,
-        stories: args.stories,
-        progress: !args.json,
+        first_seed: common.first_seed,
+        stories: common.stories,
+        progress: !common.json,
+        without_captions,
         ..ContextCheckOptions::default()
     };
     let report = context_check(&model, &options).context("checking context use")?;
-    if args.json {
+    if common.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
     print_loss_table(report.stories, "none", report.rows.iter().map(|r| (r.t, r.own, r.other, r.none)));
     println!(
-        "context gain: {:.1}% against another story's context, {:.1}% against none",
+        "context gain{}: {:.1}% against another story's context, {:.1}% against none",
+        if without_captions { " without captions" } else { "" },
         100.0 * report.context_gain,
         100.0 * report.gain_over_none
     );
