@@ -44,6 +44,45 @@ fn tiny(vae: &Path, out: &Path, steps: u64) -> TeacherStageConfig {
     cfg
 }
 
+/// Progress reports of a generation: (shot, step, steps).
+type StepReports = Vec<(usize, usize, usize)>;
+
+/// Generates a two-shot story (5 and 9 frames) with `model` and `memory`: each shot's frame
+/// dimensions, and every (shot, step, steps) progress report.
+fn generate_two_shots(model: &StoryModel, memory: Box<dyn ContextMemory>) -> (Vec<Vec<usize>>, StepReports) {
+    let shots = vec![
+        ShotRequest { caption: "a red fox walks in a meadow".into(), frames: 5 },
+        ShotRequest { caption: "the same red fox jumps".into(), frames: 9 },
+    ];
+    let options = StoryOptions { seed: 1, sampler: EulerSampler::new(2, 8.0, 2.0).unwrap(), memory, decoder: None };
+    let (mut got, mut steps) = (Vec::new(), Vec::new());
+    generate_story(
+        model,
+        "",
+        &shots,
+        options,
+        StoryEvents {
+            on_frames: &mut |_, _| Ok(()),
+            on_shot: &mut |s| {
+                got.push(s.frames.dims().to_vec());
+                Ok(())
+            },
+            on_progress: &mut |shot, step, n| steps.push((shot, step, n)),
+            cancelled: &|| false,
+        },
+    )
+    .unwrap();
+    (got, steps)
+}
+
+/// A trained two-step tiny teacher under `dir/first`, with its VAE under `dir/vae`.
+fn first_teacher(dir: &Path) -> (std::path::PathBuf, storyreel_train::stage_teacher::TeacherStageReport) {
+    let vae_dir = dir.join("vae");
+    write_vae(&vae_dir);
+    let first = run_teacher_stage(&tiny(&vae_dir, &dir.join("first"), 2)).unwrap();
+    (vae_dir, first)
+}
+
 /// The tiny stage's encoded corpus and fresh networks (z = 4) on one set of variables.
 fn tiny_networks() -> (TeacherCorpus, VarMap, TeacherNetworks) {
     let dir = tempfile::tempdir().unwrap();
@@ -197,34 +236,7 @@ fn a_run_writes_a_story_model_and_resumes_exactly() {
     // The folder is a story model that generates a two-shot story from its own context.
     let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
     assert!(model.card.uses_context && model.card.shot_phase);
-    let shots = vec![
-        ShotRequest { caption: "a red fox walks in a meadow".into(), frames: 5 },
-        ShotRequest { caption: "the same red fox jumps".into(), frames: 9 },
-    ];
-    let options = StoryOptions {
-        seed: 1,
-        sampler: EulerSampler::new(2, 8.0, 2.0).unwrap(),
-        memory: Box::new(NoContext),
-        decoder: None,
-    };
-    let mut got = Vec::new();
-    let mut steps = Vec::new();
-    generate_story(
-        &model,
-        "",
-        &shots,
-        options,
-        StoryEvents {
-            on_frames: &mut |_, _| Ok(()),
-            on_shot: &mut |s| {
-                got.push(s.frames.dims().to_vec());
-                Ok(())
-            },
-            on_progress: &mut |shot, step, n| steps.push((shot, step, n)),
-            cancelled: &|| false,
-        },
-    )
-    .unwrap();
+    let (got, steps) = generate_two_shots(&model, Box::new(NoContext));
     assert_eq!(steps, vec![(0, 1, 2), (0, 2, 2), (1, 1, 2), (1, 2, 2)]);
     assert_eq!(got, vec![vec![5, 3, 32, 32], vec![9, 3, 32, 32]]);
 
@@ -555,9 +567,7 @@ fn the_context_check_tells_a_context_blind_model_from_a_reading_one() {
 fn a_teacher_can_start_from_a_trained_one_and_refuses_a_mismatched_one() {
     use storyreel_train::stage_teacher::load_initial_teacher;
     let dir = tempfile::tempdir().unwrap();
-    let vae_dir = dir.path().join("vae");
-    write_vae(&vae_dir);
-    let first = run_teacher_stage(&tiny(&vae_dir, &dir.path().join("first"), 2)).unwrap();
+    let (vae_dir, first) = first_teacher(dir.path());
     let trained = candle_core::safetensors::load(first.model_dir.join("dit/model.safetensors"), &Device::Cpu).unwrap();
 
     // A fresh network set takes every DiT weight of the trained teacher.
@@ -733,9 +743,7 @@ fn context_channels_start_from_a_teacher_without_them_and_carry_the_context_mean
     use storyreel_engine::{FlowBranch, NoiseSource, SeededNoise, ShotPlan};
     use storyreel_train::stage_teacher::load_initial_teacher;
     let dir = tempfile::tempdir().unwrap();
-    let vae_dir = dir.path().join("vae");
-    write_vae(&vae_dir);
-    let first = run_teacher_stage(&tiny(&vae_dir, &dir.path().join("first"), 2)).unwrap();
+    let (vae_dir, first) = first_teacher(dir.path());
     let narrow = StoryModel::load(&first.model_dir, &Device::Cpu).unwrap();
     assert!(!narrow.card.context_channels);
 
@@ -794,33 +802,7 @@ fn context_channels_start_from_a_teacher_without_them_and_carry_the_context_mean
     let added = patch.narrow(1, 4, 4).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(added > 0.0, "the context channels' weights stayed zero");
     // It generates a story with context, and the causal student refuses it for now.
-    let shots = vec![
-        ShotRequest { caption: "a red fox walks in a meadow".into(), frames: 5 },
-        ShotRequest { caption: "the same red fox jumps".into(), frames: 9 },
-    ];
-    let options = StoryOptions {
-        seed: 1,
-        sampler: EulerSampler::new(2, 8.0, 2.0).unwrap(),
-        memory: Box::new(DynamicSampling { max_frames: 6 }),
-        decoder: None,
-    };
-    let mut got = Vec::new();
-    generate_story(
-        &model,
-        "",
-        &shots,
-        options,
-        StoryEvents {
-            on_frames: &mut |_, _| Ok(()),
-            on_shot: &mut |s| {
-                got.push(s.frames.dims().to_vec());
-                Ok(())
-            },
-            on_progress: &mut |_, _, _| (),
-            cancelled: &|| false,
-        },
-    )
-    .unwrap();
+    let (got, _) = generate_two_shots(&model, Box::new(DynamicSampling { max_frames: 6 }));
     assert_eq!(got, vec![vec![5, 3, 32, 32], vec![9, 3, 32, 32]]);
     let mut init = storyreel_train::stage_ode_init::OdeInitConfig {
         teacher: wide.model_dir.clone(),
