@@ -803,6 +803,20 @@ fn context_channels_start_from_a_teacher_without_them_and_carry_the_context_mean
     assert!(added > 0.0, "the context channels' weights stayed zero");
     // It generates a story with context, and the causal student refuses it for now.
     let (got, _) = generate_two_shots(&model, Box::new(DynamicSampling { max_frames: 6 }));
+    // A card that forgets the setting, or puts it on a student, is refused on load.
+    let card_path = wide.model_dir.join("storyreel_model.json");
+    let edited = |from: &str, to: &str| {
+        std::fs::write(&card_path, card_text.replace(from, to)).unwrap();
+        StoryModel::load(&wide.model_dir, &Device::Cpu).err().unwrap().to_string()
+    };
+    let forgot = edited(r#""context_channels": true,"#, "");
+    assert!(forgot.contains("takes 8 / gives 4"), "{forgot}");
+    let student = edited(
+        r#""kind": "teacher""#,
+        r#""kind": "student", "student": {"steps": [1000, 740, 500, 260], "shift": 5.0, "chunk_frames": 3}"#,
+    );
+    assert!(student.contains("context_channels"), "{student}");
+    std::fs::write(&card_path, &card_text).unwrap();
     assert_eq!(got, vec![vec![5, 3, 32, 32], vec![9, 3, 32, 32]]);
     let mut init = storyreel_train::stage_ode_init::OdeInitConfig {
         teacher: wide.model_dir.clone(),
