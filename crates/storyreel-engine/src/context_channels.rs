@@ -16,15 +16,22 @@ use crate::error::{EngineError, Result};
 /// not all zero. Padding and dropped context are zero latents; shot flags cannot tell them
 /// apart, as frames of the first shot are flagged 0 too. Zeros when no frame is real.
 pub fn context_mean(context: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = context.dims4()?;
+    let (_, c, h, w) = context.dims4()?;
     let context = context.to_dtype(DType::F32)?;
-    let peaks = context.abs()?.reshape((n, c * h * w))?.max(1)?.to_vec1::<f32>()?;
-    let real: Vec<u32> = (0..n as u32).filter(|&i| peaks[i as usize] > 0.0).collect();
+    let real: Vec<u32> = real_frames(&context)?.iter().enumerate().filter(|(_, &r)| r).map(|(i, _)| i as u32).collect();
     if real.is_empty() {
         return Ok(Tensor::zeros((1, c, h, w), DType::F32, context.device())?);
     }
     let index = Tensor::new(real.as_slice(), context.device())?;
     Ok(context.index_select(&index, 0)?.mean_keepdim(0)?)
+}
+
+/// Which of the context latents `[n, C, H, W]` are real frames: those not all zero (padding and
+/// dropped context are zero latents).
+pub fn real_frames(context: &Tensor) -> Result<Vec<bool>> {
+    let (n, c, h, w) = context.dims4()?;
+    let peaks = context.abs()?.reshape((n, c * h * w))?.max(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    Ok(peaks.iter().map(|&p| p > 0.0).collect())
 }
 
 /// `x` `[F, C, H, W]` with `extra` `[1, C, H, W]` joined to every frame's channels: `[F, 2C, H, W]`.

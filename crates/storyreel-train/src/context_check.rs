@@ -10,6 +10,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
+use storyreel_engine::context_channels::real_frames;
 use storyreel_engine::shot_plan::ShotPlan;
 use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
@@ -175,11 +176,7 @@ pub fn context_check(model: &StoryModel, options: &ContextCheckOptions) -> Resul
 /// Which of the last shot's context latents are real frames (`None` for a one-shot story).
 fn padding_mask(story: &EncodedStory) -> Result<Option<Vec<bool>>> {
     let Some((z, _)) = &story.contexts[story.shots.len() - 1] else { return Ok(None) };
-    let mut mask = Vec::with_capacity(z.dim(0)?);
-    for i in 0..z.dim(0)? {
-        mask.push(z.get(i)?.abs()?.max_all()?.to_scalar::<f32>()? != 0.0);
-    }
-    Ok(Some(mask))
+    Ok(Some(real_frames(z)?))
 }
 
 /// The next story after `i` whose last shot has real context frames in the same places, so that

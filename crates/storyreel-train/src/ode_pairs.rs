@@ -249,6 +249,7 @@ pub fn make_ode_pairs(cfg: &OdePairsConfig) -> Result<OdePairsReport> {
     let started = Instant::now();
     let device = Device::Cpu;
     let model = StoryModel::load(&cfg.teacher, &device)?;
+    crate::stage_ode_init::check_distillable(&model, &cfg.teacher)?;
     let (saved, timesteps) = cfg.saved_steps()?;
     let guidance = cfg.guidance.unwrap_or(model.card.sampler.guidance);
     let sampler = EulerSampler::new(cfg.steps, cfg.shift, guidance)?

@@ -206,15 +206,7 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
     let started = Instant::now();
     let device = Device::Cpu;
     let teacher = StoryModel::load(&cfg.teacher, &device)?;
-    if teacher.card.context_channels {
-        // The causal student's KV-cache path joins no channels yet, so it could not take over
-        // the teacher's weights; refuse before any pair is read.
-        return Err(TrainError::File(format!(
-            "{}: the teacher takes context channels (card `context_channels`), which the causal student \
-             does not support yet; distil a teacher trained without them",
-            cfg.teacher.display()
-        )));
-    }
+    check_distillable(&teacher, &cfg.teacher)?;
     let (index, pairs) = load_ode_pairs(&cfg.pairs)?;
     if pairs.is_empty() {
         return Err(TrainError::File(format!("{}: the pair folder holds no pairs", cfg.pairs.display())));
@@ -279,6 +271,20 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     write_text(&model_dir.join("training.json"), &(text + "\n"))?;
     Ok(report)
+}
+
+/// Refuses a teacher the causal student cannot learn from: one with context channels, which
+/// the student's KV-cache path does not join yet, so it could not take over the teacher's
+/// weights. `ode-pairs` and `ode-init` check it before any work.
+pub fn check_distillable(teacher: &StoryModel, path: &Path) -> Result<()> {
+    if teacher.card.context_channels {
+        return Err(TrainError::File(format!(
+            "{}: the teacher takes context channels (card `context_channels`), which the causal student \
+             does not support yet; distil a teacher trained without them",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The pairs must fit the teacher: latent shape, context size and chunking.

@@ -826,6 +826,14 @@ fn context_channels_start_from_a_teacher_without_them_and_carry_the_context_mean
     init.train.out_dir = dir.path().join("ode-init");
     let err = storyreel_train::stage_ode_init::run_ode_init_stage(&init).unwrap_err().to_string();
     assert!(err.contains("context_channels"), "{err}");
+    let pairs = storyreel_train::ode_pairs::OdePairsConfig {
+        teacher: wide.model_dir.clone(),
+        out_dir: dir.path().join("pairs"),
+        ..Default::default()
+    };
+    let err = storyreel_train::ode_pairs::make_ode_pairs(&pairs).unwrap_err().to_string();
+    assert!(err.contains("context_channels"), "{err}");
+    assert!(!dir.path().join("pairs").exists(), "refused before any work");
 
     // Without context there is nothing to join.
     let mut ablation = tiny(&vae_dir, &dir.path().join("ablation"), 1);
