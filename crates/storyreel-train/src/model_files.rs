@@ -28,6 +28,11 @@ pub fn fold_bytes(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+/// The model card's note on exported weights: which EMA they are, or nothing for the last step's.
+pub fn ema_note(decay: Option<f64>) -> String {
+    decay.map(|d| format!(", EMA weights (decay {d})")).unwrap_or_default()
+}
+
 /// Writes `dir/dit/` (model.safetensors + config.json) from the variables named `prefix.*`.
 pub fn save_dit(varmap: &VarMap, prefix: &str, config: &WanConfig, dir: &Path) -> Result<()> {
     let prefix = format!("{prefix}.");

@@ -38,7 +38,7 @@ use storyreel_world::rng::{mix64, WorldRng};
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
 use crate::lora::{lora_dit, merge_lora_model, save_lora_folder, LoraSpec};
-use crate::model_files::write_text;
+use crate::model_files::{ema_note, write_text};
 use crate::stage_ode_init::{trainable_dit, write_student_model};
 use crate::stage_teacher::{context_memory, corpus_key, EncodedStory, TeacherCorpus, TeacherData};
 use crate::trainer::{TrainConfig, Trainer};
@@ -344,6 +344,8 @@ pub struct DmdReport {
     pub critic_loss: f64,
     /// Wall time of this invocation.
     pub wall_seconds: f64,
+    /// The EMA decay when the generator's exported weights are its EMA; none: the last step's.
+    pub ema_decay: Option<f64>,
     /// The model folder written.
     pub model_dir: PathBuf,
 }
@@ -510,6 +512,16 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
     bar.finish();
     g_trainer.finish();
     c_trainer.finish();
+    // The export replaces the generator's weights by its EMA, so the last step's own weights
+    // are checkpointed first (with the critic and the walk, as the loop does) to stay resumable.
+    if g_trainer.ema().is_some() && cfg.checkpoint_every > 0 && step > 0 && !step.is_multiple_of(cfg.checkpoint_every) {
+        g_trainer.save_checkpoint()?;
+        c_trainer.save_checkpoint()?;
+        if let Some(w) = &walk {
+            w.save(&history_dir, step)?;
+        }
+    }
+    let ema_decay = g_trainer.load_export_weights(&g_vars)?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let model_dir = cfg.out_dir.join("model");
     let stage = match cfg.history {
@@ -517,11 +529,12 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         History::SelfGenerated => "DMD stage 4 (inter-shot self-forcing)",
     };
     let description = format!(
-        "toy causal student, {stage}: {} steps ({} generator{}) from {}",
+        "toy causal student, {stage}: {} steps ({} generator{}) from {}{}",
         cfg.steps,
         g_trainer.step_count(),
         cfg.lora.map(|l| format!(", LoRA rank {} merged", l.rank)).unwrap_or_default(),
-        cfg.student.display()
+        cfg.student.display(),
+        ema_note(ema_decay)
     );
     match &cfg.lora {
         Some(spec) => {
@@ -539,6 +552,7 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         generator_loss: mean(&g_recent),
         critic_loss: mean(&c_recent),
         wall_seconds: started.elapsed().as_secs_f64(),
+        ema_decay,
         model_dir: model_dir.clone(),
     };
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();

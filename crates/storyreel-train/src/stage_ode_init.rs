@@ -24,7 +24,7 @@ use storyreel_nn::WanModel;
 use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
-use crate::model_files::{copy_model_parts, save_dit, write_text};
+use crate::model_files::{copy_model_parts, ema_note, save_dit, write_text};
 use crate::ode_pairs::{load_ode_pairs, OdePair, OdePairsIndex};
 use crate::trainer::{TrainConfig, Trainer};
 
@@ -195,6 +195,8 @@ pub struct OdeInitReport {
     pub wall_seconds: f64,
     /// Pairs trained on.
     pub pairs: usize,
+    /// The EMA decay when the model folder holds the EMA weights; none: the last step's weights.
+    pub ema_decay: Option<f64>,
     /// The model folder written.
     pub model_dir: PathBuf,
 }
@@ -253,12 +255,14 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
     let model_dir = cfg.train.out_dir.join("model");
     let student_sampling =
         StudentSampling { steps: index.student_steps.clone(), shift: index.shift, chunk_frames: index.chunk_frames };
+    let ema_decay = trainer.load_export_weights(&varmap)?;
     let description = format!(
-        "toy causal student, ODE init: {} steps on {} ODE pairs of the teacher {}{}",
+        "toy causal student, ODE init: {} steps on {} ODE pairs of the teacher {}{}{}",
         cfg.steps,
         prepared.len(),
         cfg.teacher.display(),
-        if shot_phase { "" } else { ", without the RoPE shot phase (ablation)" }
+        if shot_phase { "" } else { ", without the RoPE shot phase (ablation)" },
+        ema_note(ema_decay)
     );
     write_student_model(&teacher, &varmap, student_sampling, shot_phase, &description, &model_dir)?;
     let report = OdeInitReport {
@@ -266,6 +270,7 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
         final_loss,
         wall_seconds: started.elapsed().as_secs_f64(),
         pairs: prepared.len(),
+        ema_decay,
         model_dir: model_dir.clone(),
     };
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();

@@ -42,7 +42,7 @@ use crate::data::frames_to_tensor;
 use crate::data::story_options;
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
-use crate::model_files::{fold_bytes, save_dit, write_text};
+use crate::model_files::{ema_note, fold_bytes, save_dit, write_text};
 use crate::trainer::{TrainConfig, Trainer};
 
 /// Variable-name prefix of the DiT inside the stage's variables.
@@ -932,6 +932,8 @@ pub struct TeacherStageReport {
     pub parameters: usize,
     /// Training stories.
     pub stories: u64,
+    /// The EMA decay when the model folder holds the EMA weights; none: the last step's weights.
+    pub ema_decay: Option<f64>,
     /// The model folder written.
     pub model_dir: PathBuf,
 }
@@ -1101,7 +1103,8 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
     let final_loss = recent.iter().sum::<f64>() / recent.len().max(1) as f64;
 
     let model_dir = out_dir.join("model");
-    write_model(cfg, &nets, &vae, &varmap, &model_dir)?;
+    let ema_decay = trainer.load_export_weights(&varmap)?;
+    write_model(cfg, &nets, &vae, &varmap, ema_decay, &model_dir)?;
     let report = TeacherStageReport {
         steps: trainer.step_count(),
         final_loss,
@@ -1109,6 +1112,7 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
         encode_seconds,
         parameters,
         stories: cfg.data.stories,
+        ema_decay,
         model_dir: model_dir.clone(),
     };
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
@@ -1216,12 +1220,14 @@ pub(crate) fn context_memory(name: &str, max_frames: usize) -> Result<Box<dyn Co
         .ok_or_else(|| TrainError::out_of_range("context policy", name, format!("one of {}", POLICY_NAMES.join(", "))))
 }
 
-/// Writes the story model folder: card, DiT, VAE and text encoder.
+/// Writes the story model folder: card, DiT, VAE and text encoder (`ema_decay`: the variables
+/// hold that EMA's weights, which the card names).
 fn write_model(
     cfg: &TeacherStageConfig,
     nets: &TeacherNetworks,
     vae: &WanVae,
     varmap: &VarMap,
+    ema_decay: Option<f64>,
     dir: &Path,
 ) -> Result<()> {
     save_dit(varmap, DIT_PREFIX, nets.dit.config(), dir)?;
@@ -1242,10 +1248,11 @@ fn write_model(
         student: None,
         decoder: None,
         description: format!(
-            "toy next-shot teacher trained {} steps on {} world stories ({})",
+            "toy next-shot teacher trained {} steps on {} world stories ({}){}",
             cfg.steps,
             cfg.data.stories,
-            if cfg.use_context { "with context" } else { "without context: ablation" }
+            if cfg.use_context { "with context" } else { "without context: ablation" },
+            ema_note(ema_decay)
         ),
     };
     Ok(card.write(dir)?)

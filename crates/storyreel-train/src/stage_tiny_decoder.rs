@@ -205,6 +205,8 @@ pub struct TinyDecoderStageReport {
     pub vae_frames_per_s: f64,
     /// Seconds this invocation ran (pool encoding included).
     pub wall_seconds: f64,
+    /// The EMA decay when the decoder holds the EMA weights (and `held_out` scores them).
+    pub ema_decay: Option<f64>,
     /// Parameters of the decoder.
     pub parameters: usize,
     /// Where the decoder was written.
@@ -581,6 +583,7 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         }
     }
     trainer.finish();
+    let ema_decay = trainer.load_export_weights(&varmap)?;
 
     // The saved decoder holds plain copies (no graph), so its fast kernels apply.
     let tensors = decoder_from_vars(&cfg.shape, &varmap)?
@@ -589,8 +592,9 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         .map(|(k, t)| Ok((k, t.detach().copy()?)))
         .collect::<Result<std::collections::HashMap<_, _>>>()?;
     let model = Arc::new(TinyVae::from_tensors(&cfg.shape, &tensors, DType::F32, &device)?);
+    // The curve scored the step's own weights; an exported EMA is scored again.
     let last = match curve.last() {
-        Some(s) if s.step == trainer.step_count() => s.clone(),
+        Some(s) if s.step == trainer.step_count() && ema_decay.is_none() => s.clone(),
         _ => score(trainer.step_count(), &model, &held, &held_student)?,
     };
     let tiny_codec: Arc<dyn VideoCodec> = model.clone();
@@ -614,6 +618,7 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         vae_frames_per_s,
         wall_seconds: started.elapsed().as_secs_f64(),
         parameters,
+        ema_decay,
         model_dir: model_dir.clone(),
     };
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();

@@ -221,6 +221,8 @@ pub struct VaeStageReport {
     pub wall_seconds: f64,
     /// Parameters of the VAE.
     pub parameters: usize,
+    /// The EMA decay when the model holds the EMA weights (and `held_out_psnr` scores them).
+    pub ema_decay: Option<f64>,
     /// Where the model folder was written.
     pub model_dir: PathBuf,
 }
@@ -374,9 +376,11 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
         }
     }
     trainer.finish();
-    let held_out = match curve.last() {
-        Some(&(_, p)) => p,
-        None => held_out_psnr(&vae, &eval_clips)?,
+    let ema_decay = trainer.load_export_weights(&varmap)?;
+    // The curve scored the step's own weights; an exported EMA is scored again.
+    let held_out = match (curve.last(), ema_decay) {
+        (Some(&(_, p)), None) => p,
+        _ => held_out_psnr(&vae, &eval_clips)?,
     };
 
     // Measure the latent statistics, then write a VAE that normalises with them.
@@ -398,6 +402,7 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
         psnr_curve: curve,
         wall_seconds: started.elapsed().as_secs_f64(),
         parameters,
+        ema_decay,
         model_dir: model_dir.clone(),
     };
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();

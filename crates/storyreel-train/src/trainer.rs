@@ -209,6 +209,21 @@ impl Trainer {
         self.ema.as_ref()
     }
 
+    /// Makes `varmap` (the one this trainer was built over) hold the weights a finished run
+    /// exports. With an EMA, its averages replace the trainable weights, after a last checkpoint
+    /// keeps the step's own weights for a later resume (when checkpoints are on and the last
+    /// step did not write one); without one, nothing changes. Returns the EMA's decay when the
+    /// average was loaded, for the model card.
+    pub fn load_export_weights(&self, varmap: &VarMap) -> Result<Option<f64>> {
+        let Some(ema) = &self.ema else { return Ok(None) };
+        let every = self.config.checkpoint_every;
+        if every > 0 && self.step > 0 && !self.step.is_multiple_of(every) {
+            self.save_checkpoint()?;
+        }
+        ema.copy_into(varmap)?;
+        Ok(Some(ema.config().decay))
+    }
+
     /// Steps completed.
     pub fn step_count(&self) -> u64 {
         self.step

@@ -255,6 +255,34 @@ fn a_run_writes_a_story_model_and_resumes_exactly() {
 }
 
 #[test]
+fn with_an_ema_the_model_is_the_average_and_the_last_step_is_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let out = dir.path().join("run");
+    let mut cfg = tiny(&dir.path().join("vae"), &out, 3);
+    cfg.train.ema = Some(storyreel_train::EmaConfig { decay: 0.5, start_step: 0 });
+    let report = run_teacher_stage(&cfg).unwrap();
+    assert_eq!(report.ema_decay, Some(0.5));
+    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    assert!(model.card.description.contains("EMA weights (decay 0.5)"), "{}", model.card.description);
+
+    // Step 3 is not a multiple of checkpoint_every (2), so the export wrote it first.
+    let checkpoint = out.join("checkpoints/step-3");
+    let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let exported = load(&report.model_dir.join("dit/model.safetensors"));
+    let average = load(&checkpoint.join(storyreel_train::state::EMA_FILE));
+    let own = load(&checkpoint.join(storyreel_train::state::MODEL_FILE));
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut differs = false;
+    for (name, tensor) in &exported {
+        let key = format!("dit.{name}");
+        assert_eq!(values(tensor), values(&average[&key]), "{name} is not the EMA");
+        differs |= values(tensor) != values(&own[&key]);
+    }
+    assert!(differs, "the EMA of 3 steps at decay 0.5 must differ from the last step's weights");
+}
+
+#[test]
 fn a_caption_policy_run_picks_context_by_caption_and_says_so_on_its_card() {
     let dir = tempfile::tempdir().unwrap();
     let vae = write_vae(&dir.path().join("vae"));

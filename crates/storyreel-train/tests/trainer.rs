@@ -446,6 +446,50 @@ fn ema_follows_the_known_sequence() {
 }
 
 #[test]
+fn export_weights_are_the_ema_and_the_last_step_stays_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (map, mlp) = model(&[4, 8, 1], 7);
+    let mut trainer = Trainer::new(&map, resume_config(dir.path())).unwrap();
+    // 7 steps with checkpoints every 5: the last step has none of its own yet.
+    for _ in 0..7 {
+        run_step(&mut trainer, &mlp);
+    }
+    let raw = weights(&map);
+    let mut average: Vec<(String, Vec<f32>)> = trainer
+        .ema_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    average.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_ne!(raw, average, "after 7 steps the average must differ from the weights");
+
+    assert_eq!(trainer.load_export_weights(&map).unwrap(), Some(0.9));
+    assert_eq!(weights(&map), average, "the exported weights are the EMA");
+
+    // The step's own weights were checkpointed first, so a resume continues from them.
+    let (resumed_map, _) = model(&[4, 8, 1], 99);
+    let mut resumed = Trainer::new(&resumed_map, resume_config(dir.path())).unwrap();
+    let from = resumed.resume_latest(dir.path()).unwrap().expect("a checkpoint");
+    assert!(from.ends_with("step-7"), "resumed from {}", from.display());
+    assert_eq!(weights(&resumed_map), raw);
+
+    // Without an EMA the weights stay as trained and no checkpoint is added.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let (plain_map, plain_mlp) = model(&[4, 8, 1], 7);
+    let mut plain_config = resume_config(plain_dir.path());
+    plain_config.ema = None;
+    let mut plain = Trainer::new(&plain_map, plain_config).unwrap();
+    for _ in 0..7 {
+        run_step(&mut plain, &plain_mlp);
+    }
+    let before = weights(&plain_map);
+    assert_eq!(plain.load_export_weights(&plain_map).unwrap(), None);
+    assert_eq!(weights(&plain_map), before);
+    let left = storyreel_train::state::list_checkpoints(&plain.checkpoint_root()).unwrap();
+    assert_eq!(left.len(), 1, "only the step-5 checkpoint: {left:?}");
+}
+
+#[test]
 fn corrupt_checkpoints_name_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let (varmap, mlp) = model(&[4, 8, 1], 7);
