@@ -151,6 +151,16 @@ fn run_step(trainer: &mut Trainer, mlp: &Mlp) -> f64 {
     report.loss
 }
 
+/// A [4, 8, 1] MLP from `seed` and its trainer under `config`, after `steps` steps of [`run_step`].
+fn trained(config: TrainConfig, seed: u64, steps: usize) -> (VarMap, Trainer) {
+    let (map, mlp) = model(&[4, 8, 1], seed);
+    let mut trainer = Trainer::new(&map, config).unwrap();
+    for _ in 0..steps {
+        run_step(&mut trainer, &mlp);
+    }
+    (map, trainer)
+}
+
 #[test]
 fn resume_reproduces_the_uninterrupted_run_exactly() {
     let whole_dir = tempfile::tempdir().unwrap();
@@ -160,11 +170,7 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
 
     let dir = tempfile::tempdir().unwrap();
     {
-        let (map, mlp) = model(&[4, 8, 1], 2);
-        let mut first = Trainer::new(&map, resume_config(dir.path())).unwrap();
-        for _ in 0..7 {
-            run_step(&mut first, &mlp);
-        }
+        let (_, first) = trained(resume_config(dir.path()), 2, 7);
         // Steps 6 and 7 happened after the checkpoint and will be redone.
         assert_eq!(read_log(&first.log_path()).unwrap().len(), 7);
     }
@@ -204,11 +210,7 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
 #[test]
 fn resume_with_different_maths_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (map, mlp) = model(&[4, 8, 1], 2);
-    let mut first = Trainer::new(&map, resume_config(dir.path())).unwrap();
-    for _ in 0..5 {
-        run_step(&mut first, &mlp);
-    }
+    let (map, _) = trained(resume_config(dir.path()), 2, 5);
     let mut changed = resume_config(dir.path());
     changed.clip_norm = Some(1.0);
     let mut second = Trainer::new(&map, changed).unwrap();
@@ -448,12 +450,8 @@ fn ema_follows_the_known_sequence() {
 #[test]
 fn export_weights_are_the_ema_and_the_last_step_stays_resumable() {
     let dir = tempfile::tempdir().unwrap();
-    let (map, mlp) = model(&[4, 8, 1], 7);
-    let mut trainer = Trainer::new(&map, resume_config(dir.path())).unwrap();
     // 7 steps with checkpoints every 5: the last step has none of its own yet.
-    for _ in 0..7 {
-        run_step(&mut trainer, &mlp);
-    }
+    let (map, trainer) = trained(resume_config(dir.path()), 7, 7);
     let raw = weights(&map);
     let mut average: Vec<(String, Vec<f32>)> = trainer
         .ema_tensors()
@@ -475,13 +473,9 @@ fn export_weights_are_the_ema_and_the_last_step_stays_resumable() {
 
     // Without an EMA the weights stay as trained and no checkpoint is added.
     let plain_dir = tempfile::tempdir().unwrap();
-    let (plain_map, plain_mlp) = model(&[4, 8, 1], 7);
     let mut plain_config = resume_config(plain_dir.path());
     plain_config.ema = None;
-    let mut plain = Trainer::new(&plain_map, plain_config).unwrap();
-    for _ in 0..7 {
-        run_step(&mut plain, &plain_mlp);
-    }
+    let (plain_map, plain) = trained(plain_config, 7, 7);
     let before = weights(&plain_map);
     assert_eq!(plain.load_export_weights(&plain_map).unwrap(), None);
     assert_eq!(weights(&plain_map), before);
