@@ -159,6 +159,39 @@ fn each_step_trains_only_its_network_and_a_resumed_run_is_exact() {
 }
 
 #[test]
+fn with_a_generator_ema_the_student_is_the_average_and_the_last_step_is_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = tiny_teacher(dir.path());
+    let student = student_copy(&teacher, dir.path());
+    let out = dir.path().join("dmd");
+    let mut cfg = tiny_dmd(&teacher, &student, &out, 3);
+    cfg.checkpoint_every = 2;
+    cfg.generator.ema = Some(storyreel_train::EmaConfig { decay: 0.5, start_step: 0 });
+    let report = run_dmd_stage(&cfg).unwrap();
+    assert_eq!(report.ema_decay, Some(0.5));
+    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    assert!(model.card.description.contains("EMA weights (decay 0.5)"), "{}", model.card.description);
+
+    // Step 3 is not a multiple of checkpoint_every (2), so it was checkpointed before the export.
+    // Checkpoints count each network's own steps: the loop's, after step 2, were the generator's
+    // step-1 and the critic's step-1; step 3 is the generator's second (step-2), with its own
+    // weights beside the average.
+    let checkpoint = out.join("generator/checkpoints/step-2");
+    assert!(checkpoint.is_dir(), "the generator's last step was not checkpointed");
+    let exported = weights(&report.model_dir.join("dit/model.safetensors"));
+    let average = weights(&checkpoint.join(storyreel_train::state::EMA_FILE));
+    let own = weights(&checkpoint.join(storyreel_train::state::MODEL_FILE));
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut differs = false;
+    for (name, tensor) in &exported {
+        let key = format!("dit.{name}");
+        assert_eq!(values(tensor), values(&average[&key]), "{name} is not the EMA");
+        differs |= values(tensor) != values(&own[&key]);
+    }
+    assert!(differs, "the average of two generator steps at decay 0.5 must differ from the last weights");
+}
+
+#[test]
 fn bad_dmd_settings_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let teacher = tiny_teacher(dir.path());
