@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{student_copy, tiny_dmd_config, tiny_teacher};
+use common::{assert_model_is_the_checkpoint_ema, student_copy, tiny_dmd_config, tiny_teacher};
 use storyreel_engine::session::LatentHistory;
 use storyreel_engine::teacher_story::caption_embeddings;
 use storyreel_engine::{FewStepSampler, GivenContext, NoContext, SeededNoise, Session, SessionConfig, StoryModel};
@@ -169,26 +169,10 @@ fn with_a_generator_ema_the_student_is_the_average_and_the_last_step_is_checkpoi
     cfg.generator.ema = Some(storyreel_train::EmaConfig { decay: 0.5, start_step: 0 });
     let report = run_dmd_stage(&cfg).unwrap();
     assert_eq!(report.ema_decay, Some(0.5));
-    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
-    assert!(model.card.description.contains("EMA weights (decay 0.5)"), "{}", model.card.description);
-
     // Step 3 is not a multiple of checkpoint_every (2), so it was checkpointed before the export.
     // Checkpoints count each network's own steps: the loop's, after step 2, were the generator's
-    // step-1 and the critic's step-1; step 3 is the generator's second (step-2), with its own
-    // weights beside the average.
-    let checkpoint = out.join("generator/checkpoints/step-2");
-    assert!(checkpoint.is_dir(), "the generator's last step was not checkpointed");
-    let exported = weights(&report.model_dir.join("dit/model.safetensors"));
-    let average = weights(&checkpoint.join(storyreel_train::state::EMA_FILE));
-    let own = weights(&checkpoint.join(storyreel_train::state::MODEL_FILE));
-    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mut differs = false;
-    for (name, tensor) in &exported {
-        let key = format!("dit.{name}");
-        assert_eq!(values(tensor), values(&average[&key]), "{name} is not the EMA");
-        differs |= values(tensor) != values(&own[&key]);
-    }
-    assert!(differs, "the average of two generator steps at decay 0.5 must differ from the last weights");
+    // step-1 and the critic's step-1; step 3 is the generator's second (step-2).
+    assert_model_is_the_checkpoint_ema(&report.model_dir, &out.join("generator/checkpoints/step-2"), 0.5);
 }
 
 #[test]

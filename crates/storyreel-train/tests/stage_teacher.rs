@@ -2,10 +2,13 @@
 //! config says, a run writes a story model folder that generates a story, and resuming from a
 //! checkpoint reproduces the uninterrupted run exactly.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
+use common::assert_model_is_the_checkpoint_ema;
 use storyreel_engine::context::{CaptionMatch, ContextMemory, ContextQuery, NoContext};
 use storyreel_engine::FlowSchedule;
 use storyreel_engine::{generate_story, EulerSampler, ShotRequest, StoryEvents, StoryModel, StoryOptions};
@@ -263,23 +266,8 @@ fn with_an_ema_the_model_is_the_average_and_the_last_step_is_checkpointed() {
     cfg.train.ema = Some(storyreel_train::EmaConfig { decay: 0.5, start_step: 0 });
     let report = run_teacher_stage(&cfg).unwrap();
     assert_eq!(report.ema_decay, Some(0.5));
-    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
-    assert!(model.card.description.contains("EMA weights (decay 0.5)"), "{}", model.card.description);
-
     // Step 3 is not a multiple of checkpoint_every (2), so the export wrote it first.
-    let checkpoint = out.join("checkpoints/step-3");
-    let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
-    let exported = load(&report.model_dir.join("dit/model.safetensors"));
-    let average = load(&checkpoint.join(storyreel_train::state::EMA_FILE));
-    let own = load(&checkpoint.join(storyreel_train::state::MODEL_FILE));
-    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mut differs = false;
-    for (name, tensor) in &exported {
-        let key = format!("dit.{name}");
-        assert_eq!(values(tensor), values(&average[&key]), "{name} is not the EMA");
-        differs |= values(tensor) != values(&own[&key]);
-    }
-    assert!(differs, "the EMA of 3 steps at decay 0.5 must differ from the last step's weights");
+    assert_model_is_the_checkpoint_ema(&report.model_dir, &out.join("checkpoints/step-3"), 0.5);
 }
 
 #[test]

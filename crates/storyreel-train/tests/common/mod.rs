@@ -72,3 +72,25 @@ pub fn tiny_dmd_config(
     cfg.critic.schedule.warmup_steps = 1;
     cfg
 }
+
+/// Asserts that the story model in `model_dir` names an EMA of `decay` on its card and holds the
+/// DiT average saved in the stage checkpoint `checkpoint` (`dit.`-prefixed), and that the average
+/// differs from that step's own weights.
+pub fn assert_model_is_the_checkpoint_ema(model_dir: &Path, checkpoint: &Path, decay: f64) {
+    let model = StoryModel::load(model_dir, &Device::Cpu).unwrap();
+    let note = format!("EMA weights (decay {decay})");
+    assert!(model.card.description.contains(&note), "{}", model.card.description);
+    assert!(checkpoint.is_dir(), "{} was not written", checkpoint.display());
+    let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let exported = load(&model_dir.join("dit/model.safetensors"));
+    let average = load(&checkpoint.join(storyreel_train::state::EMA_FILE));
+    let own = load(&checkpoint.join(storyreel_train::state::MODEL_FILE));
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut differs = false;
+    for (name, tensor) in &exported {
+        let key = format!("dit.{name}");
+        assert_eq!(values(tensor), values(&average[&key]), "{name} is not the EMA");
+        differs |= values(tensor) != values(&own[&key]);
+    }
+    assert!(differs, "the average must differ from the last step's weights");
+}
