@@ -857,3 +857,92 @@ fn context_channels_start_from_a_teacher_without_them_and_carry_the_context_mean
     ablation.context_channels = true;
     assert!(ablation.validate().unwrap_err().to_string().contains("context_channels"));
 }
+
+/// For every weight tensor, the loss's change along that tensor's gradient direction, by a
+/// central difference, against the gradient's norm (what the slope along it must be if the
+/// gradient is right). Tensors whose gradient norm is below `floor` are skipped: their slope
+/// drowns in f32 rounding. Returns how many tensors were checked and the mismatches.
+fn gradient_mismatches(varmap: &VarMap, loss: &dyn Fn() -> candle_core::Tensor, floor: f32) -> (usize, Vec<String>) {
+    let grads = loss().backward().unwrap();
+    let vars: Vec<(String, candle_core::Var)> =
+        varmap.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    let value = |l: candle_core::Tensor| l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let (mut checked, mut bad) = (0, Vec::new());
+    for (name, var) in vars {
+        let Some(g) = grads.get(var.as_tensor()) else { continue };
+        let norm = g.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+        if norm < floor {
+            continue;
+        }
+        let original = var.as_tensor().copy().unwrap();
+        // A large step drowns a steep slope's curvature less in rounding; a small one follows a
+        // sharply curved direction (the zero-padded caption tokens' keys, RMS-normed from near
+        // zero) that a large one overshoots. A right gradient agrees at one of them.
+        let slopes: Vec<f64> = [1e-2, 1e-3]
+            .iter()
+            .map(|&h| {
+                let step = g.affine(h / norm as f64, 0.0).unwrap();
+                var.set(&(&original + &step).unwrap()).unwrap();
+                let up = value(loss());
+                var.set(&(&original - &step).unwrap()).unwrap();
+                let down = value(loss());
+                var.set(&original).unwrap();
+                (up - down) / (2.0 * h)
+            })
+            .collect();
+        checked += 1;
+        if slopes.iter().all(|s| (s / norm as f64 - 1.0).abs() > 0.05) {
+            bad.push(format!("{name}: slopes {slopes:?} along a gradient of norm {norm:.3e}"));
+        }
+    }
+    (checked, bad)
+}
+
+#[test]
+fn the_teacher_gradient_is_the_slope_of_its_loss() {
+    // Every training path's backward (fused norms and residuals, the segment attention, the
+    // differentiable RoPE, caption routing) against the loss itself: a wrong gradient still
+    // lowers a loss, only more slowly, so a falling loss cannot show one.
+    let (corpus, varmap, nets) = tiny_networks();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.contains("head.head.weight") {
+            var.set(&(var.as_tensor().ones_like().unwrap() * 0.05).unwrap()).unwrap();
+        }
+    }
+    let schedule = FlowSchedule::new(1000, 8.0);
+    let weights = vec![1.0; 1000];
+    let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
+    let shot = second_shot(story, 500, 2);
+    let (checked, bad) =
+        gradient_mismatches(&varmap, &|| teacher_loss(&nets, &shot, &schedule, &weights, 6).unwrap().total, 1e-3);
+    assert!(checked > 20, "only {checked} tensors had a gradient to check");
+    assert!(bad.is_empty(), "one shot: gradients that are not the loss's slope: {bad:#?}");
+
+    // The batched forward (each sample attends to itself only) and the image samples.
+    use storyreel_train::stage_teacher::batched_teacher_loss;
+    let samples = [second_shot(story, 300, 3), second_shot(story, 800, 4)];
+    let (checked, bad) = gradient_mismatches(
+        &varmap,
+        &|| batched_teacher_loss(&nets, &samples, &schedule, &weights, 6).unwrap().0,
+        1e-3,
+    );
+    assert!(checked > 20 && bad.is_empty(), "batched ({checked} checked): {bad:#?}");
+    let images = corpus.images().unwrap();
+    let latents: Vec<_> = images.iter().take(2).map(|i| corpus.image_latent(i).unwrap()).collect();
+    let image_samples: Vec<ImageSample<'_>> = images
+        .iter()
+        .zip(&latents)
+        .enumerate()
+        .map(|(j, (i, latent))| ImageSample {
+            latent,
+            story: &corpus.stories[i.story],
+            shot: i.shot,
+            caption_dropped: false,
+            table_index: 400 + 200 * j,
+            noise_seed: j as u64,
+        })
+        .collect();
+    let (checked, bad) =
+        gradient_mismatches(&varmap, &|| image_loss(&nets, &image_samples, &schedule).unwrap().0, 1e-3);
+    assert!(checked > 20 && bad.is_empty(), "images ({checked} checked): {bad:#?}");
+}
