@@ -5,6 +5,7 @@
 pub mod caption_check;
 pub mod context_check;
 pub mod data;
+pub mod denoise_check;
 pub mod ema;
 pub mod error;
 pub mod held_out;

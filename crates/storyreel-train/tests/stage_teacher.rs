@@ -946,3 +946,62 @@ fn the_teacher_gradient_is_the_slope_of_its_loss() {
         gradient_mismatches(&varmap, &|| image_loss(&nets, &image_samples, &schedule).unwrap().0, 1e-3);
     assert!(checked > 20 && bad.is_empty(), "images ({checked} checked): {bad:#?}");
 }
+
+#[test]
+fn the_denoise_check_scores_what_comes_back_from_each_noise_level() {
+    use storyreel_train::denoise_check::{denoise_check, DenoiseCheckOptions};
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let report = run_teacher_stage(&tiny(&dir.path().join("vae"), &dir.path().join("run"), 2)).unwrap();
+    let sheet = dir.path().join("sheet.png");
+    let options = DenoiseCheckOptions {
+        stories: 3,
+        timesteps: vec![990.0, 500.0, 1.0],
+        progress: false,
+        sheet: Some(sheet.clone()),
+        sheet_stories: 2,
+        ..Default::default()
+    };
+    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    let trained = denoise_check(&model, &options).unwrap();
+    assert_eq!(trained.stories, 3);
+    assert_eq!(trained.rows.len(), 3);
+    assert!(trained.flat_error > 0.0);
+    // The card's 2-step table has σ = 1 and 8/9: none below 0.5, so t = 500 takes one step.
+    assert_eq!(trained.rows.iter().map(|r| r.steps).collect::<Vec<_>>(), vec![2, 1, 1]);
+    // From t = 1 nearly everything is still there.
+    let last = &trained.rows[2];
+    assert!(last.resampled_structure > 0.99 && last.resampled_error < 1e-3, "{last:?}");
+    let picture = storyreel_media::load_image(&sheet).unwrap();
+    assert!(picture.size().1 > 2 * 16, "two rows of thumbnails: {:?}", picture.size());
+
+    // A zero flow changes nothing: both denoisings return the noisy shot, whose error grows
+    // with the noise.
+    let weights = report.model_dir.join("dit/model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name.starts_with("head.head.") {
+            *t = t.zeros_like().unwrap();
+        }
+    }
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let still = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    let options = DenoiseCheckOptions { sheet: None, ..options };
+    let frozen = denoise_check(&still, &options).unwrap();
+    for r in &frozen.rows {
+        assert!((r.one_step_error - r.resampled_error).abs() < 1e-6 * r.one_step_error.max(1e-3), "{r:?}");
+    }
+    assert!(frozen.rows[0].one_step_error > frozen.rows[1].one_step_error);
+    assert!(frozen.rows[1].one_step_error > frozen.rows[2].one_step_error);
+    assert_eq!(frozen.flat_error, trained.flat_error, "the same ground truth");
+
+    for bad in [
+        DenoiseCheckOptions { stories: 1, ..options.clone() },
+        DenoiseCheckOptions { timesteps: vec![0.0], ..options.clone() },
+    ] {
+        assert!(denoise_check(&model, &bad).is_err());
+    }
+    let mut student = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    student.card.kind = storyreel_engine::ModelKind::Student;
+    assert!(denoise_check(&student, &options).unwrap_err().to_string().contains("student"));
+}

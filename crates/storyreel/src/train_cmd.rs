@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use storyreel_train::caption_check::{caption_check, CaptionCheckOptions};
 use storyreel_train::context_check::{context_check, ContextCheckOptions};
+use storyreel_train::denoise_check::{denoise_check, DenoiseCheckOptions};
 use storyreel_train::look_ceiling::corpus_look_ceiling;
 use storyreel_train::lora::merge_lora_model;
 use storyreel_train::ode_pairs::{make_ode_pairs, OdePairsConfig};
@@ -50,6 +51,10 @@ pub enum TrainStage {
     /// Check whether a trained teacher reads its context: flow loss on held-out stories with
     /// their own context latents, another story's and none, at a few timesteps.
     CheckContext(CheckContextArgs),
+    /// From which noise level a trained teacher keeps a shot's shapes: held-out ground-truth
+    /// shots noised to a few timesteps, denoised in one step and by the card's sampler, scored
+    /// against the clean shot (optionally drawn into a picture).
+    CheckDenoise(CheckDenoiseArgs),
     /// What a place's look is worth at the top of the noise schedule, on a teacher config's
     /// encoded training corpus: the bound on what reading context can gain (see
     /// `check-context`).
@@ -190,6 +195,17 @@ pub struct CheckContextArgs {
     without_captions: bool,
 }
 
+/// Arguments of `storyreel train check-denoise`.
+#[derive(Args)]
+pub struct CheckDenoiseArgs {
+    #[command(flatten)]
+    common: CheckCaptionsArgs,
+    /// Write a PNG: per story, the ground truth's middle frame, then the shot resampled from
+    /// each timestep.
+    #[arg(long)]
+    sheet: Option<PathBuf>,
+}
+
 /// Arguments of `storyreel train check-looks`.
 #[derive(Args)]
 pub struct CheckLooksArgs {
@@ -328,6 +344,7 @@ pub fn run(stage: &TrainStage) -> Result<()> {
         }
         TrainStage::CheckCaptions(args) => check_captions(args),
         TrainStage::CheckContext(args) => check_context(args),
+        TrainStage::CheckDenoise(args) => check_denoise(args),
         TrainStage::CheckLooks(args) => check_looks(args),
         TrainStage::DefaultConfig { stage } => match stage.as_str() {
             "vae" => {
@@ -458,6 +475,46 @@ fn check_context(args: &CheckContextArgs) -> Result<()> {
         100.0 * report.context_gain,
         100.0 * report.gain_over_none
     );
+    Ok(())
+}
+
+fn check_denoise(args: &CheckDenoiseArgs) -> Result<()> {
+    let common = &args.common;
+    let model = load_checked_model(&common.model)?;
+    let options = DenoiseCheckOptions {
+        first_seed: common.first_seed,
+        stories: common.stories,
+        progress: !common.json,
+        sheet: args.sheet.clone(),
+        ..DenoiseCheckOptions::default()
+    };
+    let report = denoise_check(&model, &options).context("checking what the teacher denoises")?;
+    if common.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} held-out last shots, guidance {}; a flat shot of the right colours has error {:.4}",
+        report.stories, report.guidance, report.flat_error
+    );
+    println!(
+        "{:>6}  {:>5}  {:>14}  {:>14}  {:>15}  {:>15}",
+        "t", "steps", "one-step error", "resampled err.", "one-step struct.", "resampled struct."
+    );
+    for r in &report.rows {
+        println!(
+            "{:>6.0}  {:>5}  {:>14.4}  {:>14.4}  {:>15.1}%  {:>15.1}%",
+            r.t,
+            r.steps,
+            r.one_step_error,
+            r.resampled_error,
+            100.0 * r.one_step_structure,
+            100.0 * r.resampled_structure
+        );
+    }
+    if let Some(path) = &args.sheet {
+        println!("picture: {}", path.display());
+    }
     Ok(())
 }
 
