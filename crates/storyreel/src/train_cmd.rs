@@ -494,8 +494,12 @@ fn check_denoise(args: &CheckDenoiseArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} held-out last shots, guidance {}; a flat shot of the right colours has error {:.4}",
-        report.stories, report.guidance, report.flat_error
+        "last shots of {} stories (seeds {}..{}), guidance {}; a flat shot of the right colours has error {:.4}",
+        report.stories,
+        common.first_seed,
+        common.first_seed + report.stories,
+        report.guidance,
+        report.flat_error
     );
     println!(
         "{:>6}  {:>5}  {:>14}  {:>14}  {:>15}  {:>15}",
