@@ -29,6 +29,9 @@ pub struct TeacherStepArgs {
     /// Latent size HxW (the toy VAE's at 64×64 pixels).
     #[arg(long, default_value = "16x16")]
     pub latent: String,
+    /// Latent pixels per DiT token along height and width (the teacher config's `dit.patch`).
+    #[arg(long, default_value_t = 2)]
+    pub patch: usize,
     /// Time candle's plain ops instead of the fused training kernels.
     #[arg(long)]
     pub plain_ops: bool,
@@ -66,8 +69,14 @@ pub fn run(a: &TeacherStepArgs) -> Result<()> {
     if a.channels == 0 || a.channels > MAX_CHANNELS {
         bail!("--channels must be in 1..={MAX_CHANNELS}, got {}", a.channels);
     }
+    if !(1..=4).contains(&a.patch) {
+        bail!("--patch must be in 1..=4, got {}", a.patch);
+    }
     let (h, w) = crate::testcase::parse_size(&a.latent).context("--latent")?;
-    let tokens = (CONTEXT_FLAGS.len() + a.target_frames) * (h / 2) * (w / 2);
+    if !h.is_multiple_of(a.patch) || !w.is_multiple_of(a.patch) {
+        bail!("--latent {} is not a multiple of --patch {}", a.latent, a.patch);
+    }
+    let tokens = (CONTEXT_FLAGS.len() + a.target_frames) * (h / a.patch) * (w / a.patch);
     if tokens > MAX_TOKENS {
         bail!(
             "--latent {} with --target-frames {} makes {tokens} tokens; at most {MAX_TOKENS} fit in memory \
@@ -78,7 +87,8 @@ pub fn run(a: &TeacherStepArgs) -> Result<()> {
     }
     storyreel_nn::fused_grad::set_enabled(!a.plain_ops);
     let device = Device::Cpu;
-    let cfg = TeacherStageConfig::default();
+    let mut cfg = TeacherStageConfig::default();
+    cfg.dit.patch = a.patch;
     let varmap = VarMap::new();
     let nets = TeacherNetworks::trainable(&cfg, a.channels, &varmap, &device).context("building the teacher")?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();

@@ -159,6 +159,8 @@ fn bench_teacher_step_fused_kernels_match_candle_ops() {
     assert_eq!(fused["kernels"], "fused training kernels");
     assert_eq!(plain["kernels"], "candle ops");
     assert_eq!(fused["tokens"], 32);
+    // One latent pixel per token: four times the tokens of the same latents.
+    assert_eq!(run(&["--patch", "1"])["tokens"], 128);
     for key in ["loss", "grad_norm"] {
         let (a, b) = (fused[key].as_f64().unwrap(), plain[key].as_f64().unwrap());
         assert!(a > 0.0 && (a - b).abs() <= 1e-4 * b, "{key}: fused {a} against candle's {b}");
@@ -171,8 +173,10 @@ fn bench_teacher_step_fused_kernels_match_candle_ops() {
         (&["--channels", "0"][..], "--channels"),
         (&["--channels", "100000"][..], "--channels"),
         (&["--latent", "512x512"][..], "8192"),
-        (&["--latent", "3x5"][..], "3×5"),
+        (&["--latent", "3x5"][..], "not a multiple of --patch 2"),
         (&["--latent", "abc"][..], "--latent"),
+        (&["--patch", "0"][..], "--patch"),
+        (&["--patch", "3"][..], "--patch 3"),
     ] {
         let mut args = vec!["bench", "teacher-step", "--iters", "1", "--warmup", "0"];
         args.extend_from_slice(bad);
