@@ -97,6 +97,17 @@ fn tiny_networks() -> (TeacherCorpus, VarMap, TeacherNetworks) {
     (corpus, varmap, nets)
 }
 
+/// [`tiny_networks`] with a non-zero output head, so that gradients below it are not all zero.
+fn tiny_networks_with_a_live_head() -> (TeacherCorpus, VarMap, TeacherNetworks) {
+    let (corpus, varmap, nets) = tiny_networks();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.contains("head.head.weight") {
+            var.set(&(var.as_tensor().ones_like().unwrap() * 0.05).unwrap()).unwrap();
+        }
+    }
+    (corpus, varmap, nets)
+}
+
 /// A sample of shot 1 of `story` with its context and caption, at table index `table_index`.
 fn second_shot(story: &EncodedStory, table_index: usize, noise_seed: u64) -> TeacherSample<'_> {
     TeacherSample {
@@ -460,13 +471,7 @@ fn bad_settings_are_clear_errors() {
 fn every_teacher_weight_receives_a_gradient() {
     // Regression: a fused softmax without a backward once cut the gradient to every query and
     // key weight, and the loss still fell (values and FFNs trained), so only this check shows it.
-    let (corpus, varmap, nets) = tiny_networks();
-    // A non-zero head so that gradients below it are not all zero.
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        if name.contains("head.head.weight") {
-            var.set(&(var.as_tensor().ones_like().unwrap() * 0.05).unwrap()).unwrap();
-        }
-    }
+    let (corpus, varmap, nets) = tiny_networks_with_a_live_head();
     let schedule = FlowSchedule::new(1000, 8.0);
     let weights = vec![1.0; 1000];
     let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
@@ -903,12 +908,7 @@ fn the_teacher_gradient_is_the_slope_of_its_loss() {
     // Every training path's backward (fused norms and residuals, the segment attention, the
     // differentiable RoPE, caption routing) against the loss itself: a wrong gradient still
     // lowers a loss, only more slowly, so a falling loss cannot show one.
-    let (corpus, varmap, nets) = tiny_networks();
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        if name.contains("head.head.weight") {
-            var.set(&(var.as_tensor().ones_like().unwrap() * 0.05).unwrap()).unwrap();
-        }
-    }
+    let (corpus, varmap, nets) = tiny_networks_with_a_live_head();
     let schedule = FlowSchedule::new(1000, 8.0);
     let weights = vec![1.0; 1000];
     let story = corpus.stories.iter().find(|s| s.shots.len() > 1).expect("a story with two shots");
