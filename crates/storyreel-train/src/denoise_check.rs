@@ -43,6 +43,8 @@ pub struct DenoiseCheckOptions {
     pub sheet: Option<PathBuf>,
     /// Stories in the picture.
     pub sheet_stories: usize,
+    /// Guidance scale (`None`: the card's; 1 turns CFG off).
+    pub guidance: Option<f32>,
 }
 
 impl Default for DenoiseCheckOptions {
@@ -54,6 +56,7 @@ impl Default for DenoiseCheckOptions {
             progress: true,
             sheet: None,
             sheet_stories: 6,
+            guidance: None,
         }
     }
 }
@@ -83,7 +86,7 @@ pub struct DenoiseCheckReport {
     /// Latent MSE of a flat shot (each frame its own per-channel mean): what a model that
     /// draws only the right colours scores at best.
     pub flat_error: f64,
-    /// Guidance scale used (the card's).
+    /// Guidance scale used.
     pub guidance: f32,
     /// One row per timestep.
     pub rows: Vec<DenoiseCheckRow>,
@@ -102,7 +105,10 @@ pub fn denoise_check(model: &StoryModel, options: &DenoiseCheckOptions) -> Resul
     let stories = encode_held_out(model, options.first_seed, options.stories, &bar)?;
     let card = &model.card;
     let schedule = FlowSchedule::new(card.sampler.steps, card.sampler.shift);
-    let guidance = card.sampler.guidance;
+    let guidance = options.guidance.unwrap_or(card.sampler.guidance);
+    if !guidance.is_finite() {
+        return Err(TrainError::out_of_range("guidance", guidance, "a finite scale"));
+    }
     let uncond = unconditional_caption(&model.dit, &device)?;
     let k_rows = options.timesteps.len();
     let mut sums = vec![[0f64; 4]; k_rows];

@@ -1001,6 +1001,15 @@ fn the_denoise_check_scores_what_comes_back_from_each_noise_level() {
     ] {
         assert!(denoise_check(&model, &bad).is_err());
     }
+    assert!(denoise_check(&model, &DenoiseCheckOptions { guidance: Some(f32::NAN), ..options.clone() }).is_err());
+    // Without guidance the check runs the conditional flow alone, and says so.
+    let plain = denoise_check(&model, &DenoiseCheckOptions { guidance: Some(1.0), ..options.clone() }).unwrap();
+    assert_eq!(plain.guidance, 1.0);
+    assert_ne!(
+        plain.rows[0].resampled_error, trained.rows[0].resampled_error,
+        "CFG {} changes the shot",
+        trained.guidance
+    );
     let mut student = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
     student.card.kind = storyreel_engine::ModelKind::Student;
     assert!(denoise_check(&student, &options).unwrap_err().to_string().contains("student"));

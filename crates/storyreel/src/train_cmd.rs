@@ -204,6 +204,9 @@ pub struct CheckDenoiseArgs {
     /// each timestep.
     #[arg(long)]
     sheet: Option<PathBuf>,
+    /// Guidance scale (default: the card's; 1 turns CFG off).
+    #[arg(long)]
+    guidance: Option<f32>,
 }
 
 /// Arguments of `storyreel train check-looks`.
@@ -486,6 +489,7 @@ fn check_denoise(args: &CheckDenoiseArgs) -> Result<()> {
         stories: common.stories,
         progress: !common.json,
         sheet: args.sheet.clone(),
+        guidance: args.guidance,
         ..DenoiseCheckOptions::default()
     };
     let report = denoise_check(&model, &options).context("checking what the teacher denoises")?;
