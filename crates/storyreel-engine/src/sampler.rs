@@ -187,25 +187,70 @@ impl EulerSampler {
         on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
-        let sig = self.schedule.sigmas();
-        let ts = self.schedule.timesteps();
+        self.integrate(x, self.schedule.sigmas(), self.schedule.timesteps(), flow, on_step, cancelled)
+    }
+
+    /// Noise levels a run from `sigma` visits: `sigma` itself, then the table's levels below it.
+    pub fn sigmas_from(&self, sigma: f32) -> Vec<f32> {
+        std::iter::once(sigma).chain(self.schedule.sigmas().iter().copied().filter(|&s| s < sigma)).collect()
+    }
+
+    /// Integrates `x`, a sample at noise level `sigma` in (0, 1], to σ = 0 over the table's
+    /// steps below `sigma` (SDEdit: denoising a noised picture the way sampling would).
+    pub fn sample_from(
+        &self,
+        x: Tensor,
+        sigma: f32,
+        flow: &mut dyn FnMut(&Tensor, f32, FlowBranch) -> Result<Tensor>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
+        if !(sigma > 0.0 && sigma <= 1.0) {
+            return Err(EngineError::Config(format!("a run must start at a noise level in (0, 1], not {sigma}")));
+        }
+        let sigmas = self.sigmas_from(sigma);
+        let timesteps: Vec<f32> = sigmas.iter().map(|s| s * 1000.0).collect();
+        self.integrate(x, &sigmas, &timesteps, flow, &mut |_, _| Ok(()), cancelled)
+    }
+
+    /// The guided velocity at `x` and timestep `t`: the conditional flow, pushed away from the
+    /// unconditional one by the guidance scale and from the context-free one by the context
+    /// guidance scale.
+    pub fn velocity(
+        &self,
+        x: &Tensor,
+        t: f32,
+        flow: &mut dyn FnMut(&Tensor, f32, FlowBranch) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let cond = flow(x, t, FlowBranch::Conditional)?;
+        let mut v = if self.caption_guided() {
+            let uncond = flow(x, t, FlowBranch::Unconditional)?;
+            (&uncond + ((&cond - &uncond)? * self.guidance as f64)?)?
+        } else {
+            cond.clone()
+        };
+        if self.context_guidance > 0.0 {
+            let without = flow(x, t, FlowBranch::WithoutContext)?;
+            v = (v + ((cond - without)? * self.context_guidance as f64)?)?;
+        }
+        Ok(v)
+    }
+
+    fn integrate(
+        &self,
+        x: Tensor,
+        sig: &[f32],
+        ts: &[f32],
+        flow: &mut dyn FnMut(&Tensor, f32, FlowBranch) -> Result<Tensor>,
+        on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
         let mut x = x;
         for i in 0..sig.len() {
             if cancelled() {
                 return Err(EngineError::Cancelled);
             }
             on_step(i, &x)?;
-            let cond = flow(&x, ts[i], FlowBranch::Conditional)?;
-            let mut v = if self.caption_guided() {
-                let uncond = flow(&x, ts[i], FlowBranch::Unconditional)?;
-                (&uncond + ((&cond - &uncond)? * self.guidance as f64)?)?
-            } else {
-                cond.clone()
-            };
-            if self.context_guidance > 0.0 {
-                let without = flow(&x, ts[i], FlowBranch::WithoutContext)?;
-                v = (v + ((cond - without)? * self.context_guidance as f64)?)?;
-            }
+            let v = self.velocity(&x, ts[i], flow)?;
             let next = sig.get(i + 1).copied().unwrap_or(0.0);
             x = (x + (v * (next - sig[i]) as f64)?)?;
         }
@@ -335,6 +380,42 @@ mod tests {
         );
         assert!(matches!(r, Err(EngineError::Cancelled)));
         assert_eq!(n.get(), 2);
+    }
+
+    #[test]
+    fn a_run_from_a_noise_level_follows_the_table_below_it() {
+        let dev = Device::Cpu;
+        let s = EulerSampler::new(4, 1.0, 2.0).unwrap();
+        assert_eq!(s.sigmas_from(0.6), vec![0.6, 0.5, 0.25]);
+        assert_eq!(s.sigmas_from(1.0), vec![1.0, 0.75, 0.5, 0.25]);
+        // A flow that knows x0 lands on it from any level, guided or not.
+        let x0 = Tensor::randn(0f32, 1.0, (2, 3), &dev).unwrap();
+        let eps = Tensor::randn(0f32, 1.0, (2, 3), &dev).unwrap();
+        let mut exact = |_: &Tensor, _: f32, _: FlowBranch| -> Result<Tensor> { Ok((&eps - &x0)?) };
+        for sigma in [1.0f32, 0.6, 0.1] {
+            let x_t = ((&x0 * (1.0 - sigma) as f64).unwrap() + (&eps * sigma as f64).unwrap()).unwrap();
+            let out = s.sample_from(x_t, sigma, &mut exact, &|| false).unwrap();
+            let d = (out - &x0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "from {sigma}: {d}");
+        }
+        // From σ = 1 it is `sample`, call for call.
+        let mut calls = Vec::new();
+        let mut seen = |x: &Tensor, t: f32, b: FlowBranch| -> Result<Tensor> {
+            calls.push((t, b));
+            Ok((x * 0.5)?)
+        };
+        let a = s.sample_from(eps.clone(), 1.0, &mut seen, &|| false).unwrap();
+        let from_one = std::mem::take(&mut calls);
+        let mut seen = |x: &Tensor, t: f32, b: FlowBranch| -> Result<Tensor> {
+            calls.push((t, b));
+            Ok((x * 0.5)?)
+        };
+        let b = s.sample(eps.clone(), &mut seen, &mut |_, _| Ok(()), &|| false).unwrap();
+        assert_eq!(from_one, calls);
+        assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+        for bad in [0.0, 1.5, f32::NAN] {
+            assert!(s.sample_from(eps.clone(), bad, &mut exact, &|| false).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -106,9 +106,31 @@ pub fn sample_shot(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Tensor> {
     let mut flow = |x: &Tensor, t: f32, branch: FlowBranch| teacher_flow(model, inputs, x, t, branch);
+    shot_sampler(sampler, inputs)?.sample(noise, &mut flow, on_step, cancelled)
+}
+
+/// Denoises `x_t`, a shot at noise level `sigma`, with the teacher: its guided x0 prediction
+/// in one step, and the shot `sampler` draws when run down from there (SDEdit), with the same
+/// guidance rules as [`sample_shot`].
+pub fn denoise_shot(
+    model: &WanModel,
+    inputs: &TeacherInputs<'_>,
+    sampler: &EulerSampler,
+    x_t: &Tensor,
+    sigma: f32,
+) -> Result<(Tensor, Tensor)> {
+    let mut flow = |x: &Tensor, t: f32, branch: FlowBranch| teacher_flow(model, inputs, x, t, branch);
+    let sampler = shot_sampler(sampler, inputs)?;
+    let v = sampler.velocity(x_t, sigma * 1000.0, &mut flow)?;
+    let one_step = (x_t - (v * sigma as f64)?)?;
+    let resampled = sampler.sample_from(x_t.clone(), sigma, &mut flow, &|| false)?;
+    Ok((one_step, resampled))
+}
+
+/// `sampler`, without context guidance when the shot has no context to guide by.
+fn shot_sampler(sampler: &EulerSampler, inputs: &TeacherInputs<'_>) -> Result<EulerSampler> {
     if sampler.context_guidance() > 0.0 && !has_context(inputs)? {
-        let plain = sampler.clone().with_context_guidance(0.0)?;
-        return plain.sample(noise, &mut flow, on_step, cancelled);
+        return sampler.clone().with_context_guidance(0.0);
     }
-    sampler.sample(noise, &mut flow, on_step, cancelled)
+    Ok(sampler.clone())
 }

@@ -13,9 +13,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use storyreel_engine::pixels::to_rgb_frames;
 use storyreel_engine::shot_plan::ShotPlan;
-use storyreel_engine::teacher::{teacher_flow, TeacherInputs};
+use storyreel_engine::teacher::{denoise_shot, TeacherInputs};
 use storyreel_engine::teacher_story::{caption_embeddings, unconditional_caption};
-use storyreel_engine::{FlowBranch, FlowSchedule, ModelKind, NoiseSource, SeededNoise, StoryModel};
+use storyreel_engine::{EulerSampler, ModelKind, NoiseSource, SeededNoise, StoryModel};
 use storyreel_media::{ContactSheet, ContactSheetOptions, RgbFrame};
 use storyreel_nn::codec::VideoCodec;
 
@@ -86,7 +86,7 @@ pub struct DenoiseCheckReport {
     /// Latent MSE of a flat shot (each frame its own per-channel mean): what a model that
     /// draws only the right colours scores at best.
     pub flat_error: f64,
-    /// Guidance scale used.
+    /// Guidance scale used (context guidance is the card's).
     pub guidance: f32,
     /// One row per timestep.
     pub rows: Vec<DenoiseCheckRow>,
@@ -95,6 +95,11 @@ pub struct DenoiseCheckReport {
 /// Runs the check on `model`'s held-out stories (see the module docs).
 pub fn denoise_check(model: &StoryModel, options: &DenoiseCheckOptions) -> Result<DenoiseCheckReport> {
     validate_check_options(options.first_seed, options.stories, &options.timesteps)?;
+    if let Some(dir) = options.sheet.as_ref().and_then(|p| p.parent()).filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(TrainError::File(format!("the picture's folder {} does not exist", dir.display())));
+        }
+    }
     if model.card.kind != ModelKind::Teacher {
         return Err(TrainError::File(
             "the denoise check runs a teacher's sampler; this model's card says it is a streaming student".into(),
@@ -104,11 +109,9 @@ pub fn denoise_check(model: &StoryModel, options: &DenoiseCheckOptions) -> Resul
     let bar = Progress::new(options.stories * 2, 0, options.progress);
     let stories = encode_held_out(model, options.first_seed, options.stories, &bar)?;
     let card = &model.card;
-    let schedule = FlowSchedule::new(card.sampler.steps, card.sampler.shift);
     let guidance = options.guidance.unwrap_or(card.sampler.guidance);
-    if !guidance.is_finite() {
-        return Err(TrainError::out_of_range("guidance", guidance, "a finite scale"));
-    }
+    let sampler = EulerSampler::new(card.sampler.steps, card.sampler.shift, guidance)
+        .and_then(|s| s.with_context_guidance(card.sampler.context_guidance))?;
     let uncond = unconditional_caption(&model.dit, &device)?;
     let k_rows = options.timesteps.len();
     let mut sums = vec![[0f64; 4]; k_rows];
@@ -133,14 +136,6 @@ pub fn denoise_check(model: &StoryModel, options: &DenoiseCheckOptions) -> Resul
             clean_context: card.clean_context,
             context_channels: card.context_channels,
         };
-        let flow = |x: &Tensor, t: f32| -> Result<Tensor> {
-            let cond = teacher_flow(&model.dit, &inputs, x, t, FlowBranch::Conditional)?;
-            if (guidance - 1.0).abs() <= f32::EPSILON {
-                return Ok(cond);
-            }
-            let free = teacher_flow(&model.dit, &inputs, x, t, FlowBranch::Unconditional)?;
-            Ok((&free + ((cond - &free)? * guidance as f64)?)?)
-        };
         let x0_structure = centred(x0)?;
         // A flat shot misses exactly the structure, so its error is the structure's power.
         let structure_power = mean_square(&x0_structure)?;
@@ -151,19 +146,7 @@ pub fn denoise_check(model: &StoryModel, options: &DenoiseCheckOptions) -> Resul
         for (row, &t) in options.timesteps.iter().enumerate() {
             let sigma = t / 1000.0;
             let x_t = ((x0 * (1.0 - sigma) as f64)? + (&eps * sigma as f64)?)?;
-            let v = flow(&x_t, t)?;
-            let one_step = (&x_t - (&v * sigma as f64)?)?;
-            let mut sigmas = vec![sigma];
-            sigmas.extend(schedule.sigmas().iter().copied().filter(|&s| s < sigma));
-            sigmas.push(0.0);
-            let mut x = x_t;
-            let mut v = v;
-            for (j, pair) in sigmas.windows(2).enumerate() {
-                if j > 0 {
-                    v = flow(&x, pair[0] * 1000.0)?;
-                }
-                x = (x + (v.clone() * (pair[1] - pair[0]) as f64)?)?;
-            }
+            let (one_step, x) = denoise_shot(&model.dit, &inputs, &sampler, &x_t, sigma)?;
             let structure = |pred: &Tensor| -> Result<f64> {
                 Ok(1.0 - mean_square(&(centred(pred)? - &x0_structure)?)? / structure_var)
             };
@@ -197,7 +180,7 @@ pub fn denoise_check(model: &StoryModel, options: &DenoiseCheckOptions) -> Resul
             resampled_error: s[1] / n,
             one_step_structure: s[2] / n,
             resampled_structure: s[3] / n,
-            steps: 1 + schedule.sigmas().iter().filter(|&&x| x < t / 1000.0).count(),
+            steps: sampler.sigmas_from(t / 1000.0).len(),
         })
         .collect();
     if let Some(path) = &options.sheet {

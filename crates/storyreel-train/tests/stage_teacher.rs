@@ -1010,6 +1010,9 @@ fn the_denoise_check_scores_what_comes_back_from_each_noise_level() {
         "CFG {} changes the shot",
         trained.guidance
     );
+    let nowhere = DenoiseCheckOptions { sheet: Some(dir.path().join("missing/sheet.png")), ..options.clone() };
+    let err = denoise_check(&model, &nowhere).unwrap_err().to_string();
+    assert!(err.contains("missing") && err.contains("does not exist"), "{err}");
     let mut student = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
     student.card.kind = storyreel_engine::ModelKind::Student;
     assert!(denoise_check(&student, &options).unwrap_err().to_string().contains("student"));
