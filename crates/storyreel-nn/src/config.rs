@@ -39,6 +39,16 @@ pub struct WanConfig {
     /// Wan's model type; only "t2v" is supported.
     #[serde(default = "default_model_type")]
     pub model_type: String,
+    /// Add a fixed 2-D sinusoidal embedding of each token's (row, column) after the patch
+    /// embedding. Not in Wan, whose tokens know where they are only through RoPE's relative
+    /// angles: a small DiT trained briefly learns absolute layout (a horizon, a character's
+    /// place) from those slowly. Absent from Wan's configs, so off for real checkpoints.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub spatial_position: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_freq_dim() -> usize {
@@ -100,6 +110,7 @@ impl WanConfig {
             patch_size: [1, 2, 2],
             eps: 1e-6,
             model_type: "t2v".into(),
+            spatial_position: false,
         }
     }
 
@@ -118,6 +129,7 @@ impl WanConfig {
             patch_size: [1, 2, 2],
             eps: 1e-6,
             model_type: "t2v".into(),
+            spatial_position: false,
         }
     }
 
@@ -156,6 +168,9 @@ impl WanConfig {
         if self.text_len == 0 || self.text_dim == 0 || self.in_dim == 0 || self.out_dim == 0 {
             return bad("text_len, text_dim, in_dim and out_dim must be positive".into());
         }
+        if self.spatial_position && !self.dim.is_multiple_of(4) {
+            return bad(format!("spatial_position needs dim divisible by 4, not {}", self.dim));
+        }
         if self.model_type != "t2v" {
             return bad(format!("model_type `{}` is not supported (only t2v)", self.model_type));
         }
@@ -185,6 +200,7 @@ impl WanConfig {
                 patch_size: d.patch_size,
                 eps: d.eps,
                 model_type: "t2v".into(),
+                spatial_position: false,
             }
         } else {
             serde_json::from_value(value).map_err(|e| NnError::Config(format!("config.json: {e}")))?

@@ -47,7 +47,16 @@ fn context_frames() -> Vec<FrameInfo> {
 
 #[test]
 fn cached_chunks_equal_one_pass_block_causal_forward() {
-    let cfg = WanConfig::tiny();
+    cached_chunks_match_one_pass(false);
+}
+
+#[test]
+fn cached_chunks_equal_one_pass_with_spatial_position() {
+    cached_chunks_match_one_pass(true);
+}
+
+fn cached_chunks_match_one_pass(spatial_position: bool) {
+    let cfg = WanConfig { spatial_position, ..WanConfig::tiny() };
     let m = model(&cfg, RopeConfig::default());
     let caps = m.embed_captions(&captions(3)).unwrap();
     let ctx = latents(6, 1);
@@ -276,4 +285,50 @@ fn separate_samples_equal_one_forward_per_sample() {
         let err = m.forward_separate_samples(&x, &frames, bad, &caps).unwrap_err().to_string();
         assert!(err.contains("do not split"), "{err}");
     }
+}
+
+/// Spread of a frame's output over its tokens: the largest deviation of any latent pixel from
+/// the mean of the pixels at the same place within every 2×2 patch of its frame and channel.
+fn spatial_spread(y: &Tensor) -> f32 {
+    let (f, c, h, w) = y.dims4().unwrap();
+    let patches = y.reshape((f, c, h / 2, 2, w / 2, 2)).unwrap();
+    let mean = patches.mean_keepdim(4).unwrap().mean_keepdim(2).unwrap();
+    patches.broadcast_sub(&mean).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn only_spatial_position_lets_a_flat_input_become_a_layout() {
+    // A flat latent makes every token alike; RoPE's relative angles then weight identical
+    // values, so a Wan DiT cannot put anything in one place rather than another. The
+    // position embedding gives each token its own start.
+    let flat = Tensor::full(0.3f32, (2, 4, H, W), &Device::Cpu).unwrap();
+    let caps_in = captions(1);
+    let out = |spatial_position: bool| {
+        let cfg = WanConfig { spatial_position, ..WanConfig::tiny() };
+        let m = model(&cfg, RopeConfig::default());
+        let caps = m.embed_captions(&caps_in).unwrap();
+        let frames = [frame(990.0, 0, 0, 0), frame(990.0, 1, 0, 0)];
+        m.forward_bidirectional(&flat, &frames, &caps).unwrap()
+    };
+    let (without, with) = (out(false), out(true));
+    assert!(spatial_spread(&without) < 1e-4, "RoPE alone spread a flat input by {}", spatial_spread(&without));
+    assert!(spatial_spread(&with) > 1e-2, "the position embedding left the output flat ({})", spatial_spread(&with));
+}
+
+#[test]
+fn spatial_position_adds_no_weights_and_stays_out_of_wan_configs() {
+    let plain = WanConfig::tiny();
+    let with = WanConfig { spatial_position: true, ..WanConfig::tiny() };
+    let names = |cfg: &WanConfig| {
+        let mut k: Vec<String> = random_weights(cfg, 7, DType::F32, &Device::Cpu).unwrap().into_keys().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(names(&plain), names(&with));
+    let text = serde_json::to_string(&plain).unwrap();
+    assert!(!text.contains("spatial_position"), "{text}");
+    let back = WanConfig::from_json_str(&serde_json::to_string(&with).unwrap()).unwrap();
+    assert!(back.spatial_position);
+    let odd = WanConfig { dim: 66, num_heads: 1, spatial_position: true, ..WanConfig::tiny() };
+    assert!(odd.validate().is_err());
 }

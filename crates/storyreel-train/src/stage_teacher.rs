@@ -68,11 +68,14 @@ pub struct ToyDitShape {
     /// Latent pixels per token along height and width (Wan's 2; 1 gives a small character
     /// in a wide shot tokens of its own, at about 6× the step time on the toy latent).
     pub patch: usize,
+    /// Give every token a fixed embedding of its (row, column) (`WanConfig::spatial_position`;
+    /// not in Wan). Written to the DiT's config, so every later stage and `generate` use it.
+    pub spatial_position: bool,
 }
 
 impl Default for ToyDitShape {
     fn default() -> Self {
-        Self { dim: 128, ffn_dim: 384, freq_dim: 64, num_heads: 4, num_layers: 4, patch: 2 }
+        Self { dim: 128, ffn_dim: 384, freq_dim: 64, num_heads: 4, num_layers: 4, patch: 2, spatial_position: false }
     }
 }
 
@@ -92,6 +95,7 @@ impl ToyDitShape {
             patch_size: [1, self.patch, self.patch],
             eps: 1e-6,
             model_type: "t2v".into(),
+            spatial_position: self.spatial_position,
         }
     }
 }

@@ -33,7 +33,15 @@ fn write_vae(dir: &Path) -> WanVae {
 fn tiny(vae: &Path, out: &Path, steps: u64) -> TeacherStageConfig {
     let mut cfg = TeacherStageConfig {
         vae: vae.to_path_buf(),
-        dit: ToyDitShape { dim: 32, ffn_dim: 64, freq_dim: 32, num_heads: 2, num_layers: 1, patch: 2 },
+        dit: ToyDitShape {
+            dim: 32,
+            ffn_dim: 64,
+            freq_dim: 32,
+            num_heads: 2,
+            num_layers: 1,
+            patch: 2,
+            spatial_position: false,
+        },
         text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
         data: TeacherData { first_seed: 11, stories: 3, width: 32, height: 32 },
         steps,
@@ -1016,6 +1024,21 @@ fn the_denoise_check_scores_what_comes_back_from_each_noise_level() {
     let mut student = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
     student.card.kind = storyreel_engine::ModelKind::Student;
     assert!(denoise_check(&student, &options).unwrap_err().to_string().contains("student"));
+}
+
+#[test]
+fn a_teacher_with_spatial_position_saves_it_and_generates_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_vae(&dir.path().join("vae"));
+    let mut cfg = tiny(&dir.path().join("vae"), &dir.path().join("run"), 2);
+    cfg.dit.spatial_position = true;
+    let report = run_teacher_stage(&cfg).unwrap();
+    let saved = std::fs::read_to_string(report.model_dir.join("dit").join("config.json")).unwrap();
+    assert!(saved.contains("\"spatial_position\": true"), "{saved}");
+    let model = StoryModel::load(&report.model_dir, &Device::Cpu).unwrap();
+    assert!(model.dit.config().spatial_position);
+    let (got, _) = generate_two_shots(&model, Box::new(NoContext));
+    assert_eq!(got, vec![vec![5, 3, 32, 32], vec![9, 3, 32, 32]]);
 }
 
 #[test]

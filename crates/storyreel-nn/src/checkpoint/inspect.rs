@@ -158,6 +158,7 @@ fn config_from_inferred(s: &InferredShape) -> WanConfig {
         patch_size: s.patch_size,
         eps: 1e-6,
         model_type: "t2v".into(),
+        spatial_position: false,
     }
 }
 

@@ -20,6 +20,28 @@ pub fn sinusoid(t: &[f32], dim: usize) -> Vec<f32> {
     out
 }
 
+/// Fixed 2-D sinusoidal position of every token of an `hp`×`wp` grid, `[hp·wp, dim]` in (h, w)
+/// order: the first half of the channels encodes the row, the second the column, each as sines
+/// then cosines over `dim / 4` frequencies from 1 down to 1/10000 per token.
+pub fn spatial_position(hp: usize, wp: usize, dim: usize) -> Vec<f32> {
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter).map(|i| 10000f64.powf(-(i as f64) / quarter.max(1) as f64)).collect();
+    let mut out = vec![0f32; hp * wp * dim];
+    for r in 0..hp {
+        for c in 0..wp {
+            let row = &mut out[(r * wp + c) * dim..(r * wp + c + 1) * dim];
+            for (half, pos) in [(0, r as f64), (1, c as f64)] {
+                let base = half * 2 * quarter;
+                for (i, w) in omega.iter().enumerate() {
+                    row[base + i] = (pos * w).sin() as f32;
+                    row[base + quarter + i] = (pos * w).cos() as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Conv3d with kernel = stride, as a linear map over flattened patches.
 #[derive(Debug, Clone)]
 pub struct PatchEmbed {

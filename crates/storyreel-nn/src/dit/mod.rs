@@ -284,7 +284,12 @@ impl WanModel {
         }
         let (hp, wp) = self.token_grid(h, w)?;
         let p = hp * wp;
-        let tokens = self.patch.forward(&x.to_device(&self.device)?)?.reshape((f, p, self.cfg.dim))?;
+        let mut tokens = self.patch.forward(&x.to_device(&self.device)?)?.reshape((f, p, self.cfg.dim))?;
+        if self.cfg.spatial_position {
+            let table = embed::spatial_position(hp, wp, self.cfg.dim);
+            let table = Tensor::from_vec(table, (1, p, self.cfg.dim), &self.device)?;
+            tokens = tokens.broadcast_add(&table)?;
+        }
         let ts: Vec<f32> = frames.iter().map(|fr| fr.t).collect();
         let (e, e0) = self.time.forward(&ts, &self.device)?;
         let phases: Vec<FramePhase> = frames.iter().map(|fr| fr.phase).collect();

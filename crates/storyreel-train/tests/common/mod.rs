@@ -20,7 +20,15 @@ pub fn tiny_teacher(dir: &Path) -> PathBuf {
     WanVae::random(&cfg, true, 3, DType::F32, &Device::Cpu).unwrap().save(&dir.join("vae")).unwrap();
     let mut cfg = TeacherStageConfig {
         vae: dir.join("vae"),
-        dit: ToyDitShape { dim: 32, ffn_dim: 64, freq_dim: 32, num_heads: 2, num_layers: 1, patch: 2 },
+        dit: ToyDitShape {
+            dim: 32,
+            ffn_dim: 64,
+            freq_dim: 32,
+            num_heads: 2,
+            num_layers: 1,
+            patch: 2,
+            spatial_position: false,
+        },
         text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
         data: TeacherData { first_seed: 21, stories: 2, width: 32, height: 32 },
         steps: 2,
