@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::tiny_teacher;
+use common::{student_copy, tiny_teacher, tiny_teacher_with};
 
 use candle_core::{Device, Tensor};
 use storyreel_engine::context::DynamicSampling;
@@ -281,6 +281,18 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
     };
     assert_eq!(loss_of(&no_phase, &prepared[flagged]), loss_of(&no_phase, &unflagged));
     assert_ne!(loss_of(&student, &prepared[flagged]), loss_of(&student, &unflagged));
+}
+
+#[test]
+fn a_student_keeps_its_teachers_spatial_position() {
+    // The embedding has no weights, so only the DiT config carries it from teacher to student.
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = tiny_teacher_with(dir.path(), true);
+    let student = StoryModel::load(&student_copy(&teacher, dir.path()), &Device::Cpu).unwrap();
+    assert_eq!(student.card.kind, ModelKind::Student);
+    assert!(student.dit.config().spatial_position);
+    let vars = candle_nn::VarMap::new();
+    assert!(trainable_dit(&student, true, &vars, &Device::Cpu).unwrap().config().spatial_position);
 }
 
 #[test]

@@ -16,6 +16,11 @@ use storyreel_train::stage_vae::ToyVaeShape;
 /// two training steps write the folder, but leave the zero-initialised head near zero, and a
 /// teacher whose every trajectory stays at its noise has nothing to distil.
 pub fn tiny_teacher(dir: &Path) -> PathBuf {
+    tiny_teacher_with(dir, false)
+}
+
+/// [`tiny_teacher`] with the DiT's `spatial_position` set as given.
+pub fn tiny_teacher_with(dir: &Path, spatial_position: bool) -> PathBuf {
     let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
     WanVae::random(&cfg, true, 3, DType::F32, &Device::Cpu).unwrap().save(&dir.join("vae")).unwrap();
     let mut cfg = TeacherStageConfig {
@@ -27,7 +32,7 @@ pub fn tiny_teacher(dir: &Path) -> PathBuf {
             num_heads: 2,
             num_layers: 1,
             patch: 2,
-            spatial_position: false,
+            spatial_position,
         },
         text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
         data: TeacherData { first_seed: 21, stories: 2, width: 32, height: 32 },
