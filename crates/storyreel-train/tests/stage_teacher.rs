@@ -17,7 +17,6 @@ use storyreel_nn::vae::WanVae;
 use storyreel_train::stage_teacher::{
     draw_images, draw_sample, image_loss, run_teacher_stage, teacher_loss, timestep_weights, EncodedStory, ImageSample,
     ImageSource, TeacherCorpus, TeacherData, TeacherNetworks, TeacherSample, TeacherStageConfig, TimestepWeighting,
-    ToyDitShape,
 };
 use storyreel_train::stage_vae::ToyVaeShape;
 use storyreel_train::{AdamW, AdamWConfig, NamedParams};
@@ -33,15 +32,7 @@ fn write_vae(dir: &Path) -> WanVae {
 fn tiny(vae: &Path, out: &Path, steps: u64) -> TeacherStageConfig {
     let mut cfg = TeacherStageConfig {
         vae: vae.to_path_buf(),
-        dit: ToyDitShape {
-            dim: 32,
-            ffn_dim: 64,
-            freq_dim: 32,
-            num_heads: 2,
-            num_layers: 1,
-            patch: 2,
-            spatial_position: false,
-        },
+        dit: common::tiny_dit(),
         text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
         data: TeacherData { first_seed: 11, stories: 3, width: 32, height: 32 },
         steps,

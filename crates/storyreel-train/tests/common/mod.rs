@@ -19,21 +19,18 @@ pub fn tiny_teacher(dir: &Path) -> PathBuf {
     tiny_teacher_with(dir, false)
 }
 
+/// The DiT shape of the tiny teachers: width 32, one block, Wan's patch, no position embedding.
+pub fn tiny_dit() -> ToyDitShape {
+    ToyDitShape { dim: 32, ffn_dim: 64, freq_dim: 32, num_heads: 2, num_layers: 1, patch: 2, spatial_position: false }
+}
+
 /// [`tiny_teacher`] with the DiT's `spatial_position` set as given.
 pub fn tiny_teacher_with(dir: &Path, spatial_position: bool) -> PathBuf {
     let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
     WanVae::random(&cfg, true, 3, DType::F32, &Device::Cpu).unwrap().save(&dir.join("vae")).unwrap();
     let mut cfg = TeacherStageConfig {
         vae: dir.join("vae"),
-        dit: ToyDitShape {
-            dim: 32,
-            ffn_dim: 64,
-            freq_dim: 32,
-            num_heads: 2,
-            num_layers: 1,
-            patch: 2,
-            spatial_position,
-        },
+        dit: ToyDitShape { spatial_position, ..tiny_dit() },
         text: ToyTextConfig { dim: 16, text_len: 64, layers: 1, heads: 2, ffn_dim: 32 },
         data: TeacherData { first_seed: 21, stories: 2, width: 32, height: 32 },
         steps: 2,
