@@ -196,7 +196,16 @@ fn each_frame_sees_only_its_own_caption() {
 
 #[test]
 fn bf16_weights_run_close_to_f32() {
-    let cfg = WanConfig::tiny();
+    bf16_runs_close_to_f32(false);
+}
+
+#[test]
+fn bf16_weights_run_close_to_f32_with_spatial_position() {
+    bf16_runs_close_to_f32(true);
+}
+
+fn bf16_runs_close_to_f32(spatial_position: bool) {
+    let cfg = WanConfig { spatial_position, ..WanConfig::tiny() };
     let w = random_weights(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
     let m32 = WanModel::from_tensors(w.clone(), &cfg, RopeConfig::default(), DType::F32, &Device::Cpu).unwrap();
     let m16 = WanModel::from_tensors(w, &cfg, RopeConfig::default(), DType::BF16, &Device::Cpu).unwrap();
