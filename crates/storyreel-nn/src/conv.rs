@@ -8,8 +8,9 @@
 //! tile of output pixels, the `[Cin·kt·kh·kw, P]` input panel is gathered once into a per-thread
 //! buffer and multiplied by the weight matrix `[Cout, Cin·kt·kh·kw]` in one GEMM written straight
 //! into the output frame. Leading zero frames (causal padding) and cached frames are read in
-//! place, so nothing is concatenated. Elsewhere (CUDA, bf16, autograd) the same maths runs as
-//! candle `conv2d` calls, one per temporal tap.
+//! place, so nothing is concatenated. Under autograd on the CPU the same kernel runs with a
+//! GEMM backward ([`crate::fused_grad`]). Elsewhere (CUDA, bf16) the same maths runs as candle
+//! `conv2d` calls, one per temporal tap.
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -100,6 +101,8 @@ pub fn conv3d(src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>, geo: Con
         let b32 = bias.map(f).transpose()?;
         let src32 = FrameSource { lead_zeros: src.lead_zeros, cache: cache.as_ref(), x: &x };
         Ok(fused_cpu(&plan, &src32, &w32, b32.as_ref())?.to_dtype(src.x.dtype())?)
+    } else if training_on_cpu(&ts) && crate::fused_grad::applies(src.x) {
+        crate::fused_grad::conv3d_train(&plan, src, w, bias)
     } else if training_on_cpu(&ts) {
         unfold_matmul(&plan, src, w, bias)
     } else {
@@ -115,22 +118,22 @@ fn training_on_cpu(ts: &[&Tensor]) -> bool {
 
 /// Shapes of one convolution call, checked once.
 #[derive(Clone, Copy, Debug)]
-struct ConvPlan {
-    cin: usize,
-    cout: usize,
-    kt: usize,
-    kh: usize,
-    kw: usize,
-    h: usize,
-    w: usize,
-    ho: usize,
-    wo: usize,
-    frames_out: usize,
-    geo: ConvGeometry,
+pub(crate) struct ConvPlan {
+    pub(crate) cin: usize,
+    pub(crate) cout: usize,
+    pub(crate) kt: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+    pub(crate) frames_out: usize,
+    pub(crate) geo: ConvGeometry,
 }
 
 impl ConvPlan {
-    fn new(src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>, geo: ConvGeometry) -> Result<Self> {
+    pub(crate) fn new(src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>, geo: ConvGeometry) -> Result<Self> {
         let (t, cin, h, wd) = src
             .x
             .dims4()
@@ -188,7 +191,7 @@ impl ConvPlan {
         })
     }
 
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.cin * self.kt * self.kh * self.kw
     }
 
@@ -241,7 +244,7 @@ impl CpuF32 {
 }
 
 /// Panel budget per thread, in floats (≈ 2 MiB: stays in L2/L3 while the GEMM streams it).
-const PANEL_FLOATS: usize = 1 << 19;
+pub(crate) const PANEL_FLOATS: usize = 1 << 19;
 
 thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -255,6 +258,31 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
     let wt = CpuF32::new(w)?;
     let b = bias.map(CpuF32::new).transpose()?;
     let frame_len = p.cin * p.h * p.w;
+
+    let frame = |vt: usize| -> Option<&[f32]> {
+        if vt < src.lead_zeros {
+            return None;
+        }
+        let i = vt - src.lead_zeros;
+        if i < cache_frames {
+            let c = cache.as_ref().map(|c| c.slice()).unwrap_or(&[]);
+            Some(&c[i * frame_len..(i + 1) * frame_len])
+        } else {
+            let j = i - cache_frames;
+            Some(&x.slice()[j * frame_len..(j + 1) * frame_len])
+        }
+    };
+    let out = fused_frames(&p, &frame, wt.slice(), b.as_ref().map(|b| b.slice()));
+    Ok(Tensor::from_vec(out, (p.frames_out, p.cout, p.ho, p.wo), src.x.device())?)
+}
+
+/// The tiled implicit-GEMM convolution over frames given by `frame` (a virtual frame index to
+/// its `[Cin, H, W]` data, or `None` for a zero frame); returns `[Tout, Cout, Ho, Wo]` data.
+pub(crate) fn fused_frames<'a, F>(p: &ConvPlan, frame: &F, w: &[f32], b: Option<&[f32]>) -> Vec<f32>
+where
+    F: Fn(usize) -> Option<&'a [f32]> + Sync,
+{
+    let p = *p;
     let out_plane = p.ho * p.wo;
     let out_frame = p.cout * out_plane;
     let k = p.k();
@@ -274,20 +302,6 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
     let mut out = vec![0f32; p.frames_out * out_frame];
     let out_ptr = SendPtr(out.as_mut_ptr());
 
-    let frame = |vt: usize| -> Option<&[f32]> {
-        if vt < src.lead_zeros {
-            return None;
-        }
-        let i = vt - src.lead_zeros;
-        if i < cache_frames {
-            let c = cache.as_ref().map(|c| c.slice()).unwrap_or(&[]);
-            Some(&c[i * frame_len..(i + 1) * frame_len])
-        } else {
-            let j = i - cache_frames;
-            Some(&x.slice()[j * frame_len..(j + 1) * frame_len])
-        }
-    };
-
     (0..pixel_tasks * m_blocks).into_par_iter().for_each(|task| {
         let (task, mb) = (task / m_blocks, task % m_blocks);
         let (to, ti) = (task / tiles_per_frame, task % tiles_per_frame);
@@ -301,8 +315,8 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
         let n = p1 - p0;
         let dst = out_ptr.add(to * out_frame + m0 * out_plane + p0);
         // Bias first, then the GEMM accumulates onto it.
-        if let Some(b) = &b {
-            for (co, &bv) in b.slice()[m0..m1].iter().enumerate() {
+        if let Some(b) = b {
+            for (co, &bv) in b[m0..m1].iter().enumerate() {
                 // SAFETY: rows m0..m1, columns p0..p1 of output frame `to` belong to this task only.
                 unsafe { std::slice::from_raw_parts_mut(dst.add(co * out_plane), n) }.fill(bv);
             }
@@ -333,7 +347,7 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
                     1,
                     out_plane as isize,
                     b.is_some(),
-                    wt.slice()[m0 * k..].as_ptr(),
+                    w[m0 * k..].as_ptr(),
                     1,
                     k as isize,
                     rhs,
@@ -349,7 +363,7 @@ fn fused_cpu(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&T
             }
         });
     });
-    Ok(Tensor::from_vec(out, (p.frames_out, p.cout, p.ho, p.wo), src.x.device())?)
+    out
 }
 
 /// An output buffer shared by parallel tasks that each write their own disjoint region.
@@ -367,7 +381,7 @@ impl SendPtr {
 
 /// Fills `panel` `[Cin·kt·kh·kw, p1−p0]` with the input values each output pixel p0..p1 reads
 /// (row order matches the weight layout `[Cin, kt, kh, kw]`); out-of-frame taps read zero.
-fn gather_panel(p: &ConvPlan, taps: &[Option<&[f32]>], p0: usize, p1: usize, panel: &mut [f32]) {
+pub(crate) fn gather_panel(p: &ConvPlan, taps: &[Option<&[f32]>], p0: usize, p1: usize, panel: &mut [f32]) {
     let n = p1 - p0;
     let s = p.geo.stride_hw;
     let plane = p.h * p.w;
@@ -550,14 +564,19 @@ mod tests {
         }
     }
 
-    /// Training's unfold path gives candle's own conv gradients, for input, cache and weights.
+    /// Both training paths (the GEMM-backward op and the unfold form) give candle's own conv
+    /// gradients, for input, cache, weights and bias.
     #[test]
-    fn unfold_gradients_match_composite() {
+    fn training_gradients_match_composite() {
         use candle_core::Var;
         let cases = [
             (2, 3, 4, 6, 7, 3, 3, 3, 1, 1, 1, 1, Padding2d::same(1)),
             (4, 3, 2, 8, 8, 1, 3, 3, 0, 0, 1, 2, Padding2d { top: 0, bottom: 1, left: 0, right: 1 }),
             (4, 2, 3, 5, 5, 3, 1, 1, 0, 1, 2, 1, Padding2d::default()),
+            // Causal padding only: the first output frame reads two zero frames.
+            (3, 5, 6, 9, 11, 3, 3, 3, 2, 0, 1, 1, Padding2d::same(1)),
+            // More output pixels than one panel tile holds, so the weight gradient sums tiles.
+            (2, 16, 3, 40, 70, 3, 3, 3, 2, 0, 1, 1, Padding2d::same(1)),
         ];
         for (i, &(t, cin, cout, h, w, kt, kh, kw, lead, cache_t, st, sh, pad)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&rand(&[t, cin, h, w], i as u64)).unwrap();
@@ -566,21 +585,25 @@ mod tests {
             let b = Var::from_tensor(&rand(&[cout], 30 + i as u64)).unwrap();
             let src = FrameSource { lead_zeros: lead, cache: cache.as_ref().map(|c| c.as_tensor()), x: x.as_tensor() };
             let geo = ConvGeometry { stride_t: st, stride_hw: sh, pad };
-            // The public entry point picks the unfold path for tracked CPU tensors.
-            let y = conv3d(&src, &wt, Some(&b), geo).unwrap();
             let plan = ConvPlan::new(&src, &wt, Some(&b), geo).unwrap();
             let y_ref = composite(&plan, &src, &wt, Some(&b)).unwrap();
-            assert!(max_diff(&y, &y_ref) < 1e-4, "case {i}");
-            let probe = rand(y.dims(), 40 + i as u64);
-            let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let probe = rand(y_ref.dims(), 40 + i as u64);
             let g_ref = (&y_ref * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let mut checked = vec![(x.as_tensor(), "input"), (wt.as_tensor(), "weight"), (b.as_tensor(), "bias")];
-            if let Some(c) = cache.as_ref() {
-                checked.push((c.as_tensor(), "cache"));
-            }
-            for (v, name) in checked {
-                let (a, r) = (g.get(v).unwrap(), g_ref.get(v).unwrap());
-                assert!(max_diff(a, r) < 1e-3, "case {i}: {name} gradient differs by {}", max_diff(a, r));
+            let paths = [
+                ("gemm backward", crate::fused_grad::conv3d_train(&plan, &src, &wt, Some(&b)).unwrap()),
+                ("unfold", unfold_matmul(&plan, &src, &wt, Some(&b)).unwrap()),
+            ];
+            for (path, y) in paths {
+                assert!(max_diff(&y, &y_ref) < 1e-4, "case {i}, {path}: forward differs by {}", max_diff(&y, &y_ref));
+                let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut checked = vec![(x.as_tensor(), "input"), (wt.as_tensor(), "weight"), (b.as_tensor(), "bias")];
+                if let Some(c) = cache.as_ref() {
+                    checked.push((c.as_tensor(), "cache"));
+                }
+                for (v, name) in checked {
+                    let (a, r) = (g.get(v).unwrap(), g_ref.get(v).unwrap());
+                    assert!(max_diff(a, r) < 1e-3, "case {i}, {path}: {name} gradient differs by {}", max_diff(a, r));
+                }
             }
         }
     }
