@@ -36,7 +36,12 @@ fn main() -> anyhow::Result<()> {
         let wv = Var::from_tensor(&wt)?;
         let bv = Var::from_tensor(&b)?;
         let train = time(&mut || {
-            let y = conv3d(&FrameSource { lead_zeros: 2, cache: None, x: xv.as_tensor() }, wv.as_tensor(), Some(bv.as_tensor()), geo)?;
+            let y = conv3d(
+                &FrameSource { lead_zeros: 2, cache: None, x: xv.as_tensor() },
+                wv.as_tensor(),
+                Some(bv.as_tensor()),
+                geo,
+            )?;
             let g = y.sqr()?.sum_all()?.backward()?;
             anyhow::ensure!(g.get(&wv).is_some() && g.get(&xv).is_some());
             Ok(())

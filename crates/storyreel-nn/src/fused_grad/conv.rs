@@ -16,7 +16,12 @@ use crate::error::Result;
 
 /// `conv3d` under autograd on the CPU: cache and input become one frame tensor, the leading
 /// zero frames stay virtual, and a zero bias stands in when there is none.
-pub(crate) fn conv3d_train(plan: &ConvPlan, src: &FrameSource<'_>, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn conv3d_train(
+    plan: &ConvPlan,
+    src: &FrameSource<'_>,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let frames = match src.cache {
         Some(c) => Tensor::cat(&[c, src.x], 0)?,
         None => src.x.clone(),

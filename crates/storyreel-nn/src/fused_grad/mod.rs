@@ -11,15 +11,18 @@
 //! The normalisations and residual adds matter for another reason: their modulation, gate, weight
 //! and bias broadcast over rows, and candle's gradient for a broadcast is a strided reduction
 //! over a full-size temporary. Here those sums are taken in the same pass as the input gradient.
-//! The VAE's convolutions get a backward made of GEMMs in [`conv`].
+//! The VAE's convolutions get a backward made of GEMMs in [`conv`], and its channel RMS norm a
+//! one-pass backward in [`channel_norm`].
 //!
 //! They apply to f32 tensors on the CPU; elsewhere (CUDA, bf16) callers keep the candle ops.
 //! [`set_enabled`] switches them off process-wide so benchmarks can time the plain ops.
 
+mod channel_norm;
 mod conv;
 mod norm;
 mod residual;
 
+pub(crate) use channel_norm::rms_norm_channels;
 pub(crate) use conv::conv3d_train;
 
 pub use norm::{modulated_layer_norm, rms_norm};

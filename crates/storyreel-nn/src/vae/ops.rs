@@ -16,7 +16,7 @@ fn fast(ts: &[&Tensor]) -> bool {
 }
 
 /// Pixels handled per task: the per-pixel sums stay in L1 while the channels stream by.
-const PIXEL_BLOCK: usize = 2048;
+pub(crate) const PIXEL_BLOCK: usize = 2048;
 
 /// y = x / max(‖x‖₂ over channels, 1e-12) · √C · γ per voxel, then SiLU when `silu`;
 /// `x` is `[T, C, H, W]` (or `[N, C, H, W]` for per-frame 2-D use) and `gamma` has C elements.
@@ -24,6 +24,9 @@ pub fn rms_norm_channels(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tenso
     let (t, c, h, w) = x.dims4()?;
     if gamma.elem_count() != c {
         return Err(NnError::Input(format!("RMS norm over {c} channels got a gamma of shape {:?}", gamma.dims())));
+    }
+    if (x.track_op() || gamma.track_op()) && crate::fused_grad::applies_all(&[x, gamma]) {
+        return crate::fused_grad::rms_norm_channels(x, gamma, silu);
     }
     if !fast(&[x, gamma]) {
         let g = gamma.flatten_all()?.reshape((1, c, 1, 1))?.to_dtype(x.dtype())?;
@@ -33,10 +36,16 @@ pub fn rms_norm_channels(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tenso
     }
     let xs = CpuF32::new(x)?;
     let gs = CpuF32::new(gamma)?;
-    let plane = h * w;
+    let out = rms_norm_channels_data(xs.slice(), gs.slice(), (t, c, h * w), silu);
+    Ok(Tensor::from_vec(out, (t, c, h, w), x.device())?)
+}
+
+/// [`rms_norm_channels`] on contiguous data: `x` holds `dims` = (frames, channels, pixels).
+pub(crate) fn rms_norm_channels_data(x: &[f32], gamma: &[f32], dims: (usize, usize, usize), silu: bool) -> Vec<f32> {
+    let (t, c, plane) = dims;
     let scale = (c as f32).sqrt();
-    let g: Vec<f32> = gs.slice().iter().map(|v| v * scale).collect();
-    let mut out = vec![0f32; x.elem_count()];
+    let g: Vec<f32> = gamma.iter().map(|v| v * scale).collect();
+    let mut out = vec![0f32; x.len()];
     let blocks = plane.div_ceil(PIXEL_BLOCK);
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..t * blocks).into_par_iter().for_each(|task| {
@@ -44,7 +53,7 @@ pub fn rms_norm_channels(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tenso
         let p0 = b * PIXEL_BLOCK;
         let p1 = (p0 + PIXEL_BLOCK).min(plane);
         let n = p1 - p0;
-        let src = &xs.slice()[f * c * plane..(f + 1) * c * plane];
+        let src = &x[f * c * plane..(f + 1) * c * plane];
         let mut inv = [0f32; PIXEL_BLOCK];
         let inv = &mut inv[..n];
         for ch in 0..c {
@@ -71,12 +80,12 @@ pub fn rms_norm_channels(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tenso
             }
         }
     });
-    Ok(Tensor::from_vec(out, (t, c, h, w), x.device())?)
+    out
 }
 
 /// x·σ(x), with σ built from e^(−|x|) so the fast exp (valid for non-positive arguments) serves.
 #[inline(always)]
-fn silu_f32(x: f32) -> f32 {
+pub(crate) fn silu_f32(x: f32) -> f32 {
     let e = exp_nonpositive(-x.abs());
     let sig = if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
     x * sig
