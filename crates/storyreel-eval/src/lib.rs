@@ -9,6 +9,7 @@ pub mod consistency;
 pub mod corrupt;
 pub mod evaluate;
 pub mod features;
+pub mod fidelity;
 pub mod frechet;
 pub mod look_agreement;
 pub mod motion;

@@ -11,6 +11,7 @@ use storyreel_eval::corrupt::{corrupt, Corruption};
 use storyreel_eval::evaluate::{
     embedding_distance, evaluate_story, summarise, BatchReport, EvalOptions, Metrics, StoryReport,
 };
+use storyreel_eval::fidelity::fidelity;
 use storyreel_eval::paired::{paired_differences, paired_markdown, pooled_differences, pooled_markdown};
 use storyreel_eval::probe::{render_samples, Probe, ProbeCard, ProbeFitOptions, PROBE_TEST_SEED_BASE};
 use storyreel_eval::report::{
@@ -70,6 +71,27 @@ pub enum EvalAction {
     /// Score a dataset's ground truth and each corruption of it (shuffled shots, swapped
     /// characters, frozen frames, shifted cuts, noise) as one table.
     Table(TableArgs),
+    /// Pixel fidelity (PSNR) of a video against its story's exact frames or a reference video:
+    /// a VAE round trip (`world render --vae`), a memorised story.
+    Psnr(PsnrArgs),
+}
+
+/// `storyreel eval psnr` arguments.
+#[derive(Args)]
+pub struct PsnrArgs {
+    /// The video scored (.mp4).
+    #[arg(long)]
+    video: PathBuf,
+    /// The story it shows: its frames are rendered exactly (no codec) as the reference, and
+    /// figures are given per shot.
+    #[arg(long, required_unless_present = "reference")]
+    story: Option<PathBuf>,
+    /// A reference video instead of a story's rendered frames.
+    #[arg(long, conflicts_with = "story")]
+    reference: Option<PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `storyreel eval fit-probe` arguments.
@@ -108,6 +130,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     match &args.action {
         Some(EvalAction::FitProbe(a)) => return fit_probe(a),
         Some(EvalAction::Table(a)) => return table(a),
+        Some(EvalAction::Psnr(a)) => return psnr(a),
         None => {}
     }
     if let Some(files) = &args.compare {
@@ -410,6 +433,60 @@ fn table(args: &TableArgs) -> Result<()> {
         let json: serde_json::Map<String, serde_json::Value> =
             columns.iter().map(|(n, m)| (n.clone(), serde_json::to_value(m).unwrap_or_default())).collect();
         write_text(&out.with_extension("json"), &(serde_json::to_string_pretty(&json)? + "\n"))?;
+    }
+    Ok(())
+}
+
+fn psnr(args: &PsnrArgs) -> Result<()> {
+    let (video, _) = read_video(&args.video)?;
+    let (reference, shots) = match (&args.story, &args.reference) {
+        (Some(path), _) => {
+            let story = read_story(path)?;
+            let frames = render_story(&story).with_context(|| format!("rendering {}", story.id))?.frames;
+            let shots: Vec<usize> = story.shots.iter().map(|s| s.frames).collect();
+            (frames, shots)
+        }
+        (None, Some(path)) => {
+            let (frames, _) = read_video(path)?;
+            let n = frames.len();
+            (frames, vec![n])
+        }
+        (None, None) => bail!("give --story S or --reference R.mp4 to compare against"),
+    };
+    let whole = fidelity(&reference, &video)
+        .with_context(|| format!("comparing {} with its reference", args.video.display()))?;
+    let mut per_shot = Vec::new();
+    let mut start = 0;
+    for &n in &shots {
+        let range = start..start + n;
+        let (Some(r), Some(v)) = (reference.get(range.clone()), video.get(range)) else {
+            bail!(
+                "the story's shots ({} frames in all) do not cover its {} rendered frames",
+                shots.iter().sum::<usize>(),
+                reference.len()
+            );
+        };
+        per_shot.push(fidelity(r, v)?);
+        start += n;
+    }
+    if args.json {
+        let out = serde_json::json!({ "video": args.video, "whole": whole, "shots": per_shot });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} frames, PSNR {:.2} dB (per-frame mean {:.2} dB; worst frame {} at {:.2} dB)",
+        args.video.display(),
+        whole.frames,
+        whole.psnr_db,
+        whole.mean_frame_psnr_db,
+        whole.min_frame,
+        whole.min_frame_psnr_db
+    );
+    if per_shot.len() > 1 {
+        for (i, f) in per_shot.iter().enumerate() {
+            println!("  shot {}: {} frames, PSNR {:.2} dB", i + 1, f.frames, f.psnr_db);
+        }
     }
     Ok(())
 }

@@ -129,6 +129,19 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
         .map(|s| s["frames"].as_u64().unwrap() as usize)
         .sum();
     assert_eq!(storyreel_media::read_mp4(&through).unwrap().1.len(), frames);
+    // Its fidelity against the story's exact frames, whole and per shot; against itself, exact.
+    let (ok, out, err) = storyreel(&["eval", "psnr", "--video", p(&through), "--story", p(&world_story), "--json"]);
+    assert!(ok, "{err}");
+    let score: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(score["whole"]["frames"].as_u64(), Some(frames as u64));
+    let db = score["whole"]["psnr_db"].as_f64().unwrap();
+    assert!(db > 3.0 && db < 60.0, "{db}");
+    let shot_frames: u64 = score["shots"].as_array().unwrap().iter().map(|s| s["frames"].as_u64().unwrap()).sum();
+    assert_eq!(shot_frames, frames as u64);
+    let (ok, out, err) = storyreel(&["eval", "psnr", "--video", p(&through), "--reference", p(&through)]);
+    assert!(ok && out.contains("PSNR inf dB"), "{out}{err}");
+    let (ok, _, err) = storyreel(&["eval", "psnr", "--video", p(&through)]);
+    assert!(!ok && err.contains("--story"), "{err}");
     let not_a_vae = model.join("text");
     let (ok, _, err) =
         storyreel(&["world", "render", "--story", p(&world_story), "--out", p(&through), "--vae", p(&not_a_vae)]);
