@@ -75,6 +75,66 @@ pub fn fidelity(reference: &[RgbFrame], video: &[RgbFrame]) -> Result<Fidelity> 
     })
 }
 
+/// Mean squared error pooled by a frame's position inside its shot, in the VAE's temporal
+/// chunks: the lone first frame, then groups of four (one latent each). A causal VAE's error
+/// grows with every cached chunk, which one whole-video figure hides.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PositionFidelity {
+    /// Per chunk: frames pooled and the sum of their MSEs (8-bit units).
+    pub chunks: Vec<(usize, f64)>,
+}
+
+impl PositionFidelity {
+    /// The chunk a shot's `k`-th frame falls in.
+    pub fn chunk_of(k: usize) -> usize {
+        if k == 0 {
+            0
+        } else {
+            1 + (k - 1) / 4
+        }
+    }
+
+    /// A label for chunk `c`: "frame 0", "frames 1–4", …
+    pub fn label(c: usize) -> String {
+        if c == 0 {
+            "frame 0".into()
+        } else {
+            format!("frames {}–{}", 4 * c - 3, 4 * c)
+        }
+    }
+
+    /// Adds a video's frames, split into shots of `shots` frames, against their reference.
+    pub fn add(&mut self, reference: &[RgbFrame], video: &[RgbFrame], shots: &[usize]) -> Result<()> {
+        let total: usize = shots.iter().sum();
+        if total != reference.len() || total != video.len() {
+            return Err(EvalError::Mismatch(format!(
+                "shots of {total} frames in all, a reference of {} and a video of {}",
+                reference.len(),
+                video.len()
+            )));
+        }
+        let mut start = 0;
+        for &n in shots {
+            for k in 0..n {
+                let mse = frame_mse(&reference[start + k], &video[start + k])?;
+                let c = Self::chunk_of(k);
+                if self.chunks.len() <= c {
+                    self.chunks.resize(c + 1, (0, 0.0));
+                }
+                self.chunks[c].0 += 1;
+                self.chunks[c].1 += mse;
+            }
+            start += n;
+        }
+        Ok(())
+    }
+
+    /// PSNR (dB) of each chunk's pooled MSE, with its frame count.
+    pub fn psnr_db(&self) -> Vec<(usize, f64)> {
+        self.chunks.iter().map(|&(n, sum)| (n, psnr_from_mse(sum / n.max(1) as f64))).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +169,23 @@ mod tests {
         let err = fidelity(&[frame(2, 2, 0)], &[frame(4, 2, 0)]).unwrap_err().to_string();
         assert!(err.contains("2×2") && err.contains("4×2"), "{err}");
         assert!(fidelity(&[], &[]).is_err());
+    }
+
+    #[test]
+    fn positions_pool_by_chunk() {
+        // One shot of 6 frames: frame 0, frames 1–4, frame 5; errors 0, 16, 16, 16, 16, 32.
+        let reference: Vec<RgbFrame> = (0..6).map(|_| frame(2, 2, 100)).collect();
+        let video: Vec<RgbFrame> = [100, 116, 116, 116, 116, 132].iter().map(|&v| frame(2, 2, v)).collect();
+        let mut p = PositionFidelity::default();
+        p.add(&reference, &video, &[6]).unwrap();
+        let db = p.psnr_db();
+        assert_eq!(db.len(), 3);
+        assert!(db[0].1.is_infinite() && db[0].0 == 1);
+        assert_eq!(db[1].0, 4);
+        assert!((db[1].1 - psnr_from_mse(256.0)).abs() < 1e-9);
+        assert!((db[2].1 - psnr_from_mse(1024.0)).abs() < 1e-9);
+        assert_eq!(PositionFidelity::label(2), "frames 5–8");
+        // Shots that do not cover the video are an error.
+        assert!(p.add(&reference, &video, &[4]).is_err());
     }
 }

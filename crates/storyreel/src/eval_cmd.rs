@@ -11,7 +11,7 @@ use storyreel_eval::corrupt::{corrupt, Corruption};
 use storyreel_eval::evaluate::{
     embedding_distance, evaluate_story, summarise, BatchReport, EvalOptions, Metrics, StoryReport,
 };
-use storyreel_eval::fidelity::fidelity;
+use storyreel_eval::fidelity::{fidelity, frame_mse, psnr_from_mse, PositionFidelity};
 use storyreel_eval::paired::{paired_differences, paired_markdown, pooled_differences, pooled_markdown};
 use storyreel_eval::probe::{render_samples, Probe, ProbeCard, ProbeFitOptions, PROBE_TEST_SEED_BASE};
 use storyreel_eval::report::{
@@ -80,15 +80,19 @@ pub enum EvalAction {
 #[derive(Args)]
 pub struct PsnrArgs {
     /// The video scored (.mp4).
-    #[arg(long)]
-    video: PathBuf,
+    #[arg(long, required_unless_present = "dir")]
+    video: Option<PathBuf>,
     /// The story it shows: its frames are rendered exactly (no codec) as the reference, and
-    /// figures are given per shot.
-    #[arg(long, required_unless_present = "reference")]
+    /// figures are given per shot and by position inside a shot.
+    #[arg(long, conflicts_with = "dir")]
     story: Option<PathBuf>,
     /// A reference video instead of a story's rendered frames.
-    #[arg(long, conflicts_with = "story")]
+    #[arg(long, conflicts_with_all = ["story", "dir"])]
     reference: Option<PathBuf>,
+    /// A folder of stories and videos (as for `storyreel eval --dir`): every video against its
+    /// story's frames, pooled, with the figures by position inside a shot.
+    #[arg(long, conflicts_with = "video")]
+    dir: Option<PathBuf>,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -438,7 +442,11 @@ fn table(args: &TableArgs) -> Result<()> {
 }
 
 fn psnr(args: &PsnrArgs) -> Result<()> {
-    let (video, _) = read_video(&args.video)?;
+    if let Some(dir) = &args.dir {
+        return psnr_dir(dir, args.json);
+    }
+    let Some(video_path) = &args.video else { bail!("give --video V.mp4 (or --dir D)") };
+    let (video, _) = read_video(video_path)?;
     let (reference, shots) = match (&args.story, &args.reference) {
         (Some(path), _) => {
             let story = read_story(path)?;
@@ -454,7 +462,7 @@ fn psnr(args: &PsnrArgs) -> Result<()> {
         (None, None) => bail!("give --story S or --reference R.mp4 to compare against"),
     };
     let whole = fidelity(&reference, &video)
-        .with_context(|| format!("comparing {} with its reference", args.video.display()))?;
+        .with_context(|| format!("comparing {} with its reference", video_path.display()))?;
     let mut per_shot = Vec::new();
     let mut start = 0;
     for &n in &shots {
@@ -469,14 +477,16 @@ fn psnr(args: &PsnrArgs) -> Result<()> {
         per_shot.push(fidelity(r, v)?);
         start += n;
     }
+    let mut positions = PositionFidelity::default();
+    positions.add(&reference, &video, &shots)?;
     if args.json {
-        let out = serde_json::json!({ "video": args.video, "whole": whole, "shots": per_shot });
+        let out = serde_json::json!({ "video": video_path, "whole": whole, "shots": per_shot, "by_position": positions_json(&positions) });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!(
         "{}: {} frames, PSNR {:.2} dB (per-frame mean {:.2} dB; worst frame {} at {:.2} dB)",
-        args.video.display(),
+        video_path.display(),
         whole.frames,
         whole.psnr_db,
         whole.mean_frame_psnr_db,
@@ -487,6 +497,54 @@ fn psnr(args: &PsnrArgs) -> Result<()> {
         for (i, f) in per_shot.iter().enumerate() {
             println!("  shot {}: {} frames, PSNR {:.2} dB", i + 1, f.frames, f.psnr_db);
         }
+        print_positions(&positions);
     }
     Ok(())
+}
+
+/// Every video of a folder against its story's exact frames, pooled.
+fn psnr_dir(dir: &Path, json: bool) -> Result<()> {
+    let items = dir_items(dir)?;
+    let bar = progress(items.len(), "stories");
+    let mut positions = PositionFidelity::default();
+    let mut stories = Vec::new();
+    let (mut total_mse, mut total_frames) = (0.0, 0usize);
+    for (story, video_path) in &items {
+        let (video, _) = read_video(video_path)?;
+        let reference = render_story(story).with_context(|| format!("rendering {}", story.id))?.frames;
+        let f = fidelity(&reference, &video).with_context(|| format!("comparing {}", video_path.display()))?;
+        let shots: Vec<usize> = story.shots.iter().map(|s| s.frames).collect();
+        positions.add(&reference, &video, &shots).with_context(|| format!("story {}", story.id))?;
+        total_mse += reference.iter().zip(&video).map(|(a, b)| frame_mse(a, b)).sum::<std::result::Result<f64, _>>()?;
+        total_frames += f.frames;
+        stories.push(serde_json::json!({ "story": story.id, "frames": f.frames, "psnr_db": f.psnr_db }));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let pooled = psnr_from_mse(total_mse / total_frames.max(1) as f64);
+    if json {
+        let out = serde_json::json!({ "dir": dir, "stories": stories, "frames": total_frames, "psnr_db": pooled, "by_position": positions_json(&positions) });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{}: {} stories, {total_frames} frames, pooled PSNR {pooled:.2} dB", dir.display(), items.len());
+    print_positions(&positions);
+    Ok(())
+}
+
+fn positions_json(p: &PositionFidelity) -> serde_json::Value {
+    let rows: Vec<_> = p
+        .psnr_db()
+        .iter()
+        .enumerate()
+        .map(|(c, (n, db))| serde_json::json!({ "position": PositionFidelity::label(c), "frames": n, "psnr_db": db }))
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
+fn print_positions(p: &PositionFidelity) {
+    println!("  by position inside a shot (the VAE's chunks):");
+    for (c, (n, db)) in p.psnr_db().iter().enumerate() {
+        println!("    {:<12} {db:6.2} dB ({n} frames)", PositionFidelity::label(c));
+    }
 }

@@ -142,6 +142,19 @@ fn teacher_smoke_run_generates_stories_and_refuses_bad_input() {
     assert!(ok && out.contains("PSNR inf dB"), "{out}{err}");
     let (ok, _, err) = storyreel(&["eval", "psnr", "--video", p(&through)]);
     assert!(!ok && err.contains("--story"), "{err}");
+    // A folder of stories and videos, pooled, with the figures by position inside a shot.
+    let pool = dir.path().join("pool");
+    std::fs::create_dir_all(pool.join("stories")).unwrap();
+    std::fs::create_dir_all(pool.join("videos")).unwrap();
+    std::fs::copy(&world_story, pool.join("stories/s.json")).unwrap();
+    std::fs::copy(&through, pool.join("videos/s.mp4")).unwrap();
+    let (ok, out, err) = storyreel(&["eval", "psnr", "--dir", p(&pool), "--json"]);
+    assert!(ok, "{err}");
+    let pooled: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!((pooled["psnr_db"].as_f64().unwrap() - db).abs() < 1e-9, "{out}");
+    let positions = pooled["by_position"].as_array().unwrap();
+    assert_eq!(positions[0]["position"], "frame 0");
+    assert_eq!(positions.iter().map(|r| r["frames"].as_u64().unwrap()).sum::<u64>(), frames as u64);
     let not_a_vae = model.join("text");
     let (ok, _, err) =
         storyreel(&["world", "render", "--story", p(&world_story), "--out", p(&through), "--vae", p(&not_a_vae)]);
