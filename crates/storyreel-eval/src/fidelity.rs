@@ -129,6 +129,13 @@ impl PositionFidelity {
         Ok(())
     }
 
+    /// Frames added in all, and the PSNR (dB) of their pooled MSE.
+    pub fn pooled_psnr_db(&self) -> (usize, f64) {
+        let frames: usize = self.chunks.iter().map(|c| c.0).sum();
+        let sum: f64 = self.chunks.iter().map(|c| c.1).sum();
+        (frames, psnr_from_mse(sum / frames.max(1) as f64))
+    }
+
     /// PSNR (dB) of each chunk's pooled MSE, with its frame count.
     pub fn psnr_db(&self) -> Vec<(usize, f64)> {
         self.chunks.iter().map(|&(n, sum)| (n, psnr_from_mse(sum / n.max(1) as f64))).collect()
@@ -184,6 +191,9 @@ mod tests {
         assert_eq!(db[1].0, 4);
         assert!((db[1].1 - psnr_from_mse(256.0)).abs() < 1e-9);
         assert!((db[2].1 - psnr_from_mse(1024.0)).abs() < 1e-9);
+        let (frames, pooled) = p.pooled_psnr_db();
+        assert_eq!(frames, 6);
+        assert!((pooled - psnr_from_mse((4.0 * 256.0 + 1024.0) / 6.0)).abs() < 1e-9);
         assert_eq!(PositionFidelity::label(2), "frames 5–8");
         // Shots that do not cover the video are an error.
         assert!(p.add(&reference, &video, &[4]).is_err());

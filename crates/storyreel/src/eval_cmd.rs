@@ -11,7 +11,7 @@ use storyreel_eval::corrupt::{corrupt, Corruption};
 use storyreel_eval::evaluate::{
     embedding_distance, evaluate_story, summarise, BatchReport, EvalOptions, Metrics, StoryReport,
 };
-use storyreel_eval::fidelity::{fidelity, frame_mse, psnr_from_mse, PositionFidelity};
+use storyreel_eval::fidelity::{fidelity, PositionFidelity};
 use storyreel_eval::paired::{paired_differences, paired_markdown, pooled_differences, pooled_markdown};
 use storyreel_eval::probe::{render_samples, Probe, ProbeCard, ProbeFitOptions, PROBE_TEST_SEED_BASE};
 use storyreel_eval::report::{
@@ -508,20 +508,17 @@ fn psnr_dir(dir: &Path, json: bool) -> Result<()> {
     let bar = progress(items.len(), "stories");
     let mut positions = PositionFidelity::default();
     let mut stories = Vec::new();
-    let (mut total_mse, mut total_frames) = (0.0, 0usize);
     for (story, video_path) in &items {
         let (video, _) = read_video(video_path)?;
         let reference = render_story(story).with_context(|| format!("rendering {}", story.id))?.frames;
         let f = fidelity(&reference, &video).with_context(|| format!("comparing {}", video_path.display()))?;
         let shots: Vec<usize> = story.shots.iter().map(|s| s.frames).collect();
         positions.add(&reference, &video, &shots).with_context(|| format!("story {}", story.id))?;
-        total_mse += reference.iter().zip(&video).map(|(a, b)| frame_mse(a, b)).sum::<std::result::Result<f64, _>>()?;
-        total_frames += f.frames;
         stories.push(serde_json::json!({ "story": story.id, "frames": f.frames, "psnr_db": f.psnr_db }));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let pooled = psnr_from_mse(total_mse / total_frames.max(1) as f64);
+    let (total_frames, pooled) = positions.pooled_psnr_db();
     if json {
         let out = serde_json::json!({ "dir": dir, "stories": stories, "frames": total_frames, "psnr_db": pooled, "by_position": positions_json(&positions) });
         println!("{}", serde_json::to_string_pretty(&out)?);
