@@ -160,12 +160,7 @@ impl OdePairsConfig {
     /// What the pairs depend on: the teacher's weights and every setting but the folder and the
     /// progress bar. A resumed run only reuses shards of the same key.
     fn key(&self) -> Result<String> {
-        let mut h = 0u64;
-        for part in ["dit/model.safetensors", "text/toy_text.safetensors", "vae/vae.safetensors"] {
-            let path = self.teacher.join(part);
-            let bytes = std::fs::read(&path).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?;
-            h = fold_bytes(h, &bytes);
-        }
+        let teacher = teacher_fingerprint(&self.teacher)?;
         let mut settings = serde_json::json!({
             "data": self.data, "steps": self.steps, "shift": self.shift, "guidance": self.guidance,
             "student_steps": self.student_steps, "chunk_frames": self.chunk_frames, "shard_stories": self.shard_stories, "seed": self.seed,
@@ -174,8 +169,25 @@ impl OdePairsConfig {
         if let Some(g) = self.context_guidance {
             settings["context_guidance"] = serde_json::json!(g);
         }
-        Ok(format!("teacher:{h:016x} {settings}"))
+        Ok(format!("{teacher} {settings}"))
     }
+}
+
+/// The part of a pair folder's key that names its teacher: `teacher:` and a hash of the
+/// teacher's DiT, text encoder and VAE weights.
+pub fn teacher_fingerprint(teacher: &Path) -> Result<String> {
+    let mut h = 0u64;
+    for part in ["dit/model.safetensors", "text/toy_text.safetensors", "vae/vae.safetensors"] {
+        let path = teacher.join(part);
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::File(format!("{}: {e}", path.display())))?;
+        h = fold_bytes(h, &bytes);
+    }
+    Ok(format!("teacher:{h:016x}"))
+}
+
+/// The teacher part of an index's key (everything before the settings).
+fn key_teacher(key: &str) -> &str {
+    key.split_once(' ').map_or(key, |(teacher, _)| teacher)
 }
 
 /// One pair: a shot's conditioning, the trajectory's states at the student's timesteps and x0.
@@ -458,6 +470,73 @@ pub fn load_ode_pairs(dir: &Path) -> Result<(OdePairsIndex, Vec<OdePair>)> {
         )));
     }
     Ok((index, pairs))
+}
+
+/// Loads the pairs of several folders as one set: the folders must come from one teacher and
+/// share the student's timesteps and chunking, and no shot may appear in two of them (it would
+/// count twice). Returns the first folder's index, which every other one matches in all that
+/// training reads, and every pair in folder order.
+pub fn load_ode_pair_folders(dirs: &[PathBuf]) -> Result<(OdePairsIndex, Vec<OdePair>)> {
+    let Some((first_dir, rest)) = dirs.split_first() else {
+        return Err(TrainError::File("no ODE pair folder given (set `pairs`)".into()));
+    };
+    let (first, mut pairs) = load_ode_pairs(first_dir)?;
+    let mut seen: std::collections::HashMap<(u64, usize), &Path> =
+        pairs.iter().map(|p| ((p.story_seed, p.shot), first_dir.as_path())).collect();
+    for dir in rest {
+        let (index, more) = load_ode_pairs(dir)?;
+        let differs = |what: &str, a: String, b: String| {
+            TrainError::File(format!(
+                "{} and {} hold pairs of different {what} ({a} against {b}); they cannot train one student",
+                first_dir.display(),
+                dir.display()
+            ))
+        };
+        if key_teacher(&index.key) != key_teacher(&first.key) {
+            return Err(differs("teachers", key_teacher(&first.key).into(), key_teacher(&index.key).into()));
+        }
+        if index.timesteps != first.timesteps
+            || index.student_steps != first.student_steps
+            || index.shift != first.shift
+        {
+            return Err(differs(
+                "student timesteps",
+                format!("{:?}", first.timesteps),
+                format!("{:?}", index.timesteps),
+            ));
+        }
+        if index.chunk_frames != first.chunk_frames {
+            return Err(differs("chunk sizes", first.chunk_frames.to_string(), index.chunk_frames.to_string()));
+        }
+        for p in &more {
+            if let Some(other) = seen.insert((p.story_seed, p.shot), dir.as_path()) {
+                return Err(TrainError::File(format!(
+                    "story seed {} shot {} has pairs in both {} and {} (overlapping `data.first_seed` ranges?)",
+                    p.story_seed,
+                    p.shot,
+                    other.display(),
+                    dir.display()
+                )));
+            }
+        }
+        pairs.extend(more);
+    }
+    Ok((first, pairs))
+}
+
+/// Refuses pairs whose index names another teacher than `teacher` (same shapes, other weights:
+/// the student would regress to trajectories it is not initialised from).
+pub fn check_pairs_teacher(index: &OdePairsIndex, teacher: &Path) -> Result<()> {
+    let want = teacher_fingerprint(teacher)?;
+    let have = key_teacher(&index.key);
+    if have != want {
+        return Err(TrainError::File(format!(
+            "the ODE pairs were made from {have}, but the teacher {} is {want}; make pairs from this teacher \
+             with `storyreel train ode-pairs`",
+            teacher.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

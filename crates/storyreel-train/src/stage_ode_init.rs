@@ -25,7 +25,7 @@ use storyreel_world::rng::{mix64, WorldRng};
 
 use crate::error::{Result, TrainError};
 use crate::model_files::{copy_model_parts, ema_note, save_dit, write_text};
-use crate::ode_pairs::{load_ode_pairs, OdePair, OdePairsIndex};
+use crate::ode_pairs::{check_pairs_teacher, load_ode_pair_folders, OdePair, OdePairsIndex};
 use crate::trainer::{TrainConfig, Trainer};
 
 /// Variable-name prefix of the student's DiT inside the stage's variables.
@@ -37,8 +37,10 @@ pub const DIT_PREFIX: &str = "dit";
 pub struct OdeInitConfig {
     /// The teacher's story model folder: the student's first weights, its text encoder and VAE.
     pub teacher: PathBuf,
-    /// Folder of ODE pairs made from that teacher (`storyreel train ode-pairs`).
-    pub pairs: PathBuf,
+    /// Folders of ODE pairs made from that teacher (`storyreel train ode-pairs`); one path or a
+    /// list, so that runs made side by side on different story seeds train one student.
+    #[serde(deserialize_with = "one_or_many_paths")]
+    pub pairs: Vec<PathBuf>,
     /// Probability of zeroing every caption embedding of a sample (10% in ShotStream).
     pub caption_dropout: f64,
     /// The student's RoPE shot-phase indicator: `None` keeps the teacher's; `false` trains the
@@ -61,7 +63,7 @@ impl Default for OdeInitConfig {
         };
         Self {
             teacher: PathBuf::from("runs/toy-teacher/model"),
-            pairs: PathBuf::from("runs/ode-pairs"),
+            pairs: vec![PathBuf::from("runs/ode-pairs")],
             caption_dropout: 0.1,
             shot_phase: None,
             steps: 2000,
@@ -82,11 +84,33 @@ impl OdeInitConfig {
         if self.steps == 0 {
             return Err(TrainError::out_of_range("steps", 0, "at least 1"));
         }
+        if self.pairs.is_empty() {
+            return Err(TrainError::File("`pairs` lists no ODE pair folder".into()));
+        }
         if !(0.0..=1.0).contains(&self.caption_dropout) {
             return Err(TrainError::out_of_range("caption_dropout", self.caption_dropout, "a probability in [0, 1]"));
         }
         Ok(())
     }
+}
+
+/// `pairs` as written in a config: one folder, or a list of them.
+fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// The folders, comma-separated, for messages and the model card.
+fn folder_list(dirs: &[PathBuf]) -> String {
+    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// One pair made ready for training: its caption embeddings computed once by the frozen encoder.
@@ -209,10 +233,11 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
     let device = Device::Cpu;
     let teacher = StoryModel::load(&cfg.teacher, &device)?;
     check_distillable(&teacher, &cfg.teacher)?;
-    let (index, pairs) = load_ode_pairs(&cfg.pairs)?;
+    let (index, pairs) = load_ode_pair_folders(&cfg.pairs)?;
     if pairs.is_empty() {
-        return Err(TrainError::File(format!("{}: the pair folder holds no pairs", cfg.pairs.display())));
+        return Err(TrainError::File(format!("{}: the pair folders hold no pairs", folder_list(&cfg.pairs))));
     }
+    check_pairs_teacher(&index, &cfg.teacher)?;
     check_pairs_fit(&teacher, &index, &pairs)?;
     let sampler = FewStepSampler::new(&index.student_steps, index.shift)?;
     let prepared = pairs

@@ -17,7 +17,7 @@ use storyreel_engine::{
     generate_story, EulerSampler, FewStepSampler, ModelKind, NoiseSource, SeededNoise, ShotRequest, StoryEvents,
     StoryModel, StoryOptions,
 };
-use storyreel_train::ode_pairs::{load_ode_pairs, make_ode_pairs, OdePairsConfig};
+use storyreel_train::ode_pairs::{load_ode_pair_folders, load_ode_pairs, make_ode_pairs, OdePairsConfig};
 use storyreel_train::stage_ode_init::{
     draw_ode_sample, ode_regression_loss, run_ode_init_stage, trainable_dit, OdeDraw, OdeInitConfig, PreparedPair,
 };
@@ -200,8 +200,12 @@ fn ode_init_regresses_the_pairs_and_writes_a_student_that_generates() {
     assert!(after < 0.7 * before, "{before} -> {after}");
 
     // The stage writes a student model folder that streams a two-shot story with context.
-    let mut init =
-        OdeInitConfig { teacher: teacher_dir.clone(), pairs: pairs_dir.clone(), steps: 3, ..OdeInitConfig::default() };
+    let mut init = OdeInitConfig {
+        teacher: teacher_dir.clone(),
+        pairs: vec![pairs_dir.clone()],
+        steps: 3,
+        ..OdeInitConfig::default()
+    };
     init.train.out_dir = dir.path().join("ode-init");
     init.train.progress = false;
     let report = run_ode_init_stage(&init).unwrap();
@@ -304,4 +308,51 @@ fn a_malformed_shot_phase_setting_is_a_named_error() {
     assert!(err.contains("ode-init.json") && err.contains("expected a boolean"), "{err}");
     std::fs::write(&path, r#"{"shot_phase": false}"#).unwrap();
     assert_eq!(OdeInitConfig::read(&path).unwrap().shot_phase, Some(false));
+}
+
+#[test]
+fn pair_folders_made_side_by_side_train_one_student_and_foreign_pairs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = tiny_teacher(&dir.path().join("a"));
+    let one_story = |teacher: &Path, name: &str, first_seed: u64| {
+        let out = dir.path().join(name);
+        let base = pairs_config(teacher, &out);
+        let cfg = OdePairsConfig { data: TeacherData { first_seed, stories: 1, ..base.data.clone() }, ..base };
+        make_ode_pairs(&cfg).unwrap();
+        out
+    };
+    let (first, second) = (one_story(&teacher, "p40", 40), one_story(&teacher, "p41", 41));
+    let (_, a) = load_ode_pairs(&first).unwrap();
+    let (_, b) = load_ode_pairs(&second).unwrap();
+    let (index, both) = load_ode_pair_folders(&[first.clone(), second.clone()]).unwrap();
+    assert_eq!(both.len(), a.len() + b.len());
+    assert_eq!(index.timesteps.len(), 4);
+
+    // The same shots twice would count twice.
+    let err = load_ode_pair_folders(&[first.clone(), first.clone()]).unwrap_err().to_string();
+    assert!(err.contains("in both"), "{err}");
+    // Pairs of another teacher (same shapes, other weights) are named as such.
+    let other_teacher = tiny_teacher_with(&dir.path().join("b"), true);
+    let foreign = one_story(&other_teacher, "p42", 42);
+    let err = load_ode_pair_folders(&[first.clone(), foreign.clone()]).unwrap_err().to_string();
+    assert!(err.contains("different teachers"), "{err}");
+    let mut init =
+        OdeInitConfig { teacher: teacher.clone(), pairs: vec![foreign], steps: 1, ..OdeInitConfig::default() };
+    init.train.out_dir = dir.path().join("ode-init-foreign");
+    init.train.progress = false;
+    let err = run_ode_init_stage(&init).unwrap_err().to_string();
+    assert!(err.contains("were made from"), "{err}");
+
+    // A config names one folder or a list; the stage trains on every pair of the list.
+    let cfg_path = dir.path().join("init.json");
+    std::fs::write(&cfg_path, format!("{{\"pairs\": {:?}}}", first.display().to_string())).unwrap();
+    assert_eq!(OdeInitConfig::read(&cfg_path).unwrap().pairs, vec![first.clone()]);
+    let list = serde_json::json!({ "pairs": [first, second] });
+    std::fs::write(&cfg_path, list.to_string()).unwrap();
+    let listed = OdeInitConfig::read(&cfg_path).unwrap().pairs;
+    assert_eq!(listed.len(), 2);
+    let mut init = OdeInitConfig { teacher, pairs: listed, steps: 1, ..OdeInitConfig::default() };
+    init.train.out_dir = dir.path().join("ode-init");
+    init.train.progress = false;
+    assert_eq!(run_ode_init_stage(&init).unwrap().pairs, both.len());
 }

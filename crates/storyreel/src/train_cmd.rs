@@ -128,9 +128,10 @@ pub struct OdeInitArgs {
     /// Override the teacher's model folder.
     #[arg(long)]
     teacher: Option<PathBuf>,
-    /// Override the folder of ODE pairs.
-    #[arg(long)]
-    pairs: Option<PathBuf>,
+    /// Override the folders of ODE pairs (one or more; runs made side by side on different
+    /// story seeds train one student).
+    #[arg(long, num_args = 1..)]
+    pairs: Vec<PathBuf>,
 }
 
 /// Arguments of `storyreel train dmd`.
@@ -307,8 +308,8 @@ pub fn run(stage: &TrainStage) -> Result<()> {
             if let Some(teacher) = &args.teacher {
                 cfg.teacher = teacher.clone();
             }
-            if let Some(pairs) = &args.pairs {
-                cfg.pairs = pairs.clone();
+            if !args.pairs.is_empty() {
+                cfg.pairs = args.pairs.clone();
             }
             cfg.validate().context("checking the ode-init config")?;
             eprintln!("ODE init of the student for {} steps into {}", cfg.steps, cfg.train.out_dir.display());
