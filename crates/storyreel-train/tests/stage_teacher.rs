@@ -840,7 +840,7 @@ fn context_channels_start_from_a_teacher_without_them_and_carry_the_context_mean
     assert_eq!(got, vec![vec![5, 3, 32, 32], vec![9, 3, 32, 32]]);
     let mut init = storyreel_train::stage_ode_init::OdeInitConfig {
         teacher: wide.model_dir.clone(),
-        pairs: dir.path().join("no-pairs"),
+        pairs: vec![dir.path().join("no-pairs")],
         ..Default::default()
     };
     init.train.out_dir = dir.path().join("ode-init");
