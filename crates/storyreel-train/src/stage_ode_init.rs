@@ -97,7 +97,7 @@ impl OdeInitConfig {
 /// `pairs` as written in a config: one folder, or a list of them.
 fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<PathBuf>, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged)]
+    #[serde(untagged, expecting = "a pair folder path or a list of them")]
     enum OneOrMany {
         One(PathBuf),
         Many(Vec<PathBuf>),

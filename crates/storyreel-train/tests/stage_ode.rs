@@ -300,7 +300,7 @@ fn a_student_keeps_its_teachers_spatial_position() {
 }
 
 #[test]
-fn a_malformed_shot_phase_setting_is_a_named_error() {
+fn malformed_shot_phase_and_pairs_settings_are_named_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ode-init.json");
     std::fs::write(&path, r#"{"shot_phase": "no"}"#).unwrap();
@@ -308,6 +308,15 @@ fn a_malformed_shot_phase_setting_is_a_named_error() {
     assert!(err.contains("ode-init.json") && err.contains("expected a boolean"), "{err}");
     std::fs::write(&path, r#"{"shot_phase": false}"#).unwrap();
     assert_eq!(OdeInitConfig::read(&path).unwrap().shot_phase, Some(false));
+    // `pairs` must be a path or a list of paths, and a list must name at least one.
+    for bad in [r#"{"pairs": 3}"#, r#"{"pairs": [1, 2]}"#] {
+        std::fs::write(&path, bad).unwrap();
+        let err = OdeInitConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("ode-init.json") && err.contains("a pair folder path or a list"), "{bad}: {err}");
+    }
+    std::fs::write(&path, r#"{"pairs": []}"#).unwrap();
+    let err = OdeInitConfig::read(&path).unwrap().validate().unwrap_err().to_string();
+    assert!(err.contains("`pairs` lists no ODE pair folder"), "{err}");
 }
 
 #[test]
