@@ -20,6 +20,7 @@ use storyreel_nn::vae::{VaeConfig, WanVae};
 use crate::data::story_options;
 use crate::data::{frames_to_tensor, ClipSource, DatasetClips, RenderedClips};
 use crate::error::{Result, TrainError};
+use crate::params::NamedParams;
 use crate::trainer::{TrainConfig, Trainer};
 use crate::vae::{latent_statistics, psnr_from_mse, trainable_vae, vae_loss};
 
@@ -296,6 +297,14 @@ pub(crate) fn trainer_with_held_out_log(
     Ok((trainer, eval_log))
 }
 
+/// Whether every encoder-side weight (the encoder and its posterior conv `conv1`) is frozen, as
+/// in a decoder-only fine-tune: then the latent space, and so its statistics, stay as they were.
+fn encoder_frozen(params: &NamedParams) -> bool {
+    let mut encoder_side =
+        params.all().iter().filter(|p| p.name.starts_with("encoder.") || p.name.starts_with("conv1.")).peekable();
+    encoder_side.peek().is_some() && encoder_side.all(|p| !p.trainable)
+}
+
 /// Copies a trained VAE's weights into the stage's variables (every variable must be present
 /// with the same shape).
 fn load_initial_weights(varmap: &VarMap, from: &Path, device: &Device) -> Result<()> {
@@ -357,6 +366,7 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     let (mut trainer, mut eval_log) = trainer_with_held_out_log(&varmap, &cfg.train, cfg.steps)?;
     let out_dir = cfg.train.out_dir.clone();
     let accumulate = cfg.train.accumulate as u64;
+    let train_encoder = !encoder_frozen(trainer.params());
     let mut curve = Vec::new();
     while trainer.step_count() < cfg.steps {
         let step = trainer.step_count();
@@ -364,7 +374,7 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
             let index = step * accumulate + micro as u64;
             let clip = source.clip(index)?;
             let x = frames_to_tensor(&clip.frames, &device)?;
-            let loss = vae_loss(&vae, &x, cfg.kl_weight, index ^ 0x5eed)?;
+            let loss = vae_loss(&vae, &x, cfg.kl_weight, index ^ 0x5eed, train_encoder)?;
             Ok((loss.total, vec![("l1".into(), loss.l1), ("kl".into(), loss.kl), ("psnr".into(), loss.psnr)]))
         })?;
         let done = trainer.step_count();
@@ -383,8 +393,17 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
         _ => held_out_psnr(&vae, &eval_clips)?,
     };
 
-    // Measure the latent statistics, then write a VAE that normalises with them.
-    let (mean, std) = latent_statistics(&vae, &eval_clips)?;
+    // Measure the latent statistics, then write a VAE that normalises with them. A decoder-only
+    // fine-tune keeps its starting model's, so latents encoded before it (a teacher's corpus)
+    // stay valid: the same encoder measured on other clips would give slightly other numbers.
+    let (mean, std) = match (&cfg.init_from, train_encoder) {
+        (Some(from), false) => {
+            let start = WanVae::load(from, DType::F32, &device)
+                .map_err(|e| TrainError::File(format!("init_from {}: {e}", from.display())))?;
+            (start.config().latents_mean.clone(), start.config().latents_std.clone())
+        }
+        _ => latent_statistics(&vae, &eval_clips)?,
+    };
     let mut final_cfg = cfg.vae.config();
     final_cfg.latents_mean = mean;
     final_cfg.latents_std = std;

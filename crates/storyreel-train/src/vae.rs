@@ -71,9 +71,12 @@ pub struct VaeLoss {
 }
 
 /// Encodes `frames` (`[F, 3, H, W]` in [−1, 1]), samples latents with noise from `seed`, decodes,
-/// and scores the reconstruction.
-pub fn vae_loss(vae: &WanVae, frames: &Tensor, kl_weight: f64, seed: u64) -> Result<VaeLoss> {
+/// and scores the reconstruction. With `train_encoder` false the posterior is detached, so the
+/// backward pass stops at the latent and only the decoder side gets gradients.
+pub fn vae_loss(vae: &WanVae, frames: &Tensor, kl_weight: f64, seed: u64, train_encoder: bool) -> Result<VaeLoss> {
     let (mu, logvar) = vae.encode_moments(frames)?;
+    // A frozen encoder gets no update anyway; detaching saves its half of the backward pass.
+    let (mu, logvar) = if train_encoder { (mu, logvar) } else { (mu.detach(), logvar.detach()) };
     let logvar = logvar.clamp(-30f32, 20f32)?;
     let eps = gaussian(mu.dims(), seed, mu.device())?;
     let z = (&mu + (logvar.affine(0.5, 0.0)?.exp()? * eps)?)?;

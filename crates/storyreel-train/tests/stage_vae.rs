@@ -133,7 +133,7 @@ fn every_vae_weight_receives_a_gradient() {
     let varmap = candle_nn::VarMap::new();
     let vae = trainable_vae(&cfg, &varmap, 3, -10.0, &Device::Cpu).unwrap();
     let frames = candle_core::Tensor::randn(0f32, 0.5, (5, 3, 16, 16), &Device::Cpu).unwrap();
-    let grads = vae_loss(&vae, &frames, 1e-3, 1).unwrap().total.backward().unwrap();
+    let grads = vae_loss(&vae, &frames, 1e-3, 1, true).unwrap().total.backward().unwrap();
     let mut dead: Vec<String> = varmap
         .data()
         .lock()
@@ -149,4 +149,48 @@ fn every_vae_weight_receives_a_gradient() {
         .collect();
     dead.sort();
     assert!(dead.is_empty(), "weights without a gradient: {dead:?}");
+}
+
+/// A decoder-only fine-tune (encoder and posterior conv frozen) leaves the latent space exactly
+/// as it was, statistics included, so latents encoded before it still decode, while the decoder
+/// moves.
+#[test]
+fn decoder_only_fine_tune_keeps_the_latent_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = run_vae_stage(&tiny(&dir.path().join("a"), 2)).unwrap();
+    let mut cfg = tiny(&dir.path().join("b"), 2);
+    cfg.init_from = Some(first.model_dir.clone());
+    cfg.data.whole_shots = true;
+    cfg.train.freeze = vec!["encoder.*".into(), "conv1.*".into()];
+    let second = run_vae_stage(&cfg).unwrap();
+    let a = WanVae::load(&first.model_dir, DType::F32, &Device::Cpu).unwrap();
+    let b = WanVae::load(&second.model_dir, DType::F32, &Device::Cpu).unwrap();
+    let mut decoder_moved = false;
+    for (name, t) in a.tensors() {
+        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == b.tensors()[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        if name.starts_with("encoder.") || name.starts_with("conv1.") {
+            assert!(same, "frozen `{name}` changed");
+        } else if !same {
+            decoder_moved = true;
+        }
+    }
+    assert!(decoder_moved, "no decoder weight moved");
+    assert_eq!(a.config().latents_mean, b.config().latents_mean);
+    assert_eq!(a.config().latents_std, b.config().latents_std);
+}
+
+#[test]
+fn a_detached_encoder_gets_no_gradient() {
+    use storyreel_train::vae::{trainable_vae, vae_loss};
+    let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
+    let varmap = candle_nn::VarMap::new();
+    let vae = trainable_vae(&cfg, &varmap, 3, -10.0, &Device::Cpu).unwrap();
+    let frames = candle_core::Tensor::randn(0f32, 0.5, (5, 3, 16, 16), &Device::Cpu).unwrap();
+    let grads = vae_loss(&vae, &frames, 1e-3, 1, false).unwrap().total.backward().unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let has = grads.get(var.as_tensor()).is_some();
+        let encoder_side = name.starts_with("encoder.") || name.starts_with("conv1.");
+        assert_eq!(has, !encoder_side, "`{name}`: gradient {has}");
+    }
 }

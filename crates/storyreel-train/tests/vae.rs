@@ -30,7 +30,7 @@ fn a_few_steps_lower_the_reconstruction_loss() {
         candle_nn::ParamsAdamW { lr: 3e-3, weight_decay: 0.0, ..Default::default() },
     )
     .unwrap();
-    let first = vae_loss(&vae, &frames, 1e-6, 0).unwrap();
+    let first = vae_loss(&vae, &frames, 1e-6, 0, true).unwrap();
     // Every weight gets a gradient: the whole VAE is on the autograd path.
     let grads = first.total.backward().unwrap();
     let missing: Vec<String> =
@@ -39,7 +39,7 @@ fn a_few_steps_lower_the_reconstruction_loss() {
     opt.step(&grads).unwrap();
     let mut last = first.l1 + first.mse;
     for step in 1..12 {
-        let loss = vae_loss(&vae, &frames, 1e-6, step).unwrap();
+        let loss = vae_loss(&vae, &frames, 1e-6, step, true).unwrap();
         opt.backward_step(&loss.total).unwrap();
         last = loss.l1 + loss.mse;
     }
