@@ -125,15 +125,21 @@ fn init_from_starts_from_a_trained_vae_of_the_same_shape() {
     assert!(err.contains("init_from") && err.contains("needs"), "{err}");
 }
 
-#[test]
-fn every_vae_weight_receives_a_gradient() {
-    // Regression: the middle block's attention once had no gradient to its queries and keys.
+/// A tiny random VAE's variables and the gradients of one loss on random frames.
+fn tiny_vae_gradients(train_encoder: bool) -> (candle_nn::VarMap, candle_core::backprop::GradStore) {
     use storyreel_train::vae::{trainable_vae, vae_loss};
     let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
     let varmap = candle_nn::VarMap::new();
     let vae = trainable_vae(&cfg, &varmap, 3, -10.0, &Device::Cpu).unwrap();
     let frames = candle_core::Tensor::randn(0f32, 0.5, (5, 3, 16, 16), &Device::Cpu).unwrap();
-    let grads = vae_loss(&vae, &frames, 1e-3, 1, true).unwrap().total.backward().unwrap();
+    let grads = vae_loss(&vae, &frames, 1e-3, 1, train_encoder).unwrap().total.backward().unwrap();
+    (varmap, grads)
+}
+
+#[test]
+fn every_vae_weight_receives_a_gradient() {
+    // Regression: the middle block's attention once had no gradient to its queries and keys.
+    let (varmap, grads) = tiny_vae_gradients(true);
     let mut dead: Vec<String> = varmap
         .data()
         .lock()
@@ -182,12 +188,7 @@ fn decoder_only_fine_tune_keeps_the_latent_space() {
 
 #[test]
 fn a_detached_encoder_gets_no_gradient() {
-    use storyreel_train::vae::{trainable_vae, vae_loss};
-    let cfg = ToyVaeShape { z_dim: 4, base_dim: 4, ..ToyVaeShape::default() }.config();
-    let varmap = candle_nn::VarMap::new();
-    let vae = trainable_vae(&cfg, &varmap, 3, -10.0, &Device::Cpu).unwrap();
-    let frames = candle_core::Tensor::randn(0f32, 0.5, (5, 3, 16, 16), &Device::Cpu).unwrap();
-    let grads = vae_loss(&vae, &frames, 1e-3, 1, false).unwrap().total.backward().unwrap();
+    let (varmap, grads) = tiny_vae_gradients(false);
     for (name, var) in varmap.data().lock().unwrap().iter() {
         let has = grads.get(var.as_tensor()).is_some();
         let encoder_side = name.starts_with("encoder.") || name.starts_with("conv1.");
