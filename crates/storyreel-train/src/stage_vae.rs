@@ -22,7 +22,7 @@ use crate::data::{frames_to_tensor, ClipSource, DatasetClips, RenderedClips};
 use crate::error::{Result, TrainError};
 use crate::params::NamedParams;
 use crate::trainer::{TrainConfig, Trainer};
-use crate::vae::{latent_statistics, psnr_from_mse, trainable_vae, vae_loss};
+use crate::vae::{latent_statistics, psnr_from_mse, random_crop, trainable_vae, vae_loss};
 
 /// Widths and depths of the toy VAE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +86,11 @@ pub struct ClipData {
     pub width: u32,
     /// Frame height of rendered clips.
     pub height: u32,
+    /// Train on a `crop` × `crop` window of each clip instead of whole frames (a multiple of
+    /// the VAE's spatial scale; the window moves from clip to clip, held-out clips stay whole).
+    /// The convolutions are translation-equivariant, so a whole shot's causal path through time
+    /// is trained at a fraction of the pixels' cost.
+    pub crop: Option<u32>,
 }
 
 impl Default for ClipData {
@@ -98,6 +103,7 @@ impl Default for ClipData {
             whole_shots: false,
             width: 64,
             height: 64,
+            crop: None,
         }
     }
 }
@@ -200,6 +206,14 @@ impl VaeStageConfig {
             }
             if !(lv.is_finite() && (-30.0..=20.0).contains(&lv)) {
                 return Err(TrainError::out_of_range("reset_logvar", lv, "within [-30, 20]"));
+            }
+        }
+        if let Some(crop) = self.data.crop {
+            let scale = self.vae.config().spatial_scale() as u32;
+            let frame = if self.data.dataset.is_some() { u32::MAX } else { self.data.width.min(self.data.height) };
+            if crop == 0 || crop % scale != 0 || crop > frame {
+                let want = format!("a multiple of the VAE's spatial scale {scale}, at most the frame size {frame}");
+                return Err(TrainError::out_of_range("data.crop", crop, &want));
             }
         }
         if self.held_out.clips == 0 || self.held_out.every == 0 {
@@ -367,6 +381,7 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
     let out_dir = cfg.train.out_dir.clone();
     let accumulate = cfg.train.accumulate as u64;
     let train_encoder = !encoder_frozen(trainer.params());
+    let scale = cfg.vae.config().spatial_scale();
     let mut curve = Vec::new();
     while trainer.step_count() < cfg.steps {
         let step = trainer.step_count();
@@ -374,6 +389,10 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
             let index = step * accumulate + micro as u64;
             let clip = source.clip(index)?;
             let x = frames_to_tensor(&clip.frames, &device)?;
+            let x = match cfg.data.crop {
+                Some(crop) => random_crop(&x, crop as usize, scale, index)?,
+                None => x,
+            };
             let loss = vae_loss(&vae, &x, cfg.kl_weight, index ^ 0x5eed, train_encoder)?;
             Ok((loss.total, vec![("l1".into(), loss.l1), ("kl".into(), loss.kl), ("psnr".into(), loss.psnr)]))
         })?;

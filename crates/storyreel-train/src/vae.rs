@@ -96,6 +96,22 @@ pub fn vae_loss(vae: &WanVae, frames: &Tensor, kl_weight: f64, seed: u64, train_
     })
 }
 
+/// A `crop` × `crop` window of `frames` (`[F, 3, H, W]`), the same for every frame, placed by
+/// `index` alone (so a resumed run crops alike) at a multiple of `align`, the VAE's spatial
+/// scale: the latent grid then falls on the same pixels as in a whole frame.
+pub fn random_crop(frames: &Tensor, crop: usize, align: usize, index: u64) -> Result<Tensor> {
+    let (_, _, h, w) = frames.dims4()?;
+    let align = align.max(1);
+    if crop == 0 || crop > h.min(w) || crop % align != 0 {
+        let want = format!("a multiple of {align} within the {w}×{h} frames");
+        return Err(TrainError::out_of_range("crop", crop, &want));
+    }
+    let mut rng = WorldRng::new(index ^ 0xc4_0b);
+    let top = rng.range(0, (h - crop) / align) * align;
+    let left = rng.range(0, (w - crop) / align) * align;
+    Ok(frames.narrow(2, top, crop)?.narrow(3, left, crop)?)
+}
+
 /// PSNR in dB for pixels in [−1, 1].
 pub fn psnr_from_mse(mse: f64) -> f64 {
     10.0 * (4.0 / mse.max(1e-12)).log10()

@@ -67,6 +67,55 @@ fn trains_on_whole_shots() {
     assert_eq!(log.lines().count(), 2, "{log}");
 }
 
+/// Training on crops of whole shots: the stage trains on the windows, scores whole held-out
+/// frames, and refuses a crop the VAE cannot run on or the frames cannot hold.
+#[test]
+fn trains_on_crops_of_whole_shots() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(dir.path(), 2);
+    cfg.data.whole_shots = true;
+    cfg.data.crop = Some(16);
+    cfg.train.checkpoint_every = 0;
+    let report = run_vae_stage(&cfg).unwrap();
+    assert_eq!(report.steps, 2);
+    assert!(report.held_out_psnr.is_finite() && report.held_out_psnr > 0.0);
+    let vae = WanVae::load(&report.model_dir, DType::F32, &Device::Cpu).unwrap();
+    let frames = candle_core::Tensor::zeros((5, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(vae.encode_clip(&frames).unwrap().dims(), [2, 4, 8, 8], "the model runs on whole frames");
+
+    for bad in [0, 6, 48] {
+        cfg.data.crop = Some(bad);
+        let err = run_vae_stage(&cfg).unwrap_err().to_string();
+        assert!(err.contains("data.crop"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn crops_are_aligned_inside_the_frame_and_fixed_by_the_index() {
+    use storyreel_train::vae::random_crop;
+    let (f, h, w) = (5, 24, 40);
+    let values: Vec<f32> = (0..f * 3 * h * w).map(|i| i as f32).collect();
+    let frames = candle_core::Tensor::from_vec(values, (f, 3, h, w), &Device::Cpu).unwrap();
+    let mut corners = std::collections::BTreeSet::new();
+    for index in 0..64 {
+        let crop = random_crop(&frames, 16, 4, index).unwrap();
+        assert_eq!(crop.dims(), [f, 3, 16, 16]);
+        let again = random_crop(&frames, 16, 4, index).unwrap();
+        let first = crop.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(first, again.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "the index fixes the window");
+        // The window's top-left value tells where it is; every frame has the same window.
+        let at = first[0] as usize;
+        let (top, left) = (at / w, at % w);
+        assert!(top % 4 == 0 && left % 4 == 0 && top + 16 <= h && left + 16 <= w, "{top},{left}");
+        let last_frame = crop.get(f - 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as usize;
+        assert_eq!(last_frame, (f - 1) * 3 * h * w + at);
+        corners.insert((top, left));
+    }
+    assert!(corners.len() >= 8, "windows move from clip to clip: {corners:?}");
+    assert!(random_crop(&frames, 28, 4, 0).is_err(), "taller than the frame");
+    assert!(random_crop(&frames, 10, 4, 0).is_err(), "off the latent grid");
+}
+
 #[test]
 fn configs_read_from_json_and_toml_and_reject_typos() {
     let dir = tempfile::tempdir().unwrap();
