@@ -211,7 +211,7 @@ impl VaeStageConfig {
         if let Some(crop) = self.data.crop {
             let scale = self.vae.config().spatial_scale() as u32;
             let frame = if self.data.dataset.is_some() { u32::MAX } else { self.data.width.min(self.data.height) };
-            if crop == 0 || crop % scale != 0 || crop > frame {
+            if crop == 0 || !crop.is_multiple_of(scale) || crop > frame {
                 let want = format!("a multiple of the VAE's spatial scale {scale}, at most the frame size {frame}");
                 return Err(TrainError::out_of_range("data.crop", crop, &want));
             }

@@ -102,7 +102,7 @@ pub fn vae_loss(vae: &WanVae, frames: &Tensor, kl_weight: f64, seed: u64, train_
 pub fn random_crop(frames: &Tensor, crop: usize, align: usize, index: u64) -> Result<Tensor> {
     let (_, _, h, w) = frames.dims4()?;
     let align = align.max(1);
-    if crop == 0 || crop > h.min(w) || crop % align != 0 {
+    if crop == 0 || crop > h.min(w) || !crop.is_multiple_of(align) {
         let want = format!("a multiple of {align} within the {w}×{h} frames");
         return Err(TrainError::out_of_range("crop", crop, &want));
     }
