@@ -210,9 +210,11 @@ impl VaeStageConfig {
         }
         if let Some(crop) = self.data.crop {
             let scale = self.vae.config().spatial_scale() as u32;
-            let frame = if self.data.dataset.is_some() { u32::MAX } else { self.data.width.min(self.data.height) };
-            if crop == 0 || !crop.is_multiple_of(scale) || crop > frame {
-                let want = format!("a multiple of the VAE's spatial scale {scale}, at most the frame size {frame}");
+            // A dataset's frame size is only known when its clips are read; `random_crop` checks it there.
+            let frame = if self.data.dataset.is_some() { None } else { Some(self.data.width.min(self.data.height)) };
+            if crop == 0 || !crop.is_multiple_of(scale) || frame.is_some_and(|f| crop > f) {
+                let limit = frame.map(|f| format!(", at most the frame size {f}")).unwrap_or_default();
+                let want = format!("a multiple of the VAE's spatial scale {scale}{limit}");
                 return Err(TrainError::out_of_range("data.crop", crop, &want));
             }
         }

@@ -104,7 +104,7 @@ pub fn random_crop(frames: &Tensor, crop: usize, align: usize, index: u64) -> Re
     let align = align.max(1);
     if crop == 0 || crop > h.min(w) || !crop.is_multiple_of(align) {
         let want = format!("a multiple of {align} within the {w}×{h} frames");
-        return Err(TrainError::out_of_range("crop", crop, &want));
+        return Err(TrainError::out_of_range("data.crop", crop, &want));
     }
     let mut rng = WorldRng::new(index ^ 0xc4_0b);
     let top = rng.range(0, (h - crop) / align) * align;
