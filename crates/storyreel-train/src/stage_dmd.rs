@@ -39,6 +39,7 @@ use crate::error::{Result, TrainError};
 use crate::log::Progress;
 use crate::lora::{lora_dit, merge_lora_model, save_lora_folder, LoraSpec};
 use crate::model_files::{ema_note, write_text};
+use crate::stage_config::{learning_settings, read_over_defaults};
 use crate::stage_ode_init::{trainable_dit, write_student_model};
 use crate::stage_teacher::{context_memory, corpus_key, EncodedStory, TeacherCorpus, TeacherData};
 use crate::trainer::{TrainConfig, Trainer};
@@ -153,12 +154,12 @@ impl DmdConfig {
 
     /// Reads a `.json` or `.toml` config over the defaults.
     pub fn read(path: &Path) -> Result<Self> {
-        crate::stage_config::read_over_defaults(path, &Self::default())
+        read_over_defaults(path, &Self::default())
     }
 
     /// Reads a `.json` or `.toml` config over stage 4's defaults.
     pub fn read_inter_shot(path: &Path) -> Result<Self> {
-        crate::stage_config::read_over_defaults(path, &Self::inter_shot())
+        read_over_defaults(path, &Self::inter_shot())
     }
 
     /// Checks the settings that do not need the models.
@@ -412,8 +413,13 @@ pub fn run_dmd_stage(cfg: &DmdConfig) -> Result<DmdReport> {
         t.schedule.total_steps = total.max(1);
         t.schedule.warmup_steps = t.schedule.warmup_steps.min(total.max(1));
     }
-    let mut g_trainer = Trainer::new(&g_vars, g_cfg)?;
-    let mut c_trainer = Trainer::new(&c_vars, c_cfg)?;
+    // The two trainers' own tables are hashed by the trainer; paths and cadences may change.
+    let settings = learning_settings(
+        cfg,
+        &["generator", "critic", "steps", "teacher", "student", "out_dir", "progress", "checkpoint_every"],
+    )?;
+    let mut g_trainer = Trainer::new(&g_vars, g_cfg)?.with_stage_settings(settings.clone());
+    let mut c_trainer = Trainer::new(&c_vars, c_cfg)?.with_stage_settings(settings);
     g_trainer.resume_latest(&cfg.out_dir.join("generator"))?;
     c_trainer.resume_latest(&cfg.out_dir.join("critic"))?;
     let mut step = g_trainer.step_count() + c_trainer.step_count();

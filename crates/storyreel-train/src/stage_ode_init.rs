@@ -26,6 +26,7 @@ use storyreel_world::rng::{mix64, WorldRng};
 use crate::error::{Result, TrainError};
 use crate::model_files::{copy_model_parts, ema_note, save_dit, write_text};
 use crate::ode_pairs::{check_pairs_teacher, load_ode_pair_folders, OdePair, OdePairsIndex};
+use crate::stage_config::{learning_settings, read_over_defaults};
 use crate::trainer::{TrainConfig, Trainer};
 
 /// Variable-name prefix of the student's DiT inside the stage's variables.
@@ -75,7 +76,7 @@ impl Default for OdeInitConfig {
 impl OdeInitConfig {
     /// Reads a `.json` or `.toml` config over the defaults.
     pub fn read(path: &Path) -> Result<Self> {
-        crate::stage_config::read_over_defaults(path, &Self::default())
+        read_over_defaults(path, &Self::default())
     }
 
     /// Checks the settings (the trainer's own included).
@@ -256,7 +257,8 @@ pub fn run_ode_init_stage(cfg: &OdeInitConfig) -> Result<OdeInitReport> {
     train.schedule.warmup_steps = train.schedule.warmup_steps.min(cfg.steps);
     std::fs::create_dir_all(&train.out_dir)
         .map_err(|e| TrainError::File(format!("{}: {e}", train.out_dir.display())))?;
-    let mut trainer = Trainer::new(&varmap, train)?;
+    let settings = learning_settings(cfg, &["train", "steps", "teacher", "pairs"])?;
+    let mut trainer = Trainer::new(&varmap, train)?.with_stage_settings(settings);
     trainer.resume_latest(&cfg.train.out_dir)?;
     let accumulate = cfg.train.accumulate as u64;
     let states = index.timesteps.len();

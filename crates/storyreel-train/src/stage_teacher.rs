@@ -43,6 +43,7 @@ use crate::data::story_options;
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
 use crate::model_files::{ema_note, fold_bytes, save_dit, write_text};
+use crate::stage_config::{learning_settings, read_over_defaults};
 use crate::trainer::{TrainConfig, Trainer};
 
 /// Variable-name prefix of the DiT inside the stage's variables.
@@ -278,7 +279,7 @@ impl Default for TeacherStageConfig {
 impl TeacherStageConfig {
     /// Reads a `.json` or `.toml` config.
     pub fn read(path: &Path) -> Result<Self> {
-        crate::stage_config::read_over_defaults(path, &Self::default())
+        read_over_defaults(path, &Self::default())
     }
 
     /// Checks the settings (the trainer's own included).
@@ -999,7 +1000,9 @@ pub fn run_teacher_stage(cfg: &TeacherStageConfig) -> Result<TeacherStageReport>
     train.schedule.total_steps = cfg.steps;
     // A short run (a smoke test, `--steps 5`) keeps its warm-up inside the run.
     train.schedule.warmup_steps = train.schedule.warmup_steps.min(cfg.steps);
-    let mut trainer = Trainer::new(&varmap, train)?;
+    // Initial weights, paths and the card's sampler may change on a resume; the data and loss may not.
+    let settings = learning_settings(cfg, &["train", "steps", "vae", "init_seed", "init_from", "sampler"])?;
+    let mut trainer = Trainer::new(&varmap, train)?.with_stage_settings(settings);
     trainer.resume_latest(&out_dir)?;
     let schedule = FlowSchedule::new(1000, cfg.shift);
     let weights = cfg.timestep_weighting.weights(schedule.timesteps());

@@ -27,6 +27,7 @@ use storyreel_world::rng::{mix64, WorldRng};
 use crate::data::{frames_to_tensor, story_options, ClipSource, RenderedClips};
 use crate::error::{Result, TrainError};
 use crate::log::Progress;
+use crate::stage_config::{learning_settings, read_over_defaults};
 use crate::stage_vae::{clip_source, trainer_with_held_out_log, ClipData, HeldOut};
 use crate::student_shots::{generate_student_shots, StudentShot, StudentShots};
 use crate::trainer::TrainConfig;
@@ -124,7 +125,7 @@ const MAX_POOL: usize = 100_000;
 impl TinyDecoderStageConfig {
     /// Reads a `.json` or `.toml` config.
     pub fn read(path: &Path) -> Result<Self> {
-        crate::stage_config::read_over_defaults(path, &Self::default())
+        read_over_defaults(path, &Self::default())
     }
 
     /// Checks the settings that do not need the VAE (the trainer's own included).
@@ -552,7 +553,22 @@ pub fn run_tiny_decoder_stage(cfg: &TinyDecoderStageConfig) -> Result<TinyDecode
         load_initial_weights(&cfg.shape, &varmap, from)?;
     }
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let (mut trainer, mut eval_log) = trainer_with_held_out_log(&varmap, &cfg.train, cfg.steps)?;
+    // Initial weights, scoring and paths may change on a resume; the data and loss may not.
+    let settings = learning_settings(
+        cfg,
+        &[
+            "train",
+            "steps",
+            "vae",
+            "init_seed",
+            "init_from",
+            "held_out",
+            "data.dataset",
+            "student.model",
+            "student.held_out_stories",
+        ],
+    )?;
+    let (mut trainer, mut eval_log) = trainer_with_held_out_log(&varmap, &cfg.train, cfg.steps, settings)?;
     let out_dir = cfg.train.out_dir.clone();
     let accumulate = cfg.train.accumulate as u64;
     let mut curve = Vec::new();

@@ -21,6 +21,7 @@ use crate::data::story_options;
 use crate::data::{frames_to_tensor, ClipSource, DatasetClips, RenderedClips};
 use crate::error::{Result, TrainError};
 use crate::params::NamedParams;
+use crate::stage_config::{learning_settings, read_over_defaults};
 use crate::trainer::{TrainConfig, Trainer};
 use crate::vae::{latent_statistics, psnr_from_mse, random_crop, trainable_vae, vae_loss};
 
@@ -184,7 +185,7 @@ impl Default for VaeStageConfig {
 impl VaeStageConfig {
     /// Reads a `.json` or `.toml` config.
     pub fn read(path: &Path) -> Result<Self> {
-        crate::stage_config::read_over_defaults(path, &Self::default())
+        read_over_defaults(path, &Self::default())
     }
 
     /// Checks the settings (the trainer's own included).
@@ -294,13 +295,14 @@ pub(crate) fn trainer_with_held_out_log(
     varmap: &VarMap,
     train: &TrainConfig,
     steps: u64,
+    settings: serde_json::Value,
 ) -> Result<(Trainer, std::fs::File)> {
     let mut train = train.clone();
     train.schedule.total_steps = steps;
     // A short run (a smoke test, `--steps 2`) keeps its warm-up inside the run.
     train.schedule.warmup_steps = train.schedule.warmup_steps.min(steps);
     let out_dir = train.out_dir.clone();
-    let mut trainer = Trainer::new(varmap, train)?;
+    let mut trainer = Trainer::new(varmap, train)?.with_stage_settings(settings);
     trainer.resume_latest(&out_dir)?;
     std::fs::create_dir_all(&out_dir).map_err(|e| TrainError::File(format!("{}: {e}", out_dir.display())))?;
     let eval_path = out_dir.join("held_out.jsonl");
@@ -379,7 +381,12 @@ pub fn run_vae_stage(cfg: &VaeStageConfig) -> Result<VaeStageReport> {
         }
     }
     let parameters = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let (mut trainer, mut eval_log) = trainer_with_held_out_log(&varmap, &cfg.train, cfg.steps)?;
+    // Initial weights, scoring and paths may change on a resume; the data and loss may not.
+    let settings = learning_settings(
+        cfg,
+        &["train", "steps", "init_seed", "init_from", "reset_logvar", "held_out", "data.dataset"],
+    )?;
+    let (mut trainer, mut eval_log) = trainer_with_held_out_log(&varmap, &cfg.train, cfg.steps, settings)?;
     let out_dir = cfg.train.out_dir.clone();
     let accumulate = cfg.train.accumulate as u64;
     let train_encoder = !encoder_frozen(trainer.params());

@@ -45,6 +45,10 @@ pub struct TrainState {
     pub config_hash: String,
     /// Whether `ema.safetensors` was written.
     pub has_ema: bool,
+    /// The stage's own settings that change what the run learns (data, model, loss), so a resume
+    /// with other ones is refused by name; absent in checkpoints written before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_settings: Option<serde_json::Value>,
 }
 
 /// `root/step-<step>`.

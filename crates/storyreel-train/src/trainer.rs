@@ -156,6 +156,7 @@ pub struct Trainer {
     rng: Vec<u64>,
     log: Option<JsonlLog>,
     progress: Option<Progress>,
+    stage_settings: Option<serde_json::Value>,
 }
 
 impl Trainer {
@@ -186,7 +187,16 @@ impl Trainer {
             rng: Vec::new(),
             log: None,
             progress: None,
+            stage_settings: None,
         })
+    }
+
+    /// Records the stage's own learning settings ([`crate::stage_config::learning_settings`]) in
+    /// every checkpoint, and makes a resume refuse a checkpoint saved under other ones. Call it
+    /// before resuming.
+    pub fn with_stage_settings(mut self, settings: serde_json::Value) -> Self {
+        self.stage_settings = Some(settings);
+        self
     }
 
     /// The run's settings.
@@ -368,6 +378,7 @@ impl Trainer {
             schedule: self.config.schedule.clone(),
             config_hash: self.config.hash(),
             has_ema: self.ema.is_some(),
+            stage_settings: self.stage_settings.clone(),
         };
         save_checkpoint(
             &self.checkpoint_root(),
@@ -392,6 +403,17 @@ impl Trainer {
                 dir.display(),
                 state.config_hash
             )));
+        }
+        if let (Some(saved), Some(now)) = (&state.stage_settings, &self.stage_settings) {
+            let changes = crate::stage_config::changed_settings(saved, now);
+            if !changes.is_empty() {
+                return Err(TrainError::File(format!(
+                    "{}: saved under other stage settings ({}); resume with the checkpoint's settings or \
+                     give the run a new out_dir",
+                    dir.display(),
+                    changes.join("; ")
+                )));
+            }
         }
         let state = load_checkpoint(dir, &self.params, &mut self.optimizer, self.ema.as_mut())?;
         self.step = state.step;

@@ -47,9 +47,22 @@ fn trains_writes_a_loadable_model_and_resumes() {
     let scores = std::fs::read_to_string(dir.path().join("held_out.jsonl")).unwrap();
     assert_eq!(scores.lines().count(), 2, "held-out scores at steps 3 and 6 once each: {scores}");
 
-    // A changed recipe does not silently continue an old run.
+    // A changed recipe does not silently continue an old run: neither the trainer's settings
+    // nor the stage's own (the data, the loss), which the error names.
     let err = run_vae_stage(&tiny(dir.path(), 8)).unwrap_err().to_string();
     assert!(err.contains("config hash"), "{err}");
+    let mut cropped = tiny(dir.path(), 6);
+    cropped.data.crop = Some(16);
+    let err = run_vae_stage(&cropped).unwrap_err().to_string();
+    assert!(err.contains("data.crop: null → 16"), "{err}");
+    let mut heavier = tiny(dir.path(), 6);
+    heavier.kl_weight *= 2.0;
+    let err = run_vae_stage(&heavier).unwrap_err().to_string();
+    assert!(err.contains("kl_weight"), "{err}");
+    // Scoring is not part of the recipe: a resume may change it.
+    let mut scored = tiny(dir.path(), 6);
+    scored.held_out.clips = 1;
+    assert_eq!(run_vae_stage(&scored).unwrap().steps, 6);
 }
 
 /// On whole shots (17–33 frames, so every latent position a shot has) the stage trains and

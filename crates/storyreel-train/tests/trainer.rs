@@ -218,6 +218,37 @@ fn resume_with_different_maths_is_refused() {
     assert!(err.contains("config hash"), "{err}");
 }
 
+/// The stage's own settings travel in the checkpoint: a resume under others is refused with
+/// the changed ones named, the same ones resume, and a checkpoint that predates them still does.
+#[test]
+fn resume_under_other_stage_settings_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = serde_json::json!({"data": {"crop": 32, "whole_shots": true}, "kl_weight": 1e-6});
+    let (map, mlp) = model(&[4, 8, 1], 2);
+    let mut first = Trainer::new(&map, resume_config(dir.path())).unwrap().with_stage_settings(settings.clone());
+    for _ in 0..5 {
+        run_step(&mut first, &mlp);
+    }
+
+    let other = serde_json::json!({"data": {"crop": 48, "whole_shots": true}, "kl_weight": 1e-6});
+    let mut changed = Trainer::new(&map, resume_config(dir.path())).unwrap().with_stage_settings(other);
+    let err = changed.resume_latest(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("data.crop: 32 → 48"), "{err}");
+    assert!(!err.contains("kl_weight"), "only the changed setting is named: {err}");
+
+    let mut same = Trainer::new(&map, resume_config(dir.path())).unwrap().with_stage_settings(settings);
+    assert!(same.resume_latest(dir.path()).unwrap().is_some());
+    assert_eq!(same.step_count(), 5);
+
+    // A checkpoint written without stage settings (before they were kept) resumes as before.
+    let old_dir = tempfile::tempdir().unwrap();
+    let (old_map, _) = trained(resume_config(old_dir.path()), 2, 5);
+    let mut newer = Trainer::new(&old_map, resume_config(old_dir.path()))
+        .unwrap()
+        .with_stage_settings(serde_json::json!({"anything": 1}));
+    assert!(newer.resume_latest(old_dir.path()).unwrap().is_some());
+}
+
 #[test]
 fn frozen_parameters_stay_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
